@@ -1,0 +1,30 @@
+# isnet: `make demo` and `make test` set everything up from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch and torchvision are pinned to a matching pair (torchvision wheels need the torch build
+# they were compiled against); override TORCH_PACKAGES to install another pair.
+TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test demo bench clean
+
+$(BIN)/isnet: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PACKAGES)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/isnet
+
+install: $(BIN)/isnet
+
+test: install
+	$(BIN)/python -m pytest -q -x --durations=15
+
+demo: install
+	$(BIN)/isnet demo --out runs/demo
+
+bench: install
+	$(BIN)/isnet bench speed --quick --out runs/bench-speed
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""isnet: LRP-Flex explanations and ISNet training."""
