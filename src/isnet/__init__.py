@@ -1,1 +1,23 @@
-"""isnet: LRP-Flex explanations and ISNet training."""
+"""isnet: LRP-Flex explanations for any ReLU network, and ISNet / Faster ISNet training.
+
+Explain: :func:`explain`, :class:`LRPFlex`, :func:`plot_heatmap`.
+Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`.
+"""
+
+from .loss import ISNetLoss, calibrate, heatmap_loss
+from .lrp import LRPFlex, Relevance, Trace, UnsupportedModelError, explain
+from .variants import ISNet
+
+__all__ = [
+    "ISNet", "ISNetLoss", "LRPFlex", "Relevance", "Trace", "UnsupportedModelError",
+    "calibrate", "explain", "heatmap_loss", "plot_heatmap",
+]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "plot_heatmap":  # matplotlib is imported only when pictures are asked for
+        from .figures import plot_heatmap
+
+        return plot_heatmap
+    raise AttributeError(f"module 'isnet' has no attribute {name!r}")

@@ -323,8 +323,10 @@ def _expand(value, n: int) -> tuple:
 def zb_relevance(block: FirstBlock, relevance: Tensor, epsilon: float, bounds: Bounds) -> Tensor:
     """Push the relevance at the first ReLU's output to the input with the Z^B rule.
 
-    Batch norm is folded into the layer; its statistics, the layer bias and the
-    batch-norm shift enter detached, the weights and the batch-norm scale do not.
+    Batch norm is folded into the layer (batch statistics with the unbiased
+    variance in training mode). The statistics, the layer bias and the batch-norm
+    shift enter detached; the weights and the batch-norm scale stay in the graph,
+    also inside the folded bias ``(b - mu) * gamma / s + beta``.
     """
     x, weight, bias = block.input, block.weight, block.bias
     conv_out = block.conv_out
@@ -342,7 +344,7 @@ def zb_relevance(block: FirstBlock, relevance: Tensor, epsilon: float, bounds: B
         scale = torch.rsqrt(var + bn_eps)
         if gamma is not None:
             scale = scale * gamma
-        shift = ((shift - mean) * scale).detach()
+        shift = (shift - mean) * scale
         if beta is not None:
             shift = shift + beta.detach()
         weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))

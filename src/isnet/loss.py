@@ -1,0 +1,153 @@
+"""The ISNet heatmap loss: background relevance minimised, foreground relevance kept in range.
+
+Heatmaps are (B, K, C, h, w): K explained quantities per image. Masks are
+(B, 1 or C, H, W) with 1 on the foreground; other sizes are pooled to (h, w),
+a cell being foreground when any of its pixels is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_GWRP_TAIL = 1e-9  # GWRP weights below this share of the first are skipped (exactness ~1e-9)
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Masks as float (B, 1|C, h, w); a cell is foreground if any pixel in it is."""
+    masks = masks.float()
+    if tuple(masks.shape[-2:]) != tuple(size):
+        masks = F.adaptive_max_pool2d(masks, size)
+    return masks
+
+
+def gwrp(values: Tensor, d: float) -> Tensor:
+    """Global weighted ranked pooling over the last axis.
+
+    Sorted descending, the i-th value weighs ``d**i``; ``d = 0`` is max pooling,
+    ``d = 1`` the mean. Only the values whose weight matters are sorted.
+    """
+    n = values.shape[-1]
+    if d >= 1.0:
+        return values.mean(-1)
+    if d <= 0.0:
+        return values.amax(-1)
+    keep = min(n, max(1, math.ceil(math.log(_GWRP_TAIL) / math.log(d))))
+    top = values.topk(keep, dim=-1, sorted=True).values if keep < n else values.sort(-1, descending=True).values
+    weights = d ** torch.arange(keep, dtype=values.dtype, device=values.device)
+    total = (1.0 - d**n) / (1.0 - d)
+    return (top * weights).sum(-1) / total
+
+
+def _foreground_penalty(total: Tensor, C1: float, C2: float, foreground: str) -> Tensor:
+    """Keeps the foreground relevance ``total`` inside [C1, C2]."""
+    scaled = total / C1
+    left = (scaled.clamp(max=1.0) - 1.0) ** 2
+    right = (scaled.clamp(min=C2 / C1) - C2 / C1) ** 2
+    if foreground == "hybrid":
+        right = torch.where(total > C1 + C2, (total - (C1 + C2)).abs() + 1.0, right)
+    elif foreground != "L2":
+        raise ValueError(f"foreground must be 'L2' or 'hybrid', got {foreground!r}")
+    return left + right
+
+
+def _single_heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float, E: float, A: float, B: float,
+                         C1: float, C2: float, foreground: str, norm: str) -> Tensor:
+    """Per-sample loss (B,) of heatmaps (B, K, C, h, w)."""
+    if heatmaps.dim() != 5:
+        raise ValueError(f"heatmaps must be (B, K, C, h, w), got shape {tuple(heatmaps.shape)}")
+    fg = resize_masks(masks, heatmaps.shape[-2:]).unsqueeze(1)  # (B, 1, 1|C, h, w)
+    fg_count = fg.expand_as(heatmaps).sum((2, 3, 4))
+    absolute = heatmaps.abs()
+    fg_total = (absolute * fg).sum((2, 3, 4))  # (B, K)
+    if norm == "absRoIMean":
+        normalised = absolute / (fg_total / fg_count + 1e-10)[..., None, None, None]
+    elif norm == "RoIMean":
+        signed_mean = (heatmaps * fg).sum((2, 3, 4)) / fg_count
+        normalised = (heatmaps / (signed_mean + 1e-10)[..., None, None, None]).abs()
+    else:
+        raise ValueError(f"norm must be 'absRoIMean' or 'RoIMean', got {norm!r}")
+    background = (normalised * (1.0 - fg)).flatten(3)
+    pooled = gwrp(background, d)  # (B, K, C)
+    share = (pooled / (pooled + E)).clamp(max=1.0 - 1e-7)
+    background_loss = -torch.log1p(-share).mean((1, 2))
+    foreground_loss = _foreground_penalty(fg_total, C1, C2, foreground).mean(1)
+    return A * background_loss + B * foreground_loss
+
+
+def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: float = 0.9, E: float = 1.0,
+                 A: float = 1.0, B: float = 1.0, C1: float = 1.0, C2: float = 25.0, foreground: str = "L2",
+                 norm: str = "absRoIMean", d_loss: float = 1.0) -> Tensor:
+    """ISNet heatmap loss, averaged over the batch.
+
+    Parameters
+    ----------
+    heatmaps
+        (B, K, C, h, w), or for LRP deep supervision a mapping of such maps per layer;
+        the per-layer losses are then pooled with GWRP of decay ``d_loss``.
+    masks
+        (B, 1|C, H, W), nonzero on the foreground.
+    d, E
+        GWRP decay over background pixels and the background-term scale.
+    A, B
+        Weights of the background and foreground terms.
+    C1, C2
+        Range kept for the summed absolute foreground relevance.
+    foreground
+        ``"L2"`` (quadratic on both sides) or ``"hybrid"`` (linear far above ``C1 + C2``).
+    norm
+        ``"absRoIMean"``: ``|H|`` over the foreground mean of ``|H|``; ``"RoIMean"``: ``|H / mean(H)|``.
+    """
+    options = dict(d=d, E=E, A=A, B=B, C1=C1, C2=C2, foreground=foreground, norm=norm)
+    if isinstance(heatmaps, Tensor):
+        return _single_heatmap_loss(heatmaps.float(), masks, **options).mean()
+    per_layer = torch.stack([_single_heatmap_loss(h.float(), masks, **options).mean() for h in heatmaps.values()])
+    return gwrp(per_layer, d_loss)
+
+
+@dataclass
+class LossTerms:
+    """The parts of the ISNet objective for one batch."""
+
+    total: Tensor
+    cross_entropy: Tensor
+    heatmap: Tensor
+
+
+class ISNetLoss(nn.Module):
+    """``(1 - P) * cross_entropy + P * heatmap_loss``; options as :func:`heatmap_loss`."""
+
+    def __init__(self, P: float = 0.7, **heatmap_options) -> None:
+        super().__init__()
+        if not 0.0 <= P <= 1.0:
+            raise ValueError(f"P must be in [0, 1], got {P}")
+        self.P = P
+        self.heatmap_options = heatmap_options
+
+    def forward(self, logits: Tensor, labels: Tensor, heatmaps: Tensor | Mapping[str, Tensor] | None,
+                masks: Tensor | None) -> LossTerms:
+        ce = F.cross_entropy(logits.float(), labels)
+        if heatmaps is None:
+            return LossTerms(ce, ce, torch.zeros_like(ce))
+        hl = heatmap_loss(heatmaps, masks, **self.heatmap_options)
+        return LossTerms((1.0 - self.P) * ce + self.P * hl, ce, hl)
+
+
+def calibrate(relevance_totals: Tensor) -> tuple[float, float]:
+    """C1 and C2 from per-image total absolute relevance of a standard network.
+
+    ``C1 = max(m / 5, m - 3 s)`` and ``C2 = min(25 C1, m + 3 s)`` with mean ``m`` and
+    standard deviation ``s`` of the totals (``sum |H|`` per image).
+    """
+    totals = relevance_totals.detach().double().flatten()
+    if totals.numel() < 2 or not torch.isfinite(totals).all():
+        raise ValueError("calibration needs at least two finite relevance totals")
+    mean, std = totals.mean().item(), totals.std().item()
+    c1 = max(mean / 5.0, mean - 3.0 * std)
+    c2 = min(25.0 * c1, mean + 3.0 * std)
+    return c1, c2

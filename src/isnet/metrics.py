@@ -1,0 +1,225 @@
+"""Evaluation metrics: classification scores with a DeLong AUROC interval, and relevance shares.
+
+Classification scores come from :mod:`torchmetrics.functional`; this module adds DeLong's
+confidence interval for a binary AUROC and the share of absolute LRP relevance that falls
+in (or outside) an image region, as a function and as a DDP-ready :class:`torchmetrics.Metric`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import norm, rankdata
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+)
+
+__all__ = [
+    "BackgroundRelevance",
+    "background_share",
+    "classification_metrics",
+    "delong_auroc_ci",
+    "relevance_share",
+]
+
+
+def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict:
+    """Accuracy, macro F1, AUROC and confusion matrix of a classifier's outputs.
+
+    Parameters
+    ----------
+    logits : Tensor
+        (N, K) scores (logits or probabilities); softmax is applied in float64.
+    labels : Tensor
+        (N,) integer class indices.
+    num_classes : int
+        K, at least 2.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``accuracy`` (micro), ``macro_f1``, ``auroc`` (macro one-vs-rest for
+        K > 2; for K == 2 the binary AUROC of class 1), ``confusion_matrix`` (rows = true class,
+        columns = predicted), ``n``; for K == 2 also ``auroc_ci95`` = [low, high] from DeLong's
+        method ([nan, nan] when one class is absent from ``labels``).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits must have shape (N, {num_classes}), got {tuple(logits.shape)}")
+    probs = torch.softmax(logits.detach().double().cpu(), dim=1)
+    target = labels.detach().long().cpu()
+    result: dict = {
+        "accuracy": multiclass_accuracy(probs, target, num_classes, average="micro").item(),
+        "macro_f1": multiclass_f1_score(probs, target, num_classes, average="macro").item(),
+    }
+    if num_classes == 2:
+        positive = probs[:, 1]
+        result["auroc"] = binary_auroc(positive, target).item()
+        if target.unique().numel() == 2:
+            _, low, high = delong_auroc_ci(positive, target, alpha=0.95)
+            result["auroc_ci95"] = [low, high]
+        else:
+            result["auroc_ci95"] = [math.nan, math.nan]
+    else:
+        result["auroc"] = multiclass_auroc(probs, target, num_classes, average="macro").item()
+    result["confusion_matrix"] = multiclass_confusion_matrix(probs, target, num_classes).tolist()
+    result["n"] = int(target.numel())
+    return result
+
+
+def delong_auroc_ci(
+    scores: np.ndarray | Tensor, labels: np.ndarray | Tensor, alpha: float = 0.95
+) -> tuple[float, float, float]:
+    """AUROC with DeLong's normal-approximation confidence interval.
+
+    The structural components (placement values) are obtained from midranks in O(n log n):
+    with ``m`` positives and ``n`` negatives, the component of positive ``i`` is
+    ``(rank among all - rank among positives) / n`` and that of negative ``j`` is
+    ``1 - (rank among all - rank among negatives) / m``. Ties count one half.
+
+    Parameters
+    ----------
+    scores : array or Tensor
+        (N,) scores, higher meaning more likely positive.
+    labels : array or Tensor
+        (N,) binary labels (1 = positive, 0 = negative).
+    alpha : float
+        Coverage of the interval, in (0, 1).
+
+    Returns
+    -------
+    tuple of float
+        ``(auc, low, high)``; the interval is clipped to [0, 1]. A class with a single sample
+        contributes zero variance (its sample variance is undefined).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    s = np.asarray(scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64)
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels).ravel()
+    s = s.ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be binary (0 or 1)")
+    positive, negative = s[y == 1], s[y == 0]
+    m, n = positive.size, negative.size
+    if m == 0 or n == 0:
+        raise ValueError("AUROC needs at least one positive and one negative sample")
+    ranks_all = rankdata(np.concatenate([positive, negative]))
+    v10 = (ranks_all[:m] - rankdata(positive)) / n
+    v01 = 1.0 - (ranks_all[m:] - rankdata(negative)) / m
+    auc = float(v10.mean())
+    variance = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
+    half_width = float(norm.ppf(0.5 + alpha / 2.0)) * math.sqrt(variance)
+    return auc, max(0.0, auc - half_width), min(1.0, auc + half_width)
+
+
+def _region_at(region: Tensor, size: tuple[int, int]) -> Tensor:
+    """Binary (B, H, W) map of ``region`` at ``size``: a cell is in it if any pixel of it is.
+
+    ``region`` (B, C, H', W') is thresholded at 0.5 and its channels merged with "any". A
+    smaller map is enlarged by nearest neighbour, a larger one reduced with an adaptive max pool.
+    """
+    if region.ndim != 4:
+        raise ValueError(f"region masks must have shape (B, C, H, W), got {tuple(region.shape)}")
+    inside = (region.detach() > 0.5).any(dim=1, keepdim=True).float()
+    height, width = size
+    if inside.shape[-2] < height or inside.shape[-1] < width:
+        enlarged = (max(height, inside.shape[-2]), max(width, inside.shape[-1]))
+        inside = F.interpolate(inside, size=enlarged, mode="nearest")
+    if inside.shape[-2:] != (height, width):
+        inside = F.adaptive_max_pool2d(inside, (height, width))
+    return inside[:, 0] > 0.5
+
+
+def relevance_share(relevance: Tensor, region: Tensor) -> Tensor:
+    """Per sample, the share of absolute relevance that falls inside ``region``.
+
+    Parameters
+    ----------
+    relevance : Tensor
+        (B, C, H, W) heatmaps, or (B, K, C, H, W) with several heatmaps per sample; absolute
+        values are summed over K and C (in at least float32).
+    region : Tensor
+        (B, 1 or C, H', W') masks, 1 inside (thresholded at 0.5, channels merged with "any").
+        If the size differs from the heatmap's, a heatmap cell belongs to the region when any
+        mask pixel it covers does.
+
+    Returns
+    -------
+    Tensor
+        (B,) shares in [0, 1]; a sample whose relevance is all zero gets 0.
+    """
+    if relevance.ndim not in (4, 5):
+        raise ValueError(
+            f"relevance must have shape (B, C, H, W) or (B, K, C, H, W), got {tuple(relevance.shape)}"
+        )
+    if region.shape[0] != relevance.shape[0]:
+        raise ValueError(f"batch sizes differ: relevance {relevance.shape[0]}, region {region.shape[0]}")
+    dtype = torch.promote_types(relevance.dtype, torch.float32)
+    absolute = relevance.detach().to(dtype).abs().flatten(1, relevance.ndim - 3).sum(dim=1)
+    inside = _region_at(region.to(absolute.device), (absolute.shape[-2], absolute.shape[-1]))
+    total = absolute.flatten(1).sum(dim=1)
+    part = (absolute * inside).flatten(1).sum(dim=1)
+    return torch.where(total > 0, part / total.clamp_min(torch.finfo(dtype).tiny), 0.0)
+
+
+def background_share(relevance: Tensor, masks: Tensor) -> Tensor:
+    """Per sample, the share of absolute relevance outside the foreground mask.
+
+    Parameters
+    ----------
+    relevance : Tensor
+        (B, C, H, W) or (B, K, C, H, W) heatmaps; absolute values summed over K and C.
+    masks : Tensor
+        (B, 1 or C, H', W') foreground masks (thresholded at 0.5). A heatmap cell is foreground
+        when any mask pixel it covers is, so shrinking a mask never turns foreground into
+        background.
+
+    Returns
+    -------
+    Tensor
+        (B,) shares in [0, 1]; a sample whose relevance is all zero gets 0.
+    """
+    foreground = _region_at(masks, (relevance.shape[-2], relevance.shape[-1]))
+    return relevance_share(relevance, (~foreground).unsqueeze(1).float())
+
+
+class BackgroundRelevance(Metric):
+    """Mean over samples of :func:`background_share`, accumulated over batches.
+
+    States are the sum of per-sample shares and the sample count, both reduced by summation,
+    so the value is exact under distributed data parallel. ``compute`` before any update gives NaN.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    share_sum: Tensor
+    count: Tensor
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("share_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, relevance: Tensor, masks: Tensor) -> None:
+        """Add the background shares of one batch of heatmaps and foreground masks."""
+        shares = background_share(relevance, masks)
+        self.share_sum += shares.sum().to(self.share_sum)
+        self.count += shares.numel()
+
+    def compute(self) -> Tensor:
+        """Mean background share of every sample seen so far."""
+        return self.share_sum / self.count

@@ -1,0 +1,47 @@
+"""Shared fixtures: the reference tensors and the small networks they were computed with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REFERENCE = Path(__file__).parent / "data" / "lrpflex_reference.pt"
+
+
+def nest(flat: dict) -> dict:
+    """``{"a/b/c": v}`` -> ``{"a": {"b": {"c": v}}}``."""
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    return nest(torch.load(REFERENCE, weights_only=False))
+
+
+def float_state(state: dict) -> dict:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def seqcnn() -> nn.Sequential:
+    """The reference's small sequential CNN (5 classes, 32x32 inputs)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(1024, 32), nn.ReLU(), nn.Linear(32, 5),
+    )
+
+
+def ref_resnet() -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=4)
