@@ -1,0 +1,54 @@
+"""Classifier builders: any torchvision classification model by name, and ``small_cnn``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Sequential:
+    """A small ReLU CNN for quick CPU runs on 32x32 images (four convs, two dense layers)."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.LazyLinear(8 * w), nn.ReLU(), nn.Linear(8 * w, num_classes),
+    )
+
+
+BUILTIN = {"small_cnn": small_cnn}
+
+
+def available_architectures() -> list[str]:
+    """``small_cnn`` and every torchvision classification model name."""
+    from torchvision import models
+
+    return sorted(BUILTIN) + sorted(models.list_models(module=models))
+
+
+def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: str | Path | None = None) -> nn.Module:
+    """A freshly initialised classifier, optionally loading a state dict from ``weights``.
+
+    Lazy layers are materialised with a dummy ``image_size`` input, so the model's
+    parameters exist before an optimiser or a checkpoint sees them.
+    """
+    if arch in BUILTIN:
+        model = BUILTIN[arch](num_classes=num_classes)
+    else:
+        from torchvision import models
+
+        names = models.list_models(module=models)
+        if arch not in names:
+            raise ValueError(f"unknown architecture {arch!r}; choose small_cnn or a torchvision "
+                             f"classification model such as resnet18, vgg11_bn, densenet121")
+        model = models.get_model(arch, weights=None, num_classes=num_classes)
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size))
+    if weights is not None:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model
