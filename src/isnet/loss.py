@@ -18,9 +18,14 @@ from torch import Tensor, nn
 _GWRP_TAIL = 1e-9  # GWRP weights below this share of the first are skipped (exactness ~1e-9)
 
 
-def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """Masks as float (B, 1|C, h, w); a cell is foreground if any pixel in it is."""
-    masks = masks.float()
+def _at_least_float32(t: Tensor) -> Tensor:
+    """Half precision heatmaps are upcast; float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
+    """Masks as float 0/1 (B, 1|C, h, w); nonzero is foreground, and a cell is foreground if any pixel in it is."""
+    masks = (masks != 0).to(dtype)
     if tuple(masks.shape[-2:]) != tuple(size):
         masks = F.adaptive_max_pool2d(masks, size)
     return masks
@@ -39,7 +44,8 @@ def gwrp(values: Tensor, d: float) -> Tensor:
         return values.amax(-1)
     keep = min(n, max(1, math.ceil(math.log(_GWRP_TAIL) / math.log(d))))
     top = values.topk(keep, dim=-1, sorted=True).values if keep < n else values.sort(-1, descending=True).values
-    weights = d ** torch.arange(keep, dtype=values.dtype, device=values.device)
+    # weights in float64: d**i of a float32-rounded d drifts by ~i * 6e-8 relative
+    weights = (d ** torch.arange(keep, dtype=torch.float64, device=values.device)).to(values.dtype)
     total = (1.0 - d**n) / (1.0 - d)
     return (top * weights).sum(-1) / total
 
@@ -61,8 +67,8 @@ def _single_heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float, E: float,
     """Per-sample loss (B,) of heatmaps (B, K, C, h, w)."""
     if heatmaps.dim() != 5:
         raise ValueError(f"heatmaps must be (B, K, C, h, w), got shape {tuple(heatmaps.shape)}")
-    fg = resize_masks(masks, heatmaps.shape[-2:]).unsqueeze(1)  # (B, 1, 1|C, h, w)
-    fg_count = fg.expand_as(heatmaps).sum((2, 3, 4))
+    fg = resize_masks(masks, heatmaps.shape[-2:], heatmaps.dtype).unsqueeze(1)  # (B, 1, 1|C, h, w)
+    fg_count = fg.expand_as(heatmaps).sum((2, 3, 4)).clamp(min=1.0)  # an empty mask: all background
     absolute = heatmaps.abs()
     fg_total = (absolute * fg).sum((2, 3, 4))  # (B, K)
     if norm == "absRoIMean":
@@ -105,8 +111,8 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
     """
     options = dict(d=d, E=E, A=A, B=B, C1=C1, C2=C2, foreground=foreground, norm=norm)
     if isinstance(heatmaps, Tensor):
-        return _single_heatmap_loss(heatmaps.float(), masks, **options).mean()
-    per_layer = torch.stack([_single_heatmap_loss(h.float(), masks, **options).mean() for h in heatmaps.values()])
+        return _single_heatmap_loss(_at_least_float32(heatmaps), masks, **options).mean()
+    per_layer = torch.stack([_single_heatmap_loss(_at_least_float32(h), masks, **options).mean() for h in heatmaps.values()])
     return gwrp(per_layer, d_loss)
 
 

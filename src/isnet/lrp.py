@@ -32,6 +32,7 @@ _RELU_INPLACE_FUNCS = {torch.relu_, F.relu_, Tensor.relu_}
 _LEAKY_FUNCS = {F.leaky_relu, torch._C._nn.leaky_relu, F.leaky_relu_, torch._C._nn.leaky_relu_}
 _HARDTANH_FUNCS = {F.hardtanh, torch._C._nn.hardtanh, F.hardtanh_, torch._C._nn.hardtanh_, F.relu6}
 _CONV_FUNCS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+_RESHAPE_FUNCS = {torch.flatten, Tensor.flatten, Tensor.view, Tensor.reshape, torch.reshape}
 _UNSUPPORTED_FUNCS = {
     F.gelu: "gelu", F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
     F.elu: "elu", F.selu: "selu", F.celu: "celu", F.mish: "mish", F.softplus: "softplus",
@@ -84,8 +85,10 @@ class _ReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (out,) = ctx.saved_tensors
-        if ctx.switch.lrp:
-            return grad * (out / (out + ctx.switch.epsilon)), None, None
+        eps = ctx.switch.epsilon
+        if ctx.switch.lrp and eps > 0:
+            return grad * (out / (out + eps)), None, None
+        # ordinary derivative; also the LRP factor a / (a + 0), defined as 0 where a = 0
         return grad * (out > 0), None, None
 
 
@@ -112,6 +115,8 @@ class _PiecewiseLinearFn(torch.autograd.Function):
         z, out = ctx.saved_tensors
         if ctx.switch.lrp:
             factor = out / _stabilise(z, ctx.switch.epsilon)
+            if ctx.switch.epsilon == 0:  # f(0) / 0: the ordinary derivative there, as gradient x input
+                factor = torch.where(z == 0, _piecewise_derivative(z, ctx.kind, ctx.params), factor)
         else:
             factor = _piecewise_derivative(z, ctx.kind, ctx.params)
         return grad * factor, None, None, None
@@ -130,6 +135,7 @@ class FirstBlock:
     bn: tuple | None = None  # running_mean, running_var, weight, bias, training, eps
     bn_out: Tensor | None = None
     relu_out: Tensor | None = None
+    source_shape: torch.Size | None = None  # the model input's shape when a linear sees it flattened
 
 
 @dataclass
@@ -140,6 +146,7 @@ class _Tracker:
     failure: str | None = None
     done: bool = False
     watched: list[Tensor] = field(default_factory=list)
+    source_shape: torch.Size | None = None
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default=None):
@@ -151,7 +158,12 @@ def _arg(args: tuple, kwargs: dict, index: int, name: str, default=None):
 def _qualname(func) -> str:
     module = getattr(func, "__module__", None) or ""
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
-    if module.startswith("torch._C") or not module:
+    if "<locals>" in name:  # e.g. F.max_pool2d, a boolean_dispatch wrapper
+        name = getattr(func, "__name__", name)
+    name = name.removeprefix("_VariableFunctionsClass.")
+    if module == "torch._C._nn":
+        module = "torch.nn.functional"
+    elif module.startswith("torch._C") or not module:
         module = "torch"
     return f"{module}.{name}"
 
@@ -244,9 +256,15 @@ class _LRPMode(TorchFunctionMode):
                 conv_out=out,
             )
             tr.watched = [out]
+        elif (block is None and func in _RESHAPE_FUNCS and first is tr.watched[0] and out.dim() == 2
+              and out.shape[0] == first.shape[0]):  # flattening the input for a first linear layer
+            if tr.source_shape is None:
+                tr.source_shape = first.shape
+            tr.watched = [out]
         elif block is None and func is F.linear and first is tr.watched[0]:
             tr.block = FirstBlock(dims=0, input=first, weight=_arg(args, kwargs, 1, "weight"),
-                                  bias=_arg(args, kwargs, 2, "bias"), conv_out=out)
+                                  bias=_arg(args, kwargs, 2, "bias"), conv_out=out,
+                                  source_shape=tr.source_shape if tr.source_shape != first.shape else None)
             tr.watched = [out]
         elif block is not None and block.bn is None and func is F.batch_norm and first is block.conv_out:
             running_mean = _arg(args, kwargs, 1, "running_mean")
@@ -281,11 +299,19 @@ def _bounds_image(bound: float | Tensor, like: Tensor) -> Tensor:
     return b.expand(like.shape[1:])
 
 
-def _bounds_weight(bound: float | Tensor, weight: Tensor) -> Tensor | float:
-    """A bound shaped to scale a weight along its input-channel axis."""
+def _bounds_weight(bound: float | Tensor, weight: Tensor, groups: int = 1) -> Tensor | float:
+    """A bound shaped to scale a weight along its input-channel axis.
+
+    Per-channel bounds of a grouped conv: output channel ``o`` of group ``g`` sees input
+    channels ``g * (C / groups) + i``, so each weight row takes its group's bounds.
+    """
     b = torch.as_tensor(bound, dtype=weight.dtype, device=weight.device)
     if b.dim() == 0:
         return b
+    if groups > 1:
+        out_channels, per_group = weight.shape[:2]
+        b = b.view(groups, 1, per_group).expand(groups, out_channels // groups, per_group)
+        return b.reshape(out_channels, per_group, *([1] * (weight.dim() - 2)))
     return b.view(1, -1, *([1] * (weight.dim() - 2)))
 
 
@@ -351,8 +377,11 @@ def zb_relevance(block: FirstBlock, relevance: Tensor, epsilon: float, bounds: B
         linear_out = linear_out * scale.view(1, -1, *([1] * (conv_out.dim() - 2)))
     channel = (1, -1, *([1] * (conv_out.dim() - 2)))
     low, high = bounds
+    if block.source_shape is not None:  # a linear layer on the flattened input: one bound per feature
+        low, high = _flat_bound(low, block.source_shape), _flat_bound(high, block.source_shape)
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-    w_bounds = w_pos * _bounds_weight(low, weight) + w_neg * _bounds_weight(high, weight)
+    groups = block.conv_args[3] if block.dims else 1
+    w_bounds = w_pos * _bounds_weight(low, weight, groups) + w_neg * _bounds_weight(high, weight, groups)
     bias_bounds = shift.clamp(min=0) * _scalar_bound(low) + shift.clamp(max=0) * _scalar_bound(high)
     ones = torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
     bound_out = _layer(block, ones, w_bounds) + bias_bounds.view(channel)
@@ -363,6 +392,14 @@ def zb_relevance(block: FirstBlock, relevance: Tensor, epsilon: float, bounds: B
     both = _transpose(block, s, torch.cat([weight, w_bounds], dim=1), x.shape)
     width = x.shape[1]
     return x * both[:, :width] - both[:, width:]
+
+
+def _flat_bound(bound: float | Tensor, shape: torch.Size) -> float | Tensor:
+    """Per-channel bounds of a (B, C, ...) input as one bound per feature of its flattening."""
+    b = torch.as_tensor(bound)
+    if b.dim() == 0:
+        return bound
+    return b.view(-1, *([1] * (len(shape) - 2))).expand(shape[1:]).reshape(-1)
 
 
 def _scalar_bound(bound: float | Tensor) -> float | Tensor:
@@ -434,11 +471,15 @@ class Trace:
         finally:
             self._switch.lrp = False
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
-        if zb:
-            heat = zb_relevance(self._block, start * grads[0], self.lrp.epsilon, self.lrp.bounds)
-        else:
-            heat = self.x * grads[0]
-        layers = {n: t * g for n, t, g in zip(names, wrt[1:], grads[1:])}
+        # the relevance stays in the autograd graph exactly when create_graph asks for it
+        with torch.set_grad_enabled(create_graph):
+            if zb:
+                heat = zb_relevance(self._block, start * grads[0], self.lrp.epsilon, self.lrp.bounds)
+                if heat.shape != self.x.shape:  # the first linear layer saw the input flattened
+                    heat = heat.reshape(self.x.shape)
+            else:
+                heat = self.x * grads[0]
+            layers = {n: t * g for n, t, g in zip(names, wrt[1:], grads[1:])}
         if self.lrp.check_finite:
             _check_finite(heat, "input")
             for name, rel in layers.items():
@@ -450,11 +491,14 @@ class Trace:
         """Input relevance (B, C, ...) of one logit per sample; ``"all"`` gives (B, K, C, ...)."""
         if isinstance(target, str) and target == "all":
             classes = self.output.shape[1]
-            maps = [self.relevance(self.output[:, k].sum(), create_graph=create_graph,
+            with torch.enable_grad():  # also under torch.no_grad(): the quantity must be in the graph
+                quantities = [self.output[:, k].sum() for k in range(classes)]
+            maps = [self.relevance(q, create_graph=create_graph,
                                    retain_graph=True if k < classes - 1 else retain_graph).input
-                    for k in range(classes)]
+                    for k, q in enumerate(quantities)]
             return torch.stack(maps, 1)
-        quantity = select_logits(self.output, target).sum()
+        with torch.enable_grad():
+            quantity = select_logits(self.output, target).sum()
         return self.relevance(quantity, create_graph=create_graph, retain_graph=retain_graph).input
 
 

@@ -107,7 +107,9 @@ class ISNet(nn.Module):
         if not heatmaps:
             return self.model(x)
         trace = self.lrp.trace(x)
-        return trace.output, self.explain_trace(trace, labels)
+        heat = self.explain_trace(trace, labels)
+        # the trace records a graph even under torch.no_grad(); the caller gets none then
+        return (trace.output if torch.is_grad_enabled() else trace.output.detach()), heat
 
     def explain_trace(self, trace: Trace, labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
         """The variant's heatmaps for a traced forward pass."""
@@ -115,10 +117,14 @@ class ISNet(nn.Module):
         create_graph = self.training and torch.is_grad_enabled()
         if self.variant == "original":
             classes = logits.shape[1]
-            parts = [trace.relevance(logits[:, k].sum(), create_graph=create_graph,
-                                     retain_graph=True if k < classes - 1 else None) for k in range(classes)]
+            with torch.enable_grad():  # the quantities must be in the graph, also under torch.no_grad()
+                quantities = [logits[:, k].sum() for k in range(classes)]
+            parts = [trace.relevance(q, create_graph=create_graph, retain_graph=True if k < classes - 1 else None)
+                     for k, q in enumerate(quantities)]
         else:
-            parts = [trace.relevance(self.quantity(logits, labels), create_graph=create_graph)]
+            with torch.enable_grad():
+                quantity = self.quantity(logits, labels)
+            parts = [trace.relevance(quantity, create_graph=create_graph)]
         maps = torch.stack([p.input for p in parts], 1)
         if not self.layers:
             return maps
