@@ -65,9 +65,140 @@ def _run_data(args: argparse.Namespace) -> None:
         print(f"{split:>12}: {path}")
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier (standard, ISNet, Faster ISNet) on a masked dataset",
+        description="Train a classifier with Lightning. ISNet variants penalise LRP relevance outside the "
+                    "foreground masks; without --c1/--c2 they are calibrated by a short standard run first. "
+                    "Writes OUT/config.json, OUT/checkpoints/{last,best}.ckpt, OUT/metrics.csv and OUT/model.pt.")
+    g = p.add_argument_group("data")
+    g.add_argument("--train", type=Path, help="training set root (images/<class>/..., masks/<class>/...)")
+    g.add_argument("--val", type=Path, help="validation set root (best.ckpt tracks its accuracy)")
+    g.add_argument("--image-size", type=int, help="resize to this square side (default: the first image's side)")
+    g.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips in training")
+    g.add_argument("--workers", type=int, help="DataLoader workers per process (default 2)")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help="small_cnn (default) or a torchvision classification model name")
+    g.add_argument("--variant", help="standard | original | selective (default) | stochastic; baselines: "
+                                     "rrr | gradcam | masked")
+    g.add_argument("--deep-supervision", nargs="*", metavar="LAYER",
+                   help="LRP deep supervision: default layers (ResNet/DenseNet/VGG), or these module names")
+    g.add_argument("--selective-class", choices=["lowest", "label", "highest"],
+                   help="class whose eta the selective variant explains (default lowest, as the reference)")
+    g.add_argument("--selective-eps", type=float, help="e_s of the selective quantity (default 0.01)")
+    g.add_argument("--epsilon", type=float, help="LRP epsilon (default 0.01)")
+    g.add_argument("--no-zb", dest="zb", action="store_false", default=None, help="no Z^B rule on the first layer")
+    g = p.add_argument_group("ISNet loss")
+    g.add_argument("--P", type=float, help="heatmap-loss weight: (1-P) CE + P heatmap loss (default 0.7)")
+    g.add_argument("--p-warmup", type=float, help="epochs of linear warm-up of P from 0 (default 0: none)")
+    g.add_argument("--d", type=float, help="GWRP decay over background pixels (default 0.9)")
+    g.add_argument("--E", type=float, help="background-term scale (default 1)")
+    g.add_argument("--A", type=float, help="background-term weight (default 1)")
+    g.add_argument("--B", type=float, help="foreground-term weight (default 1)")
+    g.add_argument("--foreground", choices=["L2", "hybrid"], help="foreground penalty (default L2)")
+    g.add_argument("--norm", choices=["absRoIMean", "RoIMean"], help="heatmap normalisation (default absRoIMean)")
+    g.add_argument("--d-loss", type=float, help="GWRP decay over deep-supervision layers (default 1: mean)")
+    g.add_argument("--c1", dest="C1", type=float, help="foreground relevance lower bound C1 (with --c2)")
+    g.add_argument("--c2", dest="C2", type=float, help="foreground relevance upper bound C2 (with --c1)")
+    g.add_argument("--calibrate-epochs", type=int,
+                   help="without --c1/--c2: epochs of the standard run that calibrates them (default 2)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="default 30")
+    g.add_argument("--batch-size", type=int, help="per process (default 64)")
+    g.add_argument("--lr", type=float, help="learning rate (default 0.01)")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd (momentum 0.9)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, help="default 0 (AdamW: 0.01)")
+    g.add_argument("--schedule", choices=["none", "cosine", "step"], help="learning-rate schedule (default none)")
+    g.add_argument("--lr-step", type=int, help="step schedule: epochs per decay (default epochs // 3)")
+    g.add_argument("--lr-gamma", type=float, help="step schedule: decay factor (default 0.1)")
+    g.add_argument("--gradient-clip", type=float, help="gradient-norm clipping, 0 = off (default 1)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--out", type=Path, required=True, help="run folder")
+    g.add_argument("--resume", action="store_true", default=None,
+                   help="continue OUT from checkpoints/last.ckpt with OUT/config.json (only --epochs and the "
+                        "hardware options may change)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic algorithms and seeding (default on)")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or Lightning info")
+    g.add_argument("--accelerator", help="Lightning accelerator: auto (default), cpu, gpu, ...")
+    g.add_argument("--devices", help="Lightning devices: auto (default), a count, or a list such as 0,1")
+    g.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP (default 1)")
+    g.add_argument("--strategy", help="Lightning strategy: auto (default), ddp, ddp_find_unused_parameters_true, ...")
+    g.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed, ...")
+
+
+def _parse_devices(value: str):
+    if value.isdigit():
+        return int(value)
+    if "," in value:
+        return [int(v) for v in value.split(",") if v.strip()]
+    return value
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .train import TrainingDiverged, fit
+
+    config = {k: v for k, v in vars(args).items() if k not in ("command",) and v is not None}
+    if "deep_supervision" in config:
+        config["deep_supervision"] = config["deep_supervision"] or True
+    if "devices" in config:
+        config["devices"] = _parse_devices(config["devices"])
+    for key in ("train", "val", "out"):
+        if key in config:
+            config[key] = str(config[key])
+    if not config.get("resume") and "train" not in config:
+        raise ValueError("--train is required (unless --resume)")
+    try:
+        run = fit(config)
+    except TrainingDiverged as err:
+        raise ValueError(str(err)) from None
+    except FileExistsError as err:
+        raise ValueError(str(err)) from None
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every process runs this command
+        print(f"run written to {run}")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained classifier on test sets",
+                       description="Accuracy, macro-F1, AUROC (binary: 95%% DeLong interval), confusion matrix and "
+                                   "the share of absolute LRP relevance on the background (test sets with masks).")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or a .ckpt / model.pt file")
+    p.add_argument("--test", action="append", required=True, metavar="NAME=DIR",
+                   help="a named test set (dataset layout; masks/ optional); repeat for several")
+    p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-relevance", action="store_true", help="skip the background-relevance share")
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, format_table, write_json
+
+    tests = {}
+    for item in args.test:
+        name, sep, root = item.partition("=")
+        if not sep or not name or not root:
+            raise ValueError(f"--test expects NAME=DIR, got {item!r}")
+        if name in tests:
+            raise ValueError(f"test set name {name!r} given twice")
+        tests[name] = Path(root)
+    results = evaluate(args.checkpoint, tests, batch_size=args.batch_size, workers=args.workers,
+                       device=args.device, relevance=not args.no_relevance)
+    print(format_table(results))
+    if args.json is not None:
+        print(f"wrote {write_json(results, args.json)}")
+
+
 COMMANDS = {
     "explain": (_add_explain, _run_explain),
     "data": (_add_data, _run_data),
+    "train": (_add_train, _run_train),
+    "eval": (_add_eval, _run_eval),
 }
 
 

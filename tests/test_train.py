@@ -1,0 +1,241 @@
+"""Tests for isnet.train (Lightning module, data module, fit, resume, calibration) and isnet.evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from isnet.data import generate, to_tensors, write_dataset
+from isnet.evaluate import evaluate
+from isnet.train import (
+    ISNetModule,
+    MaskedDataModule,
+    TrainConfig,
+    TrainingDiverged,
+    fit,
+    load_classifier,
+)
+
+BASE = dict(arch="small_cnn", epochs=1, batch_size=32, workers=0, quiet=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """64 training, 32 validation and 32 images per test split of BG-Digits (32x32)."""
+    return write_dataset(tmp_path_factory.mktemp("bgd") / "bg", seed=0, n_train=64, n_val=32, n_test=32)
+
+
+def _config(data, out, **kw):
+    return {**BASE, "train": str(data["train"]), "val": str(data["val"]), "out": str(out), **kw}
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------- the training step
+
+
+@pytest.mark.parametrize("variant", ["standard", "original", "selective", "stochastic"])
+def test_training_step_decreases_loss_on_a_fixed_batch(variant):
+    torch.manual_seed(0)
+    x, masks, labels = to_tensors(generate(8, split="train", seed=1))
+    config = TrainConfig(train="unused", variant=variant, num_classes=10, image_size=32, C1=1.0, C2=25.0,
+                         optimizer="adam", lr=3e-3).to_dict()
+    module = ISNetModule(config)
+    module.train()
+    optimizer = module.configure_optimizers()
+
+    def loss(step: bool) -> float:
+        torch.manual_seed(123)  # the stochastic variant draws the same classes every time
+        out = module.objective.fn(module, x, masks, labels)
+        if step:
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+        assert set(out.terms) == ({"ce"} if variant == "standard" else {"ce", "heatmap"})
+        if variant != "standard":
+            k = 10 if variant == "original" else 1
+            assert out.heatmaps.shape == (8, k, 3, 32, 32) and not out.heatmaps.requires_grad
+        return out.loss.item()
+
+    before = loss(False)
+    for _ in range(3):
+        loss(True)
+    after = loss(False)
+    assert math.isfinite(before) and after < before
+
+
+def test_p_warmup_and_option_checks():
+    config = TrainConfig(train="x", num_classes=10, image_size=32, C1=1.0, C2=25.0, p_warmup=2).to_dict()
+    module = ISNetModule(config)
+    assert module.current_P() == 0.7  # no trainer attached: the target value
+    with pytest.raises(ValueError, match="needs C1 and C2"):
+        ISNetModule(TrainConfig(train="x", num_classes=10, image_size=32).to_dict())
+    with pytest.raises(ValueError, match="unknown variant"):
+        TrainConfig(train="x", variant="nope").validate()
+    with pytest.raises(ValueError, match="both C1 and C2"):
+        TrainConfig(train="x", C1=1.0).validate()
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"lr": 0.1, "learning_rate": 0.1})
+
+
+def test_data_module_uses_training_classes_and_epoch_seeded_shuffling(data):
+    dm = MaskedDataModule(data["train"], data["val"], batch_size=8, workers=0, seed=3,
+                          tests={"biased": data["test/biased"]})
+    assert dm.classes == [str(i) for i in range(10)] and dm.image_size == 32
+    assert dm.tests["biased"].classes == dm.classes and dm.val_has_masks
+
+    def order(epoch):
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return list(loader.sampler)
+
+    assert order(0) == order(0) and order(0) != order(1) and sorted(order(1)) == list(range(64))
+
+
+# ---------------------------------------------------------------------------- fit: outputs, calibration
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "selective"
+    fit(_config(data, out, variant="selective", calibrate_epochs=1))
+    return out
+
+
+@pytest.mark.e2e
+def test_fit_calibrates_and_writes_the_run_folder(calibrated_run):
+    run = calibrated_run
+    config = json.loads((run / "config.json").read_text())
+    assert 0 < config["C1"] < config["C2"]
+    assert config["calibration"]["n"] == 64 and config["calibration"]["C1"] == config["C1"]
+    assert config["classes"] == [str(i) for i in range(10)] and config["num_classes"] == 10
+    assert config["image_size"] == 32 and config["arch"] == "small_cnn"
+    for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "metrics.csv", "model.pt",
+                 "calibration/metrics.csv"):
+        assert (run / name).is_file(), name
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("train/loss_epoch", "train/ce_epoch", "train/heatmap_epoch", "train/acc_epoch",
+                   "train/bg_share_epoch", "val/acc", "val/ce", "val/bg_share"):
+        assert column in header, column
+
+    model, loaded = load_classifier(run)
+    assert not model.training and loaded["C1"] == config["C1"]
+    _assert_same_weights(model.state_dict(), _state(run / "model.pt"))
+    from_ckpt, _ = load_classifier(run / "checkpoints" / "last.ckpt")  # 1 epoch: last = final weights
+    _assert_same_weights(from_ckpt.state_dict(), model.state_dict())
+
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        fit({**loaded, "resume": False})
+
+
+@pytest.mark.e2e
+def test_evaluate_matches_a_manual_computation(calibrated_run, data):
+    tests = {"biased": data["test/biased"], "deceiving": data["test/deceiving"]}
+    results = evaluate(calibrated_run, tests, batch_size=16)
+    assert set(results) == {"biased", "deceiving"}
+    model, config = load_classifier(calibrated_run)
+    from isnet.data import MaskedImageFolder, make_transform
+
+    for name, root in tests.items():
+        r = results[name]
+        assert {"accuracy", "macro_f1", "auroc", "background_relevance", "confusion_matrix", "n"} <= set(r)
+        ds = MaskedImageFolder(root, transform=make_transform(32, train=False), classes=config["classes"])
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        y = torch.tensor([ds[i][2] for i in range(len(ds))])
+        with torch.no_grad():
+            accuracy = (model(x).argmax(1) == y).float().mean().item()
+        assert r["n"] == 32 and r["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+        assert 0.0 <= r["background_relevance"] <= 1.0
+        assert sum(map(sum, r["confusion_matrix"])) == 32
+
+
+# ---------------------------------------------------------------------------- resume, faults, precision
+
+
+class _Crash(Callback):
+    """Raises in the middle of an epoch, like a killed process (nothing is saved on the way out)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise KeyError("simulated crash")
+
+
+@pytest.mark.e2e
+def test_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path):
+    # stochastic: the explained class is random, so this also checks the RNG streams on resume
+    kw = dict(variant="stochastic", C1=1.0, C2=25.0, epochs=2, deterministic=True)
+    fit(_config(data, tmp_path / "full", **kw))
+    reference = _state(tmp_path / "full" / "model.pt")
+
+    # stopped after epoch 1, then continued to 2
+    fit(_config(data, tmp_path / "stopped", **{**kw, "epochs": 1}))
+    torch.manual_seed(999)
+    fit({"out": str(tmp_path / "stopped"), "resume": True, "epochs": 2, "quiet": True})
+    _assert_same_weights(_state(tmp_path / "stopped" / "model.pt"), reference)
+
+    # killed in the middle of epoch 2: resume repeats epoch 2 from last.ckpt (end of epoch 1)
+    with pytest.raises(KeyError, match="simulated crash"):
+        fit(_config(data, tmp_path / "killed", **kw), callbacks=[_Crash(epoch=1, batch=1)])
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    torch.manual_seed(4321)
+    fit({"out": str(tmp_path / "killed"), "resume": True, "quiet": True})
+    _assert_same_weights(_state(tmp_path / "killed" / "model.pt"), reference)
+    epochs = [line.split(",")[0] for line in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()[1:]]
+    assert set(epochs) == {"0", "1"}
+
+
+class _Poison(Callback):
+    """Makes the network produce infinities from the start of ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(pl_module.net.model.parameters()).fill_(float("inf"))
+
+
+@pytest.mark.e2e
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 1, batch 0.*last good checkpoint"):
+        fit(_config(data, out, variant="selective", C1=1.0, C2=25.0, epochs=3), callbacks=[_Poison(epoch=1)])
+    assert not (out / "model.pt").exists()
+    model, config = load_classifier(out / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.e2e
+def test_bf16_mixed_precision_run_has_finite_losses(data, tmp_path):
+    out = tmp_path / "bf16"
+    fit(_config(data, out, variant="selective", C1=1.0, C2=25.0, precision="bf16-mixed", accelerator="cpu",
+                p_warmup=2))
+    rows = (out / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    values = [dict(zip(header, r.split(","))) for r in rows[1:]]
+    losses = [float(v["train/loss_epoch"]) for v in values if v["train/loss_epoch"]]
+    heat = [float(v["train/heatmap_epoch"]) for v in values if v["train/heatmap_epoch"]]
+    assert losses and heat and all(math.isfinite(v) for v in losses + heat)
+    # P warms up per step over 2 epochs of 2 steps: 0.7 * 1/4 and 0.7 * 2/4 in the first epoch
+    p_mean = [float(v["train/P_epoch"]) for v in values if v["train/P_epoch"]]
+    assert p_mean == [pytest.approx(0.7 * 1.5 / 4)]
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16-mixed"
+    model, _ = load_classifier(out)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
