@@ -575,9 +575,14 @@ class MaskedDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        world, rank, epoch = (trainer.world_size, trainer.global_rank, trainer.current_epoch) if trainer else (1, 0, 0)
+        world, rank, epoch = (1, 0, 0)
+        if trainer is not None:
+            # the epoch Lightning passes to set_epoch; on resume, trainer.current_epoch is not yet
+            # updated here, and with workers the iterator (and its first indices) is built right away
+            world, rank = trainer.world_size, trainer.global_rank
+            epoch = trainer.fit_loop.epoch_progress.current.processed
         sampler = _EpochSampler(self.train_set, num_replicas=world, rank=rank, seed=self.seed)
-        sampler.set_epoch(epoch)  # the iterator may be built before Lightning calls set_epoch (on resume)
+        sampler.set_epoch(epoch)
         return self._loader(self.train_set, sampler=sampler, generator=sampler.generator)
 
     def val_dataloader(self) -> DataLoader:
