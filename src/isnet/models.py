@@ -49,6 +49,7 @@ def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: s
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, image_size, image_size))
+        model.train()
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model
