@@ -194,11 +194,32 @@ def _run_eval(args: argparse.Namespace) -> None:
         print(f"wrote {write_json(results, args.json)}")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: training speed and memory, explain time",
+                       description="Benchmarks; each writes JSON, Markdown tables and plots to --out.")
+    bench = p.add_subparsers(dest="bench", required=True)
+    speed = bench.add_parser("speed", help="training-step time and peak memory of every variant vs the class "
+                             "count, and explain time vs gradient x input (full run: about 20-30 min on CPU)")
+    explain = bench.add_parser("explain", help="LRP-Flex explain time vs gradient x input (and zennit)")
+    for b in (speed, explain):
+        b.add_argument("--out", type=Path, required=True)
+        b.add_argument("--quick", action="store_true", help="small inputs, fewer K and repeats (a few minutes)")
+        b.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from .bench import speed
+
+    run = {"speed": speed.run_speed, "explain": speed.run_explain}[args.bench]
+    run(args.out, quick=args.quick, device=args.device)
+
+
 COMMANDS = {
     "explain": (_add_explain, _run_explain),
     "data": (_add_data, _run_data),
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
+    "bench": (_add_bench, _run_bench),
 }
 
 

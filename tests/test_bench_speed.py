@@ -1,0 +1,49 @@
+"""Smoke test of the speed benchmark: tiny settings, every output key; no timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+from isnet.bench.speed import ExplainSetup, SpeedSetup, StepSetup, per_class_cost, run
+from isnet.cli import build_parser
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    lines: list[str] = []
+    setup = SpeedSetup(
+        explain=ExplainSetup(archs=("small_cnn",), image_size=32, batch=2, num_classes=10, repeats=1, warmup=0),
+        steps=[StepSetup("small_cnn", 32, 4, (2, 10), repeats=1, warmup=0, original_budget_s=0.0,
+                         comparison_classes=(2,))],
+    )
+    report = run(setup, tmp_path, quick=True, progress=lines.append)
+
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert set(saved) >= {"meta", "setup", "explain", "steps", "targets"}
+    row = saved["explain"][0]
+    assert set(row["times_s"]) >= {"gradient_x_input", "lrp_flex", "lrp_flex_no_zb"}
+    assert set(row["ratio_vs_gradient_x_input"]) >= {"lrp_flex", "lrp_flex_no_zb"}
+    steps = saved["steps"]["small_cnn"]
+    assert set(steps) >= {"variants", "ratio_vs_standard", "ratio_vs_first_k", "memory_ratio_vs_standard",
+                          "original_seconds_per_class", "supervised_layers"}
+    variants = steps["variants"]
+    assert set(variants) == {"standard", "selective", "stochastic", "selective+ds", "stochastic+ds", "original",
+                             "original-naive", "original-batched"}
+    for v in ("standard", "selective", "stochastic", "selective+ds", "stochastic+ds"):
+        assert set(variants[v]) == {"2", "10"} and not variants[v]["10"]["extrapolated"]
+        assert variants[v]["2"]["peak_memory_bytes"] > 0
+    # over budget: original measured at the first K only, extrapolated above it
+    assert not variants["original"]["2"]["extrapolated"] and variants["original"]["10"]["extrapolated"]
+    assert set(variants["original-naive"]) == {"2"}
+    assert steps["ratio_vs_standard"]["standard"]["10"] == 1.0
+    assert (tmp_path / "speed.md").read_text().startswith("# isnet speed benchmark")
+    assert (tmp_path / "small_cnn.png").stat().st_size > 0
+    assert report["steps"]["small_cnn"]["classes"] == [2, 10]
+    assert any("selective" in line for line in lines)
+
+
+def test_per_class_cost_and_cli():
+    assert per_class_cost({2: 0.2, 10: 1.0}) == 0.1
+    args = build_parser().parse_args(["bench", "speed", "--quick", "--out", "x"])
+    assert args.command == "bench" and args.bench == "speed" and args.quick
+    args = build_parser().parse_args(["bench", "explain", "--out", "x"])
+    assert args.bench == "explain" and not args.quick
