@@ -194,8 +194,70 @@ def _run_eval(args: argparse.Namespace) -> None:
         print(f"wrote {write_json(results, args.json)}")
 
 
+def _parse_option(item: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_bench_bias(bench) -> None:
+    from .bench.bias import FULL, METHODS, QUICK
+
+    b = bench.add_parser(
+        "bias", help="background-bias benchmark on BG-Digits: ISNets and baselines, three test sets, report",
+        description="Train every method with the `isnet train` pipeline on BG-Digits (digits with a class-coded "
+                    "background patch), evaluate on biased / unbiased / deceiving test sets (accuracy, background "
+                    "and patch relevance, occlusion check) and write results.json, results.md, results.csv, "
+                    f"figures/ and report.html. Full run: {FULL['seeds']} seeds x {len(FULL['methods'])} methods, "
+                    f"{FULL['n_train']} images, {FULL['epochs']} epochs (about an hour or more on 2 CPU cores); "
+                    f"--quick: {', '.join(QUICK['methods'])}, 1 seed, {QUICK['n_train']} images, "
+                    f"{QUICK['epochs']} epochs (under 10 minutes). Finished runs in OUT are reused.")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--quick", action="store_true", help="fewer methods, images and epochs, one seed")
+    b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                   help=f"methods to run (choices: {', '.join(METHODS)})")
+    b.add_argument("--seeds", type=int, help="training seeds per method")
+    b.add_argument("--epochs", type=int, help="training epochs of every method")
+    b.add_argument("--n-train", type=int, help="training images")
+    b.add_argument("--n-val", type=int, help="validation images")
+    b.add_argument("--n-test", type=int, help="images per test set")
+    b.add_argument("--data-seed", type=int, help="BG-Digits seed (default 0)")
+    b.add_argument("--examples", dest="n_examples", type=int, help="heatmap examples per test set")
+    b.add_argument("--set", dest="train_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--progress-bar", action="store_true", default=None, help="Lightning progress bars")
+
+
+def _bench_bias_config(args: argparse.Namespace, base: dict):
+    from .bench.bias import BiasBenchConfig
+
+    values = dict(base)
+    for key in ("methods", "seeds", "epochs", "n_train", "n_val", "n_test", "data_seed", "n_examples", "threads",
+                "progress_bar"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    options = dict(_parse_option(item) for item in getattr(args, "train_options", []) or [])
+    if options:
+        values["train_options"] = options
+    return BiasBenchConfig(**values)
+
+
+def _run_bench_bias(args: argparse.Namespace) -> None:
+    from .bench.bias import FULL, QUICK, format_table, run_benchmark
+
+    results = run_benchmark(_bench_bias_config(args, QUICK if args.quick else FULL), args.out)
+    print(format_table(results))
+
+
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: training speed and memory, explain time",
+    p = sub.add_parser("bench", help="benchmarks: training speed and memory, explain time, background bias",
                        description="Benchmarks; each writes JSON, Markdown tables and plots to --out.")
     bench = p.add_subparsers(dest="bench", required=True)
     speed = bench.add_parser("speed", help="training-step time and peak memory of every variant vs the class "
@@ -205,13 +267,36 @@ def _add_bench(sub) -> None:
         b.add_argument("--out", type=Path, required=True)
         b.add_argument("--quick", action="store_true", help="small inputs, fewer K and repeats (a few minutes)")
         b.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    _add_bench_bias(bench)
 
 
 def _run_bench(args: argparse.Namespace) -> None:
+    if args.bench == "bias":
+        _run_bench_bias(args)
+        return
     from .bench import speed
 
     run = {"speed": speed.run_speed, "explain": speed.run_explain}[args.bench]
     run(args.out, quick=args.quick, device=args.device)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="BG-Digits demo: standard classifier vs selective ISNet, table and report (a few minutes)",
+        description="Build BG-Digits, train a standard classifier and a selective ISNet (Faster ISNet) with the "
+                    "training defaults, print accuracy and background relevance on the biased, unbiased and "
+                    "deceiving test sets, and write OUT/report.html (`isnet bench bias` with a small grid).")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    for flag, kind in (("--n-train", int), ("--n-val", int), ("--n-test", int), ("--epochs", int),
+                       ("--threads", int)):
+        p.add_argument(flag, type=kind, help=argparse.SUPPRESS)  # sizes, for tests and slow machines
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, epochs=args.epochs,
+             threads=args.threads)
 
 
 COMMANDS = {
@@ -220,6 +305,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
     "bench": (_add_bench, _run_bench),
+    "demo": (_add_demo, _run_demo),
 }
 
 
