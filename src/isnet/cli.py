@@ -102,11 +102,14 @@ def _add_train(sub) -> None:
     g.add_argument("--c2", dest="C2", type=float, help="foreground relevance upper bound C2 (with --c1)")
     g.add_argument("--calibrate-epochs", type=int,
                    help="without --c1/--c2: epochs of the standard run that calibrates them (default 2)")
+    g.add_argument("--background-swap", type=float, metavar="PROB",
+                   help="probability that a training image gets another image's background (mask-based); "
+                        "default 1 for the ISNet variants and swap, 0 otherwise")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="default 30")
     g.add_argument("--batch-size", type=int, help="per process (default 64)")
-    g.add_argument("--lr", type=float, help="learning rate (default 0.01)")
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd (momentum 0.9)")
+    g.add_argument("--lr", type=float, help="learning rate (default 0.001)")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default adam; sgd uses --momentum")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=float, help="default 0 (AdamW: 0.01)")
     g.add_argument("--schedule", choices=["none", "cosine", "step"], help="learning-rate schedule (default none)")
@@ -326,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError) as error:
         print(f"isnet {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -40,6 +40,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .data import MaskedImageFolder, make_transform
+from .data.augment import swap_backgrounds
 from .loss import ISNetLoss, calibrate
 from .metrics import BackgroundRelevance
 from .models import build_model
@@ -75,7 +76,9 @@ class TrainConfig:
     ``epsilon``, ``zb``, ``selective_class``, ``selective_eps``.
     Loss: ``P`` (heatmap-loss weight), ``p_warmup`` (epochs of linear warm-up of P, 0 = none),
     ``d``, ``E``, ``A``, ``B``, ``C1``, ``C2`` (None: calibrated), ``foreground``, ``norm``,
-    ``d_loss``, ``calibrate_epochs``.
+    ``d_loss``, ``calibrate_epochs``, ``background_swap`` (probability that a training image
+    gets another image's background; None: the objective's default, 1 for the ISNets and
+    ``swap``, 0 otherwise).
     Optimisation: ``epochs``, ``batch_size``, ``lr``, ``optimizer`` (sgd | adam | adamw),
     ``momentum`` (SGD), ``weight_decay`` (None: 0, or 0.01 for AdamW), ``schedule``
     (none | cosine | step), ``lr_step`` (epochs per step decay, None: epochs // 3), ``lr_gamma``,
@@ -94,8 +97,8 @@ class TrainConfig:
     deep_supervision: bool | list[str] = False
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.01
-    optimizer: str = "sgd"
+    lr: float = 0.001
+    optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float | None = None
     schedule: str = "none"
@@ -119,6 +122,7 @@ class TrainConfig:
     selective_class: str = "lowest"
     selective_eps: float = 0.01
     calibrate_epochs: int = 2
+    background_swap: float | None = None
     seed: int = 0
     gradient_clip: float | None = 1.0
     accelerator: str = "auto"
@@ -167,6 +171,8 @@ class TrainConfig:
             raise ValueError("give both C1 and C2, or neither (then they are calibrated)")
         if self.C1 is not None and not 0.0 < self.C1 <= self.C2:
             raise ValueError(f"need 0 < C1 <= C2, got C1={self.C1}, C2={self.C2}")
+        if self.background_swap is not None and not 0.0 <= self.background_swap <= 1.0:
+            raise ValueError(f"background_swap must be in [0, 1], got {self.background_swap}")
         if self.train is None:
             raise ValueError("no training set: set train to a dataset root (images/ + masks/)")
 
@@ -206,13 +212,15 @@ class Objective:
 
     ``isnet_variant`` is the :class:`isnet.ISNet` variant the module wraps (its heatmaps are
     the ones validated); ``heatmap_loss`` says whether the objective uses C1/C2 (and so
-    triggers calibration); ``needs_masks`` whether training masks are required.
+    triggers calibration); ``needs_masks`` whether training masks are required;
+    ``background_swap`` the default probability of training on another image's background.
     """
 
     fn: ObjectiveFn
     isnet_variant: str = "standard"
     heatmap_loss: bool = False
     needs_masks: bool = True
+    background_swap: float = 0.0
 
 
 @contextlib.contextmanager
@@ -254,9 +262,10 @@ def isnet_objective(module: ISNetModule, x: Tensor, masks: Tensor, labels: Tenso
 
 OBJECTIVES: dict[str, Objective] = {
     "standard": Objective(standard_objective, "standard", heatmap_loss=False, needs_masks=False),
-    "original": Objective(isnet_objective, "original", heatmap_loss=True),
-    "selective": Objective(isnet_objective, "selective", heatmap_loss=True),
-    "stochastic": Objective(isnet_objective, "stochastic", heatmap_loss=True),
+    "original": Objective(isnet_objective, "original", heatmap_loss=True, background_swap=1.0),
+    "selective": Objective(isnet_objective, "selective", heatmap_loss=True, background_swap=1.0),
+    "stochastic": Objective(isnet_objective, "stochastic", heatmap_loss=True, background_swap=1.0),
+    "swap": Objective(standard_objective, "standard", heatmap_loss=False, background_swap=1.0),
 }
 """Variant name -> :class:`Objective`. Baselines (RRR, Grad-CAM supervision, ...) register here."""
 
@@ -329,8 +338,9 @@ class ISNetModule(L.LightningModule):
         if objective.heatmap_loss and (config["C1"] is None or config["C2"] is None):
             raise ValueError(f"variant {config['variant']!r} needs C1 and C2 (fit() calibrates them)")
         self.objective = objective
+        swap = config["background_swap"]
+        self.background_swap = objective.background_swap if swap is None else swap
         model = build_model(config["arch"], config["num_classes"], image_size=config["image_size"])
-        model.train()  # build_model may return a model in eval mode (lazy layers are materialised in eval)
         lrp = dict(epsilon=config["epsilon"], zb=config["zb"], selective_eps=config["selective_eps"],
                    selective_class=config["selective_class"])
         self.net = ISNet(model, objective.isnet_variant, deep_supervision=config["deep_supervision"], **lrp)
@@ -387,6 +397,8 @@ class ISNetModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, masks, labels = batch
+        if self.background_swap > 0:
+            x = swap_backgrounds(x, masks, self.background_swap)
         out = self.objective.fn(self, x, masks, labels)
         self._check_finite(out, batch_idx)
         n = labels.shape[0]
@@ -696,7 +708,9 @@ def _resume_config(given: Mapping[str, Any], run: Path) -> TrainConfig:
 def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dict[str, float]:
     """Train a standard classifier for ``calibrate_epochs``; C1/C2 from its last epoch's heatmaps."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    config = cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None, "p_warmup": 0.0}
+    swap = OBJECTIVES[cfg.variant].background_swap if cfg.background_swap is None else cfg.background_swap
+    config = cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None, "p_warmup": 0.0,
+                              "background_swap": swap}
     module = ISNetModule(config, calibrate_for=OBJECTIVES[cfg.variant].isnet_variant)
     logger = CSVLogger(run, name="calibration", version="")
     trainer = _trainer(cfg, max_epochs=cfg.calibrate_epochs, logger=logger, callbacks=[], checkpointing=False)

@@ -1,0 +1,34 @@
+"""Mask-based augmentation used in training only."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def swap_backgrounds(images: Tensor, masks: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Give each image, with probability ``p``, the background of another image of the batch.
+
+    The foreground (mask nonzero) and the label stay; the background comes from a
+    random other sample, so whatever the background says about the class stops
+    predicting it. Masks are (B, 1|C, H, W) at the images' size.
+
+    This breaks shortcuts that the heatmap loss alone cannot see: a network can use
+    a background cue by switching units *off*, and an inactive unit carries no
+    relevance under any LRP rule (see ``docs/shortcut-study.md``).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"background swap probability must be in [0, 1], got {p}")
+    batch = images.shape[0]
+    if p == 0.0 or batch < 2:
+        return images
+    device = images.device
+    # a random derangement: every image receives a background from a different one
+    shift = torch.randint(1, batch, (1,), generator=generator, device=generator.device if generator else "cpu")
+    order = torch.randperm(batch, generator=generator, device=generator.device if generator else "cpu")
+    donor = torch.empty_like(order)
+    donor[order] = order.roll(int(shift))
+    chosen = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu") < p
+    foreground = (masks != 0).to(images.dtype)
+    swapped = foreground * images + (1 - foreground) * images[donor.to(device)]
+    return torch.where(chosen.to(device).view(-1, *([1] * (images.dim() - 1))), swapped, images)
