@@ -83,7 +83,12 @@ def test_rrr_penalty_zero_when_mask_covers_everything_and_differentiable():
 
 
 def test_default_cam_layers():
-    assert default_cam_layer(small_cnn(10)) == "9"  # last ReLU before Flatten
+    model = small_cnn(10)
+    children = list(model.named_children())
+    index = [name for name, _ in children].index(default_cam_layer(model))
+    flatten = next(i for i, (_, m) in enumerate(children) if isinstance(m, nn.Flatten))
+    assert isinstance(children[index][1], nn.ReLU) and index < flatten  # the last ReLU before Flatten
+    assert not any(isinstance(m, (nn.Conv2d, nn.ReLU)) for _, m in children[index + 1:flatten])
     from torchvision.models import densenet121, resnet18, vgg11
 
     assert default_cam_layer(resnet18(num_classes=2)) == "layer4"
