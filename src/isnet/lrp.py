@@ -87,9 +87,34 @@ class _ReLU(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         eps = ctx.switch.epsilon
         if ctx.switch.lrp and eps > 0:
+            if torch.is_grad_enabled():  # create_graph: a differentiable gate that saves no temporaries
+                return _LRPGate.apply(grad, out, eps), None, None
             return grad * (out / (out + eps)), None, None
         # ordinary derivative; also the LRP factor a / (a + 0), defined as 0 where a = 0
         return grad * (out > 0), None, None
+
+
+class _LRPGate(torch.autograd.Function):
+    """``grad * a / (a + eps)``, differentiable in ``grad`` and ``a``.
+
+    Autograd of the three-op expression would keep ``a + eps``, the factor and ``grad`` for
+    the training backward; this keeps ``grad`` (``a`` is already saved by the ReLU) and
+    recomputes the rest.
+    """
+
+    @staticmethod
+    def forward(ctx, grad: Tensor, out: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(grad, out)
+        ctx.eps = eps
+        return grad * (out / (out + eps))
+
+    @staticmethod
+    def backward(ctx, upstream: Tensor):
+        grad, out = ctx.saved_tensors
+        denominator = out + ctx.eps
+        grad_grad = upstream * (out / denominator) if ctx.needs_input_grad[0] else None
+        grad_out = upstream * grad * (ctx.eps / denominator**2) if ctx.needs_input_grad[1] else None
+        return grad_grad, grad_out, None
 
 
 def _piecewise_derivative(z: Tensor, kind: str, params: tuple) -> Tensor:
