@@ -74,7 +74,8 @@ class TrainConfig:
     Model: ``arch`` (``small_cnn`` or a torchvision name), ``variant`` (a key of
     :data:`OBJECTIVES`), ``deep_supervision`` (False, True or module names), LRP options
     ``epsilon``, ``zb``, ``selective_class``, ``selective_eps``.
-    Loss: ``P`` (heatmap-loss weight), ``p_warmup`` (epochs of linear warm-up of P, 0 = none),
+    Loss: ``P`` (heatmap-loss weight), ``p_warmup`` (epochs of linear warm-up of P, 0 = none;
+    safe with the background swap, which keeps the shortcut out while P is small),
     ``d``, ``E``, ``A``, ``B``, ``C1``, ``C2`` (None: calibrated), ``foreground``, ``norm``,
     ``d_loss``, ``calibrate_epochs``, ``background_swap`` (probability that a training image
     gets another image's background; None: the objective's default, 1 for the ISNets and
@@ -101,13 +102,13 @@ class TrainConfig:
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float | None = None
-    schedule: str = "none"
+    schedule: str = "cosine"
     lr_step: int | None = None
     lr_gamma: float = 0.1
     image_size: int | None = None
     hflip: bool = False
     P: float = 0.7
-    p_warmup: float = 0.0
+    p_warmup: float = 3.0
     d: float = 0.9
     E: float = 1.0
     A: float = 1.0
