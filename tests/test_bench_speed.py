@@ -47,3 +47,30 @@ def test_per_class_cost_and_cli():
     assert args.command == "bench" and args.bench == "speed" and args.quick
     args = build_parser().parse_args(["bench", "explain", "--out", "x"])
     assert args.bench == "explain" and not args.quick
+
+
+def test_original_batched_matches_original():
+    """The benchmark's is_grads_batched form of the original ISNet: same heatmaps, same gradients."""
+    import torch
+
+    from isnet import ISNet, ISNetLoss
+    from isnet.bench.speed import _original_batched, _original_naive
+    from isnet.models import small_cnn
+
+    torch.manual_seed(0)
+    model = small_cnn(4).train()
+    x = torch.rand(3, 3, 32, 32)
+    model(x)
+    y, mask = torch.tensor([0, 1, 3]), torch.zeros(3, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1
+    net = ISNet(model, "original").train()
+    results = []
+    for heatmaps in (lambda: net(x, heatmaps=True), lambda: _original_batched(net, x),
+                     lambda: _original_naive(net, x)):
+        logits, heat = heatmaps()
+        loss = ISNetLoss()(logits, y, heat, mask).total
+        results.append((heat.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    for heat, grads in results[1:]:
+        assert torch.allclose(heat, results[0][0], rtol=1e-5, atol=1e-7)
+        for a, b in zip(grads, results[0][1]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -87,11 +87,22 @@ class _ReLU(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         eps = ctx.switch.epsilon
         if ctx.switch.lrp and eps > 0:
-            if torch.is_grad_enabled():  # create_graph: a differentiable gate that saves no temporaries
+            if torch.is_grad_enabled() and not _is_batched(grad):
+                # create_graph: a differentiable gate that saves no temporaries
                 return _LRPGate.apply(grad, out, eps), None, None
             return grad * (out / (out + eps)), None, None
         # ordinary derivative; also the LRP factor a / (a + 0), defined as 0 where a = 0
         return grad * (out > 0), None, None
+
+
+def _is_batched(t: Tensor) -> bool:
+    """A gradient batched by ``torch.autograd.grad(..., is_grads_batched=True)``.
+
+    Custom Functions do not record their graph under that legacy vmap, so the gate
+    falls back to plain ops there.
+    """
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(check(t)) if check is not None else False
 
 
 class _LRPGate(torch.autograd.Function):
