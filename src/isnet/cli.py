@@ -270,6 +270,7 @@ def _add_bench(sub) -> None:
         b.add_argument("--out", type=Path, required=True)
         b.add_argument("--quick", action="store_true", help="small inputs, fewer K and repeats (a few minutes)")
         b.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+        b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     _add_bench_bias(bench)
 
 
@@ -280,7 +281,7 @@ def _run_bench(args: argparse.Namespace) -> None:
     from .bench import speed
 
     run = {"speed": speed.run_speed, "explain": speed.run_explain}[args.bench]
-    run(args.out, quick=args.quick, device=args.device)
+    run(args.out, quick=args.quick, device=args.device, threads=args.threads)
 
 
 def _add_demo(sub) -> None:

@@ -332,20 +332,16 @@ def _original_batched(net: ISNet, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _original_naive(net: ISNet, x: Tensor) -> tuple[Tensor, Tensor]:
     """One forward and one relevance pass per class."""
-    maps, logits = [], None
-    classes = None
-    k = 0
-    while classes is None or k < classes:
+    first = net.lrp.trace(x)
+    maps = [first.relevance(first.output[:, 0].sum(), create_graph=True).input]
+    for k in range(1, first.output.shape[1]):
         trace = net.lrp.trace(x)
-        if logits is None:
-            logits, classes = trace.output, trace.output.shape[1]
         maps.append(trace.relevance(trace.output[:, k].sum(), create_graph=True).input)
-        k += 1
-    return logits, torch.stack(maps, 1)
+    return first.output, torch.stack(maps, 1)
 
 
 def make_step(model: nn.Module, variant: str, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-              mask: Tensor, layers: Sequence[str] = ()) -> Callable[[], float]:
+              mask: Tensor, layers: Sequence[str] = ()) -> Callable[[], Tensor]:
     """One training step of ``variant`` (see :data:`ALL_VARIANTS`); returns a function running it."""
     criterion = ISNetLoss(P=0.7)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -365,7 +361,7 @@ def make_step(model: nn.Module, variant: str, optimizer: torch.optim.Optimizer, 
             def heatmaps():
                 return net(x, heatmaps=True, labels=y)
 
-    def step() -> float:
+    def step() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
         logits, heat = heatmaps()
         loss = criterion(logits, y, heat, mask).total
@@ -412,7 +408,7 @@ def bench_steps(setup: StepSetup, *, device: torch.device = torch.device("cpu"),
                 if excess and classes != setup.classes[0]:
                     last_standard = results["standard"][str(max(excess))]["time_s"]
                     factor = 1.0 if v == "original" else 1.5
-                    if (last_standard + per_class_cost(excess) * classes) * factor > setup.original_budget_s:
+                    if (last_standard + max(per_class_cost(excess), 0.0) * classes) * factor > setup.original_budget_s:
                         continue
             chosen.append(v)
         steps = {v: make_step(model, v, optimizer, x, y, mask, layers) for v in chosen}
@@ -650,9 +646,14 @@ def _meta(device: torch.device, quick: bool) -> dict:
 
 
 def run(setup: SpeedSetup, out: str | Path, *, quick: bool = False, device: str | torch.device = "cpu",
-        progress: Progress = print, name: str = "speed") -> dict:
-    """Run a benchmark setup and write ``<name>.json``, ``<name>.md`` and one plot per architecture."""
+        progress: Progress = print, name: str = "speed", threads: int | None = None) -> dict:
+    """Run a benchmark setup and write ``<name>.json``, ``<name>.md`` and one plot per architecture.
+
+    ``threads``: torch CPU threads for the run (None: torch's default).
+    """
     device = torch.device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"meta": _meta(device, quick), "setup": asdict(setup)}
@@ -685,13 +686,15 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def run_speed(out: str | Path, *, quick: bool = False, device: str = "cpu", progress: Progress = print) -> dict:
+def run_speed(out: str | Path, *, quick: bool = False, device: str = "cpu", progress: Progress = print,
+              threads: int | None = None) -> dict:
     """``isnet bench speed``: explain time and training-step time / memory of every variant vs K."""
     setup = quick_setup() if quick else full_setup()
-    return run(setup, out, quick=quick, device=device, progress=progress, name="speed")
+    return run(setup, out, quick=quick, device=device, progress=progress, name="speed", threads=threads)
 
 
-def run_explain(out: str | Path, *, quick: bool = False, device: str = "cpu", progress: Progress = print) -> dict:
+def run_explain(out: str | Path, *, quick: bool = False, device: str = "cpu", progress: Progress = print,
+                threads: int | None = None) -> dict:
     """``isnet bench explain``: LRP-Flex explain time against gradient x input (and zennit)."""
     setup = SpeedSetup(explain=quick_setup().explain if quick else ExplainSetup(), steps=[])
-    return run(setup, out, quick=quick, device=device, progress=progress, name="explain")
+    return run(setup, out, quick=quick, device=device, progress=progress, name="explain", threads=threads)
