@@ -439,7 +439,13 @@ def _flat_bound(bound: float | Tensor, shape: torch.Size) -> float | Tensor:
 
 
 def _scalar_bound(bound: float | Tensor) -> float | Tensor:
-    """Bias terms take a single bound; per-channel bounds contribute their mean."""
+    """The bound of the bias terms ``b+ low + b- high``: per-channel bounds contribute their mean.
+
+    The bias has no input channel, so no per-channel bound is its own; the mean keeps
+    equal per-channel bounds identical to the scalar case. It is a convention: no choice
+    makes Z^B invariant to folding an input normalisation into the first layer (see
+    docs/lrp-flex.md). It enters only the denominator ``z``.
+    """
     b = torch.as_tensor(bound)
     return b.mean() if b.dim() else b
 
