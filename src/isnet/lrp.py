@@ -327,14 +327,6 @@ def check_activations(model: nn.Module) -> None:
             )
 
 
-def _bounds_image(bound: float | Tensor, like: Tensor) -> Tensor:
-    """A bound broadcast to one sample of ``like``: scalar, or one value per channel."""
-    b = torch.as_tensor(bound, dtype=like.dtype, device=like.device)
-    if b.dim() == 1 and like.dim() > 2:
-        b = b.view(-1, *([1] * (like.dim() - 2)))
-    return b.expand(like.shape[1:])
-
-
 def _bounds_weight(bound: float | Tensor, weight: Tensor, groups: int = 1) -> Tensor | float:
     """A bound shaped to scale a weight along its input-channel axis.
 
@@ -382,52 +374,72 @@ def _expand(value, n: int) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
 
 
-def zb_relevance(block: FirstBlock, relevance: Tensor, epsilon: float, bounds: Bounds) -> Tensor:
-    """Push the relevance at the first ReLU's output to the input with the Z^B rule.
+@dataclass
+class ZBRule:
+    """The Z^B rule of one traced first block: everything that does not depend on the relevance.
 
     Batch norm is folded into the layer (batch statistics with the unbiased
     variance in training mode). The statistics, the layer bias and the batch-norm
     shift enter detached; the weights and the batch-norm scale stay in the graph,
-    also inside the folded bias ``(b - mu) * gamma / s + beta``.
+    also inside the folded bias ``(b - mu) * gamma / s + beta``. A trace builds its
+    rule once, however many quantities it explains.
     """
-    x, weight, bias = block.input, block.weight, block.bias
-    conv_out = block.conv_out
-    assert conv_out is not None
-    linear_out = conv_out - bias.view(1, -1, *([1] * (conv_out.dim() - 2))) if bias is not None else conv_out
-    shift = bias.detach() if bias is not None else torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
-    if block.bn is not None:
-        running_mean, running_var, gamma, beta, training, bn_eps = block.bn
-        if training:
-            reduce = [0, *range(2, conv_out.dim())]
-            mean = conv_out.detach().mean(reduce)
-            var = conv_out.detach().var(reduce, unbiased=True)
-        else:
-            mean, var = running_mean, running_var
-        scale = torch.rsqrt(var + bn_eps)
-        if gamma is not None:
-            scale = scale * gamma
-        shift = (shift - mean) * scale
-        if beta is not None:
-            shift = shift + beta.detach()
-        weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
-        linear_out = linear_out * scale.view(1, -1, *([1] * (conv_out.dim() - 2)))
-    channel = (1, -1, *([1] * (conv_out.dim() - 2)))
-    low, high = bounds
-    if block.source_shape is not None:  # a linear layer on the flattened input: one bound per feature
-        low, high = _flat_bound(low, block.source_shape), _flat_bound(high, block.source_shape)
-    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-    groups = block.conv_args[3] if block.dims else 1
-    w_bounds = w_pos * _bounds_weight(low, weight, groups) + w_neg * _bounds_weight(high, weight, groups)
-    bias_bounds = shift.clamp(min=0) * _scalar_bound(low) + shift.clamp(max=0) * _scalar_bound(high)
-    ones = torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    bound_out = _layer(block, ones, w_bounds) + bias_bounds.view(channel)
-    z = linear_out + shift.view(channel) - bound_out
-    s = relevance / _stabilise(z, epsilon)
-    if block.dims and block.conv_args[3] != 1:  # grouped conv: transpose each weight alone
-        return x * _transpose(block, s, weight, x.shape) - _transpose(block, s, w_bounds, x.shape)
-    both = _transpose(block, s, torch.cat([weight, w_bounds], dim=1), x.shape)
-    width = x.shape[1]
-    return x * both[:, :width] - both[:, width:]
+
+    block: FirstBlock
+    denominator: Tensor  # the stabilised ``z`` of the rule
+    weight: Tensor  # the folded weight W'
+    bound_weight: Tensor  # l W'+ + h W'-
+
+    @classmethod
+    def fold(cls, block: FirstBlock, epsilon: float, bounds: Bounds) -> ZBRule:
+        x, weight, bias = block.input, block.weight, block.bias
+        conv_out = block.conv_out
+        assert conv_out is not None
+        channel = (1, -1, *([1] * (conv_out.dim() - 2)))
+        linear_out = conv_out - bias.view(channel) if bias is not None else conv_out
+        shift = bias.detach() if bias is not None else torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
+        if block.bn is not None:
+            running_mean, running_var, gamma, beta, training, bn_eps = block.bn
+            if training:
+                reduce = [0, *range(2, conv_out.dim())]
+                mean = conv_out.detach().mean(reduce)
+                var = conv_out.detach().var(reduce, unbiased=True)
+            else:
+                mean, var = running_mean, running_var
+            scale = torch.rsqrt(var + bn_eps)
+            if gamma is not None:
+                scale = scale * gamma
+            shift = (shift - mean) * scale
+            if beta is not None:
+                shift = shift + beta.detach()
+            weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+            linear_out = linear_out * scale.view(channel)
+        low, high = bounds
+        if block.source_shape is not None:  # a linear layer on the flattened input: one bound per feature
+            low, high = _flat_bound(low, block.source_shape), _flat_bound(high, block.source_shape)
+        w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+        groups = block.conv_args[3] if block.dims else 1
+        w_bounds = w_pos * _bounds_weight(low, weight, groups) + w_neg * _bounds_weight(high, weight, groups)
+        bias_bounds = shift.clamp(min=0) * _scalar_bound(low) + shift.clamp(max=0) * _scalar_bound(high)
+        ones = torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        bound_out = _layer(block, ones, w_bounds) + bias_bounds.view(channel)
+        z = linear_out + shift.view(channel) - bound_out
+        return cls(block, _stabilise(z, epsilon), weight, w_bounds)
+
+    def __call__(self, relevance: Tensor) -> Tensor:
+        """The input relevance of ``relevance`` at the first ReLU's output."""
+        block, x = self.block, self.block.input
+        s = relevance / self.denominator
+        if block.dims and block.conv_args[3] != 1:  # grouped conv: transpose each weight alone
+            return x * _transpose(block, s, self.weight, x.shape) - _transpose(block, s, self.bound_weight, x.shape)
+        both = _transpose(block, s, torch.cat([self.weight, self.bound_weight], dim=1), x.shape)
+        width = x.shape[1]
+        return x * both[:, :width] - both[:, width:]
+
+
+def zb_relevance(block: FirstBlock, relevance: Tensor, epsilon: float, bounds: Bounds) -> Tensor:
+    """Push the relevance at the first ReLU's output to the input with the Z^B rule (see :class:`ZBRule`)."""
+    return ZBRule.fold(block, epsilon, bounds)(relevance)
 
 
 def _flat_bound(bound: float | Tensor, shape: torch.Size) -> float | Tensor:
@@ -496,6 +508,7 @@ class Trace:
                  block: FirstBlock | None, layer_outputs: dict[str, Tensor]) -> None:
         self.lrp, self.x, self.output = lrp, x, output
         self._switch, self._block, self._layer_outputs = switch, block, layer_outputs
+        self._zb_rules: dict[bool, ZBRule] = {}  # by grad mode: with or without a graph
 
     def relevance(self, quantity: Tensor, *, create_graph: bool = False,
                   retain_graph: bool | None = None) -> Relevance:
@@ -516,7 +529,9 @@ class Trace:
         # the relevance stays in the autograd graph exactly when create_graph asks for it
         with torch.set_grad_enabled(create_graph):
             if zb:
-                heat = zb_relevance(self._block, start * grads[0], self.lrp.epsilon, self.lrp.bounds)
+                if create_graph not in self._zb_rules:
+                    self._zb_rules[create_graph] = ZBRule.fold(self._block, self.lrp.epsilon, self.lrp.bounds)
+                heat = self._zb_rules[create_graph](start * grads[0])
                 if heat.shape != self.x.shape:  # the first linear layer saw the input flattened
                     heat = heat.reshape(self.x.shape)
             else:

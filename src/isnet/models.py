@@ -30,13 +30,6 @@ def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> n
 BUILTIN = {"small_cnn": small_cnn}
 
 
-def available_architectures() -> list[str]:
-    """``small_cnn`` and every torchvision classification model name."""
-    from torchvision import models
-
-    return sorted(BUILTIN) + sorted(models.list_models(module=models))
-
-
 def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: str | Path | None = None) -> nn.Module:
     """A freshly initialised classifier, optionally loading a state dict from ``weights``.
 
