@@ -22,13 +22,13 @@ def swap_backgrounds(images: Tensor, masks: Tensor, p: float, generator: torch.G
     batch = images.shape[0]
     if p == 0.0 or batch < 2:
         return images
-    device = images.device
+    rng = generator.device if generator is not None else "cpu"
     # a random derangement: every image receives a background from a different one
-    shift = torch.randint(1, batch, (1,), generator=generator, device=generator.device if generator else "cpu")
-    order = torch.randperm(batch, generator=generator, device=generator.device if generator else "cpu")
+    shift = int(torch.randint(1, batch, (1,), generator=generator, device=rng))
+    order = torch.randperm(batch, generator=generator, device=rng)
     donor = torch.empty_like(order)
-    donor[order] = order.roll(int(shift))
-    chosen = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu") < p
+    donor[order] = order.roll(shift)
+    chosen = torch.rand(batch, generator=generator, device=rng) < p
     foreground = (masks != 0).to(images.dtype)
-    swapped = foreground * images + (1 - foreground) * images[donor.to(device)]
-    return torch.where(chosen.to(device).view(-1, *([1] * (images.dim() - 1))), swapped, images)
+    swapped = foreground * images + (1 - foreground) * images[donor.to(images.device)]
+    return torch.where(chosen.to(images.device).view(-1, *([1] * (images.dim() - 1))), swapped, images)
