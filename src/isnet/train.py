@@ -290,6 +290,11 @@ def needs_masked_input(variant: str) -> bool:
     return needs(variant)
 
 
+def background_swap_for(variant: str, given: float | None) -> float:
+    """The swap probability a run trains ``variant`` with: ``given``, or the objective's default."""
+    return OBJECTIVES[variant].background_swap if given is None else float(given)
+
+
 def register_objective(name: str, fn: ObjectiveFn, *, isnet_variant: str = "standard",
                        heatmap_loss: bool = False, needs_masks: bool = True) -> None:
     """Make ``variant=name`` train with ``fn(module, images, masks, labels) -> StepOutput``.
@@ -339,8 +344,7 @@ class ISNetModule(L.LightningModule):
         if objective.heatmap_loss and (config["C1"] is None or config["C2"] is None):
             raise ValueError(f"variant {config['variant']!r} needs C1 and C2 (fit() calibrates them)")
         self.objective = objective
-        swap = config["background_swap"]
-        self.background_swap = objective.background_swap if swap is None else swap
+        self.background_swap = background_swap_for(config["variant"], config["background_swap"])
         model = build_model(config["arch"], config["num_classes"], image_size=config["image_size"])
         lrp = dict(epsilon=config["epsilon"], zb=config["zb"], selective_eps=config["selective_eps"],
                    selective_class=config["selective_class"])
@@ -709,9 +713,8 @@ def _resume_config(given: Mapping[str, Any], run: Path) -> TrainConfig:
 def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dict[str, float]:
     """Train a standard classifier for ``calibrate_epochs``; C1/C2 from its last epoch's heatmaps."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    swap = OBJECTIVES[cfg.variant].background_swap if cfg.background_swap is None else cfg.background_swap
     config = cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None, "p_warmup": 0.0,
-                              "background_swap": swap}
+                              "background_swap": background_swap_for(cfg.variant, cfg.background_swap)}
     module = ISNetModule(config, calibrate_for=OBJECTIVES[cfg.variant].isnet_variant)
     logger = CSVLogger(run, name="calibration", version="")
     trainer = _trainer(cfg, max_epochs=cfg.calibrate_epochs, logger=logger, callbacks=[], checkpointing=False)

@@ -612,12 +612,9 @@ def _report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], figures
 
 def _background_swap(method: str, cfg: BiasBenchConfig) -> float:
     """Probability that a training image of ``method`` gets another image's background."""
-    from ..train import OBJECTIVES
+    from ..train import background_swap_for
 
-    given = cfg.train_options.get("background_swap")
-    if given is not None:
-        return float(given)
-    return float(getattr(OBJECTIVES[METHODS[method]["variant"]], "background_swap", 0.0))
+    return background_swap_for(METHODS[method]["variant"], cfg.train_options.get("background_swap"))
 
 
 def _resolved_train_options(cfg: BiasBenchConfig) -> dict[str, Any]:
