@@ -108,3 +108,29 @@ def test_masked_method_sees_masked_inputs_at_test_time(tiny_bench):
         assert torch.equal(seen[-1], test.images)
     finally:
         handle.remove()
+
+
+@pytest.mark.e2e
+def test_parallel_training_processes_give_the_sequential_results(tiny_bench, tmp_path, capsys):
+    from isnet.cli import main
+
+    out, argv = tiny_bench
+    parallel = tmp_path / "parallel"
+    argv = [a if a != str(out) else str(parallel) for a in argv] + ["--jobs", "2"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "in 2 processes (1 torch thread(s) each)" in printed
+    assert printed.count(": done (fit") == 2
+    sequential = json.loads((out / "results.json").read_text())
+    results = json.loads((parallel / "results.json").read_text())
+    assert results["methods"] == sequential["methods"]  # one thread each: bitwise the same training
+    assert list(results["methods"]) == list(sequential["methods"])
+    assert results["config"]["jobs"] == 2
+
+
+def test_jobs_and_threads_must_be_positive():
+    with pytest.raises(ValueError, match="jobs and threads"):
+        BiasBenchConfig(jobs=0).validate()
+    with pytest.raises(ValueError, match="jobs and threads"):
+        BiasBenchConfig(threads=0).validate()

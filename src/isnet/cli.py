@@ -234,7 +234,9 @@ def _add_bench_bias(bench) -> None:
     b.add_argument("--examples", dest="n_examples", type=int, help="heatmap examples per test set")
     b.add_argument("--set", dest="train_options", action="append", default=[], metavar="KEY=VALUE",
                    help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9")
-    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--jobs", type=int, help="training processes at a time (default 1); e.g. 2 on 2 cores")
+    b.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice with one "
+                   "job, else cores / jobs)")
     b.add_argument("--progress-bar", action="store_true", default=None, help="Lightning progress bars")
 
 
@@ -242,7 +244,7 @@ def _bench_bias_config(args: argparse.Namespace, base: dict):
     from .bench.bias import BiasBenchConfig
 
     values = dict(base)
-    for key in ("methods", "seeds", "epochs", "n_train", "n_val", "n_test", "data_seed", "n_examples", "threads",
+    for key in ("methods", "seeds", "epochs", "n_train", "n_val", "n_test", "data_seed", "n_examples", "jobs", "threads",
                 "progress_bar"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import platform
 import shutil
 import sys
@@ -83,7 +84,9 @@ class BiasBenchConfig:
 
     ``epochs=None`` takes :class:`isnet.train.TrainConfig`'s default. ``train_options``
     override any other training option for every method (e.g. ``{"P": 0.9}``).
-    ``threads``: torch CPU threads (None: torch's default).
+    ``jobs``: training processes at a time (each trains one method/seed; evaluation stays in
+    this process). ``threads``: torch CPU threads per process (None: torch's default with one
+    job, else the CPU count divided by ``jobs``).
     """
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -98,6 +101,7 @@ class BiasBenchConfig:
     mask: str = "box"
     train_options: dict[str, Any] = field(default_factory=dict)
     n_examples: int = 3
+    jobs: int = 1
     threads: int | None = None
     progress_bar: bool = False
     title: str = "BG-Digits background-bias benchmark"
@@ -112,6 +116,8 @@ class BiasBenchConfig:
             raise ValueError(f"methods listed twice: {self.methods}")
         if self.seeds < 1 or self.n_train < 10 or self.n_val < 1 or self.n_test < 10:
             raise ValueError("need seeds >= 1, n_train >= 10, n_val >= 1 and n_test >= 10")
+        if self.jobs < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError(f"jobs and threads must be >= 1, got jobs={self.jobs}, threads={self.threads}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         reserved = {"train", "val", "out", "variant", "seed", "arch", "resume"}
@@ -340,38 +346,119 @@ def _step_timer():
     return StepTimer()
 
 
-def _run_one(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path], tests: Mapping[str, _TestSet],
-             runs: Path) -> tuple[dict, bool]:
-    """Train (or reuse) one method/seed and evaluate it; returns (record, reused)."""
-    from ..train import fit, load_classifier, needs_masked_input
+def _run_dir(method: str, seed: int, runs: Path) -> Path:
+    return runs / _dirname(method) / f"seed{seed}"
 
-    out = runs / _dirname(method) / f"seed{seed}"
-    config = _train_options(method, cfg, data, seed, out)
-    key = _settings_key(config, cfg)
+
+def _stored_record(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path], runs: Path) -> dict | None:
+    """The stored result of a finished run with the same settings, else None."""
+    out = _run_dir(method, seed, runs)
     stored = out / "result.json"
     if stored.is_file():
         record = json.loads(stored.read_text())
-        if record.get("settings_key") == key:
-            return record, True
+        if record.get("settings_key") == _settings_key(_train_options(method, cfg, data, seed, out), cfg):
+            return record
+    return None
+
+
+def _train_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path], runs: Path,
+               threads: int | None = None, start: float | None = None) -> dict[str, Any]:
+    """Train one method/seed from scratch (what ``isnet train`` runs); returns its timings.
+
+    ``threads`` sets torch's CPU threads first and ``start`` (a ``time.perf_counter`` value)
+    stamps a progress line: both for the parallel training processes.
+    """
+    import torch
+
+    from ..train import fit
+
+    if threads:
+        torch.set_num_threads(threads)
+    if start is not None:
+        _log(f"{method} seed {seed}: training (process {os.getpid()})", start)
+    out = _run_dir(method, seed, runs)
     if out.exists():
         shutil.rmtree(out)  # an interrupted or outdated run of this benchmark
     timer = _step_timer()
     start = time.perf_counter()
-    fit(config, callbacks=[timer])
-    train_time = time.perf_counter() - start
+    fit(_train_options(method, cfg, data, seed, out), callbacks=[timer])
+    return {"train_time_s": time.perf_counter() - start, "step_time_s": timer.seconds, "epochs": timer.epochs}
+
+
+def _evaluate_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path],
+                  tests: Mapping[str, _TestSet], runs: Path, timing: Mapping[str, Any]) -> dict:
+    """Evaluate a trained run on every test set and store its record as ``result.json``."""
+    from ..train import load_classifier, needs_masked_input
+
+    out = _run_dir(method, seed, runs)
     model, resolved = load_classifier(out)
     results = {name: evaluate_classifier(model, resolved, test) for name, test in tests.items()}
     raw = {}
     if needs_masked_input(resolved["variant"]):
         raw = {name: evaluate_classifier(model, resolved, test, raw_input=True) for name, test in tests.items()}
     record = {
-        "method": method, "seed": seed, "settings_key": key, "train_time_s": train_time,
-        "step_time_s": timer.seconds, "epochs": timer.epochs,
-        "calibration": resolved.get("calibration"), "C1": resolved.get("C1"), "C2": resolved.get("C2"),
+        "method": method, "seed": seed, "settings_key": _settings_key(_train_options(method, cfg, data, seed, out), cfg),
+        **timing, "calibration": resolved.get("calibration"), "C1": resolved.get("C1"), "C2": resolved.get("C2"),
         "results": results, "raw_input_results": raw or None,
     }
-    stored.write_text(json.dumps(record, indent=2) + "\n")
-    return record, False
+    (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+RELATIVE_COST = {"standard": 1, "masked": 1, "swap": 1, "rrr": 2, "gradcam": 2, "selective": 4, "stochastic": 4,
+                 "selective+ds": 5, "stochastic+ds": 5, "original": 16}
+"""Approximate training time of each method relative to ``standard`` (BG-Digits, small_cnn, CPU):
+parallel runs start with the most expensive, so the last ones to finish are short."""
+
+
+def _train_all(cfg: BiasBenchConfig, data: Mapping[str, Path], tests: Mapping[str, _TestSet], runs: Path,
+               start: float, log: Callable[[str, float | None], None]) -> dict[str, list[dict]]:
+    """Train and evaluate every method/seed (``cfg.jobs`` training processes at a time)."""
+    import concurrent.futures
+    import multiprocessing
+
+    tasks = [(method, seed) for method in cfg.methods for seed in range(cfg.seeds)]
+    found: dict[tuple[str, int], dict] = {}
+    for method, seed in tasks:
+        record = _stored_record(method, seed, cfg, data, runs)
+        if record is not None:
+            found[method, seed] = record
+            _log_record(record, "reused stored run", len(found), len(tasks), start, log)
+    todo = sorted((t for t in tasks if t not in found), key=lambda t: -RELATIVE_COST.get(t[0], 1))
+    if cfg.jobs <= 1 or len(todo) <= 1:
+        for method, seed in todo:
+            log(f"{method} seed {seed}: training", start)
+            timing = _train_run(method, seed, cfg, data, runs)
+            found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, timing)
+            _log_record(found[method, seed], "done", len(found), len(tasks), start, log)
+    elif todo:
+        threads = _threads_per_job(cfg)
+        log(f"training {len(todo)} run(s) in {cfg.jobs} processes ({threads} torch thread(s) each)", start)
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch or Lightning state
+        with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context) as pool:
+            running = {pool.submit(_train_run, method, seed, cfg, data, runs, threads, start): (method, seed)
+                       for method, seed in todo}
+            for future in concurrent.futures.as_completed(running):
+                method, seed = running[future]
+                found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, future.result())
+                _log_record(found[method, seed], "done", len(found), len(tasks), start, log)
+    records: dict[str, list[dict]] = {}
+    for method, seed in tasks:
+        records.setdefault(method, []).append(found[method, seed])
+    return records
+
+
+def _threads_per_job(cfg: BiasBenchConfig) -> int:
+    return cfg.threads or max(1, (os.cpu_count() or 1) // cfg.jobs)
+
+
+def _log_record(record: Mapping[str, Any], what: str, done: int, total: int, start: float,
+                log: Callable[[str, float | None], None]) -> None:
+    r = record["results"]
+    log(f"({done}/{total}) {record['method']} seed {record['seed']}: {what} (fit {record['train_time_s']:.0f} s) "
+        f"accuracy biased {100 * r['biased']['accuracy']:.1f}% unbiased {100 * r['unbiased']['accuracy']:.1f}% "
+        f"deceiving {100 * r['deceiving']['accuracy']:.1f}% occluded {100 * r[OCCLUDED]['accuracy']:.1f}%; "
+        f"background relevance {100 * r['biased']['background_relevance']:.1f}%", start)
 
 
 def _dirname(method: str) -> str:
@@ -592,7 +679,8 @@ def _report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], figures
                "training steps only (s)": f"{results['step_time_s'][m]:.1f}"} for m in results["train_time_s"]]
     sections = [
         ("Setup", [setup, "Training options (isnet.train.TrainConfig defaults plus benchmark overrides):\n" + options
-                   + "\n", f"Host: {c['host']}; torch threads: {c['torch_threads']}; total time {c['total_time_s']:.0f} s."]),
+                   + "\n", f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, {c['torch_threads']} torch "
+                   f"thread(s) each; total time {c['total_time_s']:.0f} s."]),
         ("Results", [_READING, _table_rows(results), figures["accuracy"]]),
         ("Occlusion check", [
             "Accuracy on the biased test images with their bias patch replaced by neighbouring background, next to "
@@ -638,28 +726,14 @@ def run_benchmark(cfg: BiasBenchConfig, out: str | Path, *, log: Callable[[str, 
     cfg.validate()
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
+    if cfg.threads and cfg.jobs == 1:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     log(f"{len(cfg.methods)} method(s) x {cfg.seeds} seed(s): {', '.join(cfg.methods)}; output {out}", None)
     data = _prepare_data(out / "data", cfg)
     tests = _test_sets(cfg)
     log(f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test set) in {out / 'data'}", start)
-    records: dict[str, list[dict]] = {}
-    total = len(cfg.methods) * cfg.seeds
-    done = 0
-    for method in cfg.methods:
-        for seed in range(cfg.seeds):
-            done += 1
-            log(f"({done}/{total}) {method} seed {seed}: training", start)
-            record, reused = _run_one(method, seed, cfg, data, tests, out / "runs")
-            records.setdefault(method, []).append(record)
-            r = record["results"]
-            log(f"({done}/{total}) {method} seed {seed}: {'reused stored run' if reused else 'done'} "
-                f"(fit {record['train_time_s']:.0f} s) accuracy biased {100 * r['biased']['accuracy']:.1f}% "
-                f"unbiased {100 * r['unbiased']['accuracy']:.1f}% deceiving {100 * r['deceiving']['accuracy']:.1f}% "
-                f"occluded {100 * r[OCCLUDED]['accuracy']:.1f}%; background relevance "
-                f"{100 * r['biased']['background_relevance']:.1f}%", start)
+    records = _train_all(cfg, data, tests, out / "runs", start, log)
     methods, train_time, step_time = _aggregate(records)
     results: dict[str, Any] = {
         "methods": methods,
@@ -673,7 +747,8 @@ def run_benchmark(cfg: BiasBenchConfig, out: str | Path, *, log: Callable[[str, 
             "test_sets": [*TEST_SETS, OCCLUDED],
             "calibration": {m: [r.get("calibration") for r in recs] for m, recs in records.items()},
             "host": f"{platform.platform()}, {platform.processor() or platform.machine()}",
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else _threads_per_job(cfg),
+            "jobs": cfg.jobs,
             "torch": torch.__version__,
             "python": sys.version.split()[0],
         },
