@@ -91,7 +91,7 @@ def _add_train(sub) -> None:
     g = p.add_argument_group("ISNet loss")
     g.add_argument("--P", type=float, help="heatmap-loss weight: (1-P) CE + P heatmap loss (default 0.7)")
     g.add_argument("--p-warmup", type=float, help="epochs of linear warm-up of P from 0 (default 3; 0 with --background-swap 0)")
-    g.add_argument("--d", type=float, help="GWRP decay over background pixels (default 0.9)")
+    g.add_argument("--d", type=float, help="GWRP decay over background pixels (default 0.99; the papers use 0.9)")
     g.add_argument("--E", type=float, help="background-term scale (default 1)")
     g.add_argument("--A", type=float, help="background-term weight (default 1)")
     g.add_argument("--B", type=float, help="foreground-term weight (default 1)")
@@ -218,7 +218,7 @@ def _add_bench_bias(bench) -> None:
                     "background patch), evaluate on biased / unbiased / deceiving test sets (accuracy, background "
                     "and patch relevance, occlusion check) and write results.json, results.md, results.csv, "
                     f"figures/ and report.html. Full run: {FULL['seeds']} seeds x {len(FULL['methods'])} methods, "
-                    f"{FULL['n_train']} images, {FULL['epochs']} epochs (one to two hours on 2 CPU cores); "
+                    f"{FULL['n_train']} images, {FULL['epochs']} epochs (about 75 minutes on 2 CPU cores); "
                     f"--quick: {', '.join(QUICK['methods'])}, 1 seed, {QUICK['n_train']} images, "
                     f"{QUICK['epochs']} epochs (under 10 minutes). Finished runs in OUT are reused.")
     b.add_argument("--out", type=Path, required=True)

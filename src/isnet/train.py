@@ -109,7 +109,7 @@ class TrainConfig:
     hflip: bool = False
     P: float = 0.7
     p_warmup: float = 3.0
-    d: float = 0.9
+    d: float = 0.99
     E: float = 1.0
     A: float = 1.0
     B: float = 1.0
