@@ -790,3 +790,25 @@ def test_linear_first_layer_and_layers_relevance():
     trace: Trace = LRPFlex(model, zb=False, epsilon=1e-9, layers=["2"]).trace(x)
     rel = trace.relevance(trace.output[:, 0].sum())
     assert torch.allclose(rel.layers["2"].sum(1), trace.output[:, 0] - model[3].bias[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.01])
+def test_zb_reads_the_first_conv_output_before_an_inplace_relu(epsilon):
+    """conv -> ReLU(inplace=True) overwrites the conv output; Z^B must still use the pre-activations.
+
+    With bounds (0, 0) the Z^B denominator of an inactive unit is its (negative) pre-activation; read
+    after the in-place ReLU it would be 0, and 0 / 0 with eps = 0.
+    """
+    def net(inplace: bool) -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
+                             nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=inplace), nn.Flatten(),
+                             nn.Linear(8 * 16 * 16, 4)).eval()
+
+    x = torch.rand(2, 3, 32, 32)
+    expected = explain(net(False), x, "argmax", epsilon=epsilon, zb=True, bounds=(0.0, 0.0))
+    model = net(True)
+    actual = explain(model, x, "argmax", epsilon=epsilon, zb=True, bounds=(0.0, 0.0))
+    assert torch.isfinite(actual).all()
+    assert rel_err(actual, expected) < 1e-6
+    assert model[1].inplace is True

@@ -217,8 +217,15 @@ class _LRPMode(TorchFunctionMode):
         if func in _RELU_FUNCS or func in _RELU_INPLACE_FUNCS:
             inplace = func in _RELU_INPLACE_FUNCS or bool(kwargs.get("inplace", False))
             z = args[0]
+            closes_block = self._closes_first_block(z)
+            if closes_block and inplace and z is self.tracker.block.conv_out:
+                self.tracker.block.conv_out = z.clone()  # Z^B needs the pre-activations this ReLU overwrites
             out = _ReLU.apply(z, self.switch, inplace)
-            self._track_relu(z, out)
+            if closes_block:
+                self.tracker.block.relu_out = out
+                self.tracker.done = True
+            elif not self.tracker.done and any(z is w for w in self.tracker.watched):
+                self._fail("a ReLU applied directly to the input")
             return out
         if func in _LEAKY_FUNCS:
             z = args[0]
@@ -266,16 +273,10 @@ class _LRPMode(TorchFunctionMode):
         self.tracker.failure = what
         self.tracker.done = True
 
-    def _track_relu(self, z: Tensor, out: Tensor) -> None:
-        tr = self.tracker
-        if tr.done:
-            return
-        block = tr.block
-        if block is not None and (z is block.conv_out or z is block.bn_out):
-            block.relu_out = out
-            tr.done = True
-        elif any(z is w for w in tr.watched):
-            self._fail("a ReLU applied directly to the input")
+    def _closes_first_block(self, z: Tensor) -> bool:
+        """Whether a ReLU of ``z`` is the first block's activation (the end of Z^B tracking)."""
+        block = self.tracker.block
+        return not self.tracker.done and block is not None and (z is block.conv_out or z is block.bn_out)
 
     def _track_other(self, func, args: tuple, kwargs: dict, out) -> None:
         tr = self.tracker
