@@ -18,7 +18,7 @@ from .bench.bias import TEST_SETS, BiasBenchConfig, run_benchmark
 __all__ = ["DEMO", "demo_config", "run_demo", "summary_table"]
 
 DEMO: dict[str, Any] = dict(
-    methods=["standard", "selective"], seeds=1, n_train=2000, n_val=200, n_test=300, epochs=8, n_examples=3,
+    methods=["standard", "selective"], seeds=1, n_train=2000, n_val=200, n_test=300, epochs=12, n_examples=3,
     title="isnet demo: standard classifier vs selective ISNet on BG-Digits",
 )
 """Methods and sizes of the demo (the benchmark's other settings keep their defaults)."""
