@@ -327,7 +327,8 @@ def _settings_key(config: Mapping[str, Any], cfg: BiasBenchConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _step_timer():
+def _step_timer(label: str | None = None, start: float | None = None):
+    """A callback that sums the training-step time; with ``label``, it also logs each epoch."""
     from lightning.pytorch.callbacks import Callback
 
     class StepTimer(Callback):
@@ -344,6 +345,12 @@ def _step_timer():
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             self.epochs += 1
+            if label is not None:
+                metrics = trainer.callback_metrics
+                shown = [f"{name} {float(metrics[key]):.3f}" for name, key in
+                         (("train acc", "train/acc_epoch"), ("val acc", "val/acc"), ("val bg share", "val/bg_share"))
+                         if key in metrics]
+                _log(f"{label}: epoch {self.epochs}/{trainer.max_epochs} {', '.join(shown)}", start)
 
     return StepTimer()
 
@@ -367,8 +374,8 @@ def _train_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, 
                threads: int | None = None, start: float | None = None) -> dict[str, Any]:
     """Train one method/seed from scratch (what ``isnet train`` runs); returns its timings.
 
-    ``threads`` sets torch's CPU threads first and ``start`` (a ``time.perf_counter`` value)
-    stamps a progress line: both for the parallel training processes.
+    ``threads`` sets torch's CPU threads first. With ``start`` (a ``time.perf_counter`` value,
+    also across processes) it logs the start and every epoch.
     """
     import torch
 
@@ -377,14 +384,14 @@ def _train_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, 
     if threads:
         torch.set_num_threads(threads)
     if start is not None:
-        _log(f"{method} seed {seed}: training (process {os.getpid()})", start)
+        _log(f"{method} seed {seed}: training" + (f" (process {os.getpid()})" if threads else ""), start)
     out = _run_dir(method, seed, runs)
     if out.exists():
         shutil.rmtree(out)  # an interrupted or outdated run of this benchmark
-    timer = _step_timer()
-    start = time.perf_counter()
+    timer = _step_timer(f"{method} seed {seed}" if start is not None else None, start)
+    began = time.perf_counter()
     fit(_train_options(method, cfg, data, seed, out), callbacks=[timer])
-    return {"train_time_s": time.perf_counter() - start, "step_time_s": timer.seconds, "epochs": timer.epochs}
+    return {"train_time_s": time.perf_counter() - began, "step_time_s": timer.seconds, "epochs": timer.epochs}
 
 
 def _evaluate_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path],
@@ -429,8 +436,7 @@ def _train_all(cfg: BiasBenchConfig, data: Mapping[str, Path], tests: Mapping[st
     todo = sorted((t for t in tasks if t not in found), key=lambda t: -RELATIVE_COST.get(t[0], 1))
     if cfg.jobs <= 1 or len(todo) <= 1:
         for method, seed in todo:
-            log(f"{method} seed {seed}: training", start)
-            timing = _train_run(method, seed, cfg, data, runs)
+            timing = _train_run(method, seed, cfg, data, runs, start=None if cfg.progress_bar else start)
             found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, timing)
             _log_record(found[method, seed], "done", len(found), len(tasks), start, log)
     elif todo:
