@@ -42,8 +42,10 @@ def _batch(b: int = 4, size: int = 8):
     return x, masks, labels
 
 
-def _fake_module(model: nn.Module):
-    return SimpleNamespace(net=SimpleNamespace(model=model))
+def _fake_module(model: nn.Module, **config):
+    from isnet.train import TrainConfig
+
+    return SimpleNamespace(net=SimpleNamespace(model=model), config=TrainConfig(**config).to_dict())
 
 
 # ---------------------------------------------------------------- RRR
@@ -70,9 +72,9 @@ def test_rrr_penalty_zero_when_mask_covers_everything_and_differentiable():
     assert penalty.item() == 0.0
 
     x, masks, labels = _batch()
-    out = rrr_objective(_fake_module(model), x, masks, labels)
+    out = rrr_objective(_fake_module(model, rrr_lambda=3.5), x, masks, labels)
     assert set(out.terms) == {"ce", "rrr"}
-    expected = out.terms["ce"] + baselines.DEFAULTS["rrr_lambda"] * out.terms["rrr"]
+    expected = out.terms["ce"] + 3.5 * out.terms["rrr"]
     torch.testing.assert_close(out.loss, expected)
     # the penalty reaches the parameters (double backward through the input gradient)
     grads = torch.autograd.grad(out.terms["rrr"], list(model.parameters()), allow_unused=True)
@@ -171,6 +173,25 @@ def test_gradcam_objective_pushes_cam_into_mask():
         out.terms["gradcam"].backward()
         opt.step()
     assert out.terms["gradcam"].item() < first
+
+
+def test_gradcam_objective_uses_the_runs_weight_and_layer():
+    model = _tiny_cnn()
+    x, masks, labels = _batch(4)
+    out = baselines.gradcam_objective(_fake_module(model, gradcam_weight=2.5), x, masks, labels)
+    torch.testing.assert_close(out.loss, out.terms["ce"] + 2.5 * out.terms["gradcam"])
+    first_conv = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    cam, _ = baselines.grad_cam(model, x, labels, layer=first_conv, size=tuple(masks.shape[-2:]))
+    out = baselines.gradcam_objective(_fake_module(model, gradcam_layer=first_conv), x, masks, labels)
+    torch.testing.assert_close(out.terms["gradcam"], baselines.gradcam_loss(cam, masks))
+
+
+def test_unknown_gradcam_layer_is_named_before_training():
+    from isnet.train import ISNetModule
+
+    with pytest.raises(ValueError, match="gradcam_layer 'nope' is not a module of small_cnn"):
+        ISNetModule({"train": "x", "variant": "gradcam", "gradcam_layer": "nope", "num_classes": 3,
+                     "image_size": 16})
 
 
 # ---------------------------------------------------------------- segment-then-classify

@@ -17,8 +17,8 @@ The objectives follow :func:`isnet.train.register_objective`'s signature
 :data:`isnet.train.OBJECTIVES` by :func:`register` (``isnet.train`` calls it on import), so
 ``isnet train --variant rrr|gradcam|masked`` trains them like the ISNets.
 
-Hyper-parameters live in :data:`DEFAULTS` (module-level, so every entry point sees the same
-values):
+Hyper-parameters are :class:`isnet.train.TrainConfig` fields (``isnet train --rrr-lambda`` etc.),
+read from ``module.config``:
 
 * ``rrr_lambda = 10``: the reference measurements (SPEC section 6) used 10 and 1000 with
   similar results. Measured on BG-Digits with ``small_cnn``: the penalty is about 1e-7 at
@@ -55,7 +55,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BASELINES",
-    "DEFAULTS",
     "MASKED_INPUT_VARIANTS",
     "capture_output",
     "default_cam_layer",
@@ -73,10 +72,6 @@ __all__ = [
 BASELINES = ("rrr", "gradcam", "masked")
 MASKED_INPUT_VARIANTS = frozenset({"masked"})
 """Variants whose classifier sees ``x * mask`` in training and must see it at test time."""
-
-DEFAULTS: dict[str, Any] = {"rrr_lambda": 10.0, "gradcam_weight": 1.0, "gradcam_layer": None}
-"""Baseline hyper-parameters (see the module docstring for the choices)."""
-
 
 def _background(masks: Tensor, like: Tensor) -> Tensor:
     """``1 - mask`` as float at ``like``'s spatial size (a cell is foreground if any pixel is)."""
@@ -109,13 +104,13 @@ def rrr_penalty(model: nn.Module, x: Tensor, masks: Tensor, *, create_graph: boo
 
 
 def rrr_objective(module: ISNetModule, x: Tensor, masks: Tensor, labels: Tensor) -> StepOutput:
-    """``CE + lambda * rrr_penalty`` (lambda: ``DEFAULTS["rrr_lambda"]``)."""
+    """``CE + lambda * rrr_penalty`` (lambda: the run's ``rrr_lambda``)."""
     from .train import StepOutput, float32_region
 
     with float32_region(x):
         penalty, logits = rrr_penalty(module.net.model, x, masks)
         ce = F.cross_entropy(logits.float(), labels)
-        total = ce + DEFAULTS["rrr_lambda"] * penalty
+        total = ce + module.config["rrr_lambda"] * penalty
     return StepOutput(total, logits, {"ce": ce, "rrr": penalty})
 
 
@@ -223,15 +218,18 @@ def gradcam_loss(cam: Tensor, masks: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def gradcam_objective(module: ISNetModule, x: Tensor, masks: Tensor, labels: Tensor) -> StepOutput:
-    """``CE + weight * gradcam_loss`` with the label's Grad-CAM at the mask's size."""
+    """``CE + weight * gradcam_loss`` with the label's Grad-CAM at the mask's size.
+
+    ``weight`` and the Grad-CAM layer: the run's ``gradcam_weight`` and ``gradcam_layer``.
+    """
     from .train import StepOutput, float32_region
 
     with float32_region(x):
-        cam, logits = grad_cam(module.net.model, x, labels, layer=DEFAULTS["gradcam_layer"],
+        cam, logits = grad_cam(module.net.model, x, labels, layer=module.config["gradcam_layer"],
                                size=tuple(masks.shape[-2:]))
         penalty = gradcam_loss(cam, masks)
         ce = F.cross_entropy(logits.float(), labels)
-        total = ce + DEFAULTS["gradcam_weight"] * penalty
+        total = ce + module.config["gradcam_weight"] * penalty
     return StepOutput(total, logits, {"ce": ce, "gradcam": penalty})
 
 

@@ -105,6 +105,11 @@ def _add_train(sub) -> None:
     g.add_argument("--background-swap", type=float, metavar="PROB",
                    help="probability that a training image gets another image's background (mask-based); "
                         "default 1 for the ISNet variants and swap, 0 otherwise")
+    g = p.add_argument_group("baselines")
+    g.add_argument("--rrr-lambda", type=float, help="rrr: weight of the input-gradient penalty (default 10)")
+    g.add_argument("--gradcam-weight", type=float, help="gradcam: weight of the background Grad-CAM share (default 1)")
+    g.add_argument("--gradcam-layer", help="gradcam: module whose output is the Grad-CAM feature map "
+                                           "(default: the last convolutional feature map)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="default 30")
     g.add_argument("--batch-size", type=int, help="per process (default 64)")

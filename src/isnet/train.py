@@ -80,6 +80,8 @@ class TrainConfig:
     ``d_loss``, ``calibrate_epochs``, ``background_swap`` (probability that a training image
     gets another image's background; None: the objective's default, 1 for the ISNets and
     ``swap``, 0 otherwise).
+    Baselines (:mod:`isnet.baselines`): ``rrr_lambda``, ``gradcam_weight``, ``gradcam_layer``
+    (None: the last convolutional feature map).
     Optimisation: ``epochs``, ``batch_size``, ``lr``, ``optimizer`` (sgd | adam | adamw),
     ``momentum`` (SGD), ``weight_decay`` (None: 0, or 0.01 for AdamW), ``schedule``
     (none | cosine | step), ``lr_step`` (epochs per step decay, None: epochs // 3), ``lr_gamma``,
@@ -124,6 +126,9 @@ class TrainConfig:
     selective_eps: float = 0.01
     calibrate_epochs: int = 2
     background_swap: float | None = None
+    rrr_lambda: float = 10.0
+    gradcam_weight: float = 1.0
+    gradcam_layer: str | None = None
     seed: int = 0
     gradient_clip: float | None = 1.0
     accelerator: str = "auto"
@@ -346,6 +351,10 @@ class ISNetModule(L.LightningModule):
         self.objective = objective
         self.background_swap = background_swap_for(config["variant"], config["background_swap"])
         model = build_model(config["arch"], config["num_classes"], image_size=config["image_size"])
+        layer = config["gradcam_layer"]
+        if layer is not None and layer not in dict(model.named_modules()):
+            raise ValueError(f"gradcam_layer {layer!r} is not a module of {config['arch']}; names come from "
+                             "model.named_modules()")
         lrp = dict(epsilon=config["epsilon"], zb=config["zb"], selective_eps=config["selective_eps"],
                    selective_class=config["selective_class"])
         self.net = ISNet(model, objective.isnet_variant, deep_supervision=config["deep_supervision"], **lrp)
