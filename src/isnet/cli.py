@@ -239,7 +239,7 @@ def _add_bench_bias(bench) -> None:
     b.add_argument("--examples", dest="n_examples", type=int, help="heatmap examples per test set")
     b.add_argument("--set", dest="train_options", action="append", default=[], metavar="KEY=VALUE",
                    help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9")
-    b.add_argument("--jobs", type=int, help="training processes at a time (default 1); e.g. 2 on 2 cores")
+    b.add_argument("--jobs", type=int, help=f"training processes at a time (default {FULL['jobs']}; each gets cores / jobs torch threads)")
     b.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice with one "
                    "job, else cores / jobs)")
     b.add_argument("--progress-bar", action="store_true", default=None, help="Lightning progress bars")
