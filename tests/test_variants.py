@@ -190,7 +190,7 @@ def test_model_unchanged_by_isnet_eval():
     model = small_net().eval()
     before, out = snapshot(model), model(X)
     for variant in ("original", "selective", "stochastic"):
-        ISNet(model, variant, deep_supervision=["4", "8"]).eval()(X, heatmaps=True)
+        ISNet(model, variant, deep_supervision=["4", "5"]).eval()(X, heatmaps=True)
     assert_same(before, snapshot(model))
     assert torch.equal(model(X), out)
 
@@ -222,6 +222,14 @@ def test_deep_supervision_named_layers_and_original():
     assert maps["5"].shape == (4, 5, 1, 8, 8) and maps["6"].shape == (4, 5, 1, 4, 4)
     with pytest.raises(KeyError):
         ISNet(model, "selective", deep_supervision=["nope"])
+
+
+def test_deep_supervision_on_a_non_spatial_layer_is_named():
+    model = small_net().eval()
+    last_hidden = [name for name, m in model.named_modules() if isinstance(m, nn.Flatten)][0]
+    net = ISNet(model, "selective", deep_supervision=[last_hidden]).eval()
+    with pytest.raises(ValueError, match=f"'{last_hidden}' gives \\(4, "):
+        net(X, heatmaps=True)
 
 
 def test_default_layers_densenet_vgg_and_unknown():

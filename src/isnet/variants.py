@@ -130,6 +130,10 @@ class ISNet(nn.Module):
             return maps
         out = {"input": maps}
         for name in self.layers:
+            shape = tuple(parts[0].layers[name].shape)
+            if len(shape) != 4:
+                raise ValueError(f"deep supervision needs layers with (B, C, H, W) outputs; {name!r} gives "
+                                 f"{shape}. Choose convolutional stages (the heatmap loss compares maps with masks)")
             out[name] = torch.stack([p.layers[name].sum(1, keepdim=True) for p in parts], 1)
         return out
 
