@@ -134,3 +134,13 @@ def test_jobs_and_threads_must_be_positive():
         BiasBenchConfig(jobs=0).validate()
     with pytest.raises(ValueError, match="jobs and threads"):
         BiasBenchConfig(threads=0).validate()
+
+
+@pytest.mark.e2e
+def test_a_failing_parallel_run_is_named(tmp_path):
+    from isnet.bench.bias import RunFailed, run_benchmark
+
+    cfg = BiasBenchConfig(methods=["standard", "gradcam"], seeds=1, n_train=40, n_val=10, n_test=10, epochs=1,
+                          jobs=2, threads=1, train_options={"gradcam_layer": "nope"})
+    with pytest.raises(RunFailed, match=r"seed 0 failed: gradcam_layer 'nope' is not a module"):
+        run_benchmark(cfg, tmp_path / "bench")

@@ -260,9 +260,12 @@ def _bench_bias_config(args: argparse.Namespace, base: dict):
 
 
 def _run_bench_bias(args: argparse.Namespace) -> None:
-    from .bench.bias import FULL, QUICK, format_table, run_benchmark
+    from .bench.bias import FULL, QUICK, RunFailed, format_table, run_benchmark
 
-    results = run_benchmark(_bench_bias_config(args, QUICK if args.quick else FULL), args.out)
+    try:
+        results = run_benchmark(_bench_bias_config(args, QUICK if args.quick else FULL), args.out)
+    except RunFailed as err:
+        raise ValueError(str(err)) from None
     print(format_table(results))
 
 

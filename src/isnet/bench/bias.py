@@ -46,6 +46,7 @@ __all__ = [
     "METHODS",
     "QUICK",
     "TEST_SETS",
+    "RunFailed",
     "BiasBenchConfig",
     "evaluate_classifier",
     "format_table",
@@ -414,6 +415,10 @@ def _evaluate_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[st
     return record
 
 
+class RunFailed(RuntimeError):
+    """A training process of the benchmark raised; the message names the method and seed."""
+
+
 RELATIVE_COST = {"standard": 1, "masked": 1, "swap": 1, "rrr": 2, "gradcam": 2, "selective": 4, "stochastic": 4,
                  "selective+ds": 5, "stochastic+ds": 5, "original": 16}
 """Approximate training time of each method relative to ``standard`` (BG-Digits, small_cnn, CPU):
@@ -448,7 +453,13 @@ def _train_all(cfg: BiasBenchConfig, data: Mapping[str, Path], tests: Mapping[st
                        for method, seed in todo}
             for future in concurrent.futures.as_completed(running):
                 method, seed = running[future]
-                found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, future.result())
+                try:
+                    timing = future.result()
+                except Exception as err:  # queued runs are dropped; running ones finish and are stored
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    log(f"{method} seed {seed}: failed ({err}); waiting for the runs in progress", start)
+                    raise RunFailed(f"{method} seed {seed} failed: {err}") from err
+                found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, timing)
                 _log_record(found[method, seed], "done", len(found), len(tasks), start, log)
     records: dict[str, list[dict]] = {}
     for method, seed in tasks:
