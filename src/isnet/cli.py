@@ -223,7 +223,7 @@ def _add_bench_bias(bench) -> None:
                     "background patch), evaluate on biased / unbiased / deceiving test sets (accuracy, background "
                     "and patch relevance, occlusion check) and write results.json, results.md, results.csv, "
                     f"figures/ and report.html. Full run: {FULL['seeds']} seeds x {len(FULL['methods'])} methods, "
-                    f"{FULL['n_train']} images, {FULL['epochs']} epochs (about 75 minutes on 2 CPU cores); "
+                    f"{FULL['n_train']} images, {FULL['epochs']} epochs (about 70 minutes on 2 CPU cores); "
                     f"--quick: {', '.join(QUICK['methods'])}, 1 seed, {QUICK['n_train']} images, "
                     f"{QUICK['epochs']} epochs (under 10 minutes). Finished runs in OUT are reused.")
     b.add_argument("--out", type=Path, required=True)

@@ -134,8 +134,8 @@ QUICK: dict[str, Any] = dict(
 """``--quick``: seven methods, one seed, 2,000 training images, 12 epochs, two training
 processes (under 10 minutes on 2 cores)."""
 FULL: dict[str, Any] = dict(methods=list(METHODS), seeds=3, n_train=3300, n_val=500, n_test=500, epochs=15, jobs=2)
-"""The full grid: every method, three seeds, two training processes (about 75 minutes on 2 CPU
-cores; ``original`` takes about 40% of it)."""
+"""The full grid: every method, three seeds, two training processes (69 minutes on 2 CPU cores;
+``original`` takes about half of the training time)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -444,7 +444,7 @@ def _train_all(cfg: BiasBenchConfig, data: Mapping[str, Path], tests: Mapping[st
             timing = _train_run(method, seed, cfg, data, runs, start=None if cfg.progress_bar else start)
             found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, timing)
             _log_record(found[method, seed], "done", len(found), len(tasks), start, log)
-    elif todo:
+    else:
         threads = _threads_per_job(cfg)
         log(f"training {len(todo)} run(s) in {cfg.jobs} processes ({threads} torch thread(s) each)", start)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch or Lightning state
