@@ -146,7 +146,7 @@ def _parse_devices(value: str):
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .train import TrainingDiverged, fit
+    from .train import fit
 
     config = {k: v for k, v in vars(args).items() if k not in ("command",) and v is not None}
     if "deep_supervision" in config:
@@ -158,12 +158,7 @@ def _run_train(args: argparse.Namespace) -> None:
             config[key] = str(config[key])
     if not config.get("resume") and "train" not in config:
         raise ValueError("--train is required (unless --resume)")
-    try:
-        run = fit(config)
-    except TrainingDiverged as err:
-        raise ValueError(str(err)) from None
-    except FileExistsError as err:
-        raise ValueError(str(err)) from None
+    run = fit(config)  # TrainingDiverged (a FloatingPointError) and FileExistsError are reported by main
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:  # under DDP every process runs this command

@@ -575,9 +575,8 @@ class MaskedDataModule(L.LightningDataModule):
                 raise ValueError(f"dataset {train} holds no images")
             self.image_size = image_size or _probe_image_size(probe)
             self.classes = list(probe.classes)
-            self.train_set = MaskedImageFolder(
-                train, transform=make_transform(self.image_size, train=True, hflip=hflip), masks=train_masks,
-                classes=self.classes)
+            probe.transform = make_transform(self.image_size, train=True, hflip=hflip)
+            self.train_set = probe
         else:
             if classes is None or image_size is None:
                 raise ValueError("without a training set, give classes and image_size")
@@ -590,10 +589,6 @@ class MaskedDataModule(L.LightningDataModule):
         self.tests = {name: MaskedImageFolder(root, transform=eval_transform, masks=_has_masks(root),
                                               classes=self.classes)
                       for name, root in (tests or {}).items()}
-
-    @property
-    def test_names(self) -> list[str]:
-        return list(self.tests)
 
     def _loader(self, dataset, **kwargs) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers,

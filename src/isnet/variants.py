@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .lrp import Bounds, LRPFlex, Trace
+from .lrp import Bounds, LRPFlex, Trace, select_logits
 
 VARIANTS = ("standard", "original", "selective", "stochastic")
 SELECTIVE_CLASSES = ("lowest", "label", "highest")
@@ -34,9 +34,9 @@ def stochastic_classes(logits: Tensor, generator: torch.Generator | None = None)
     batch, classes = logits.shape
     top = logits.detach().argmax(1)
     device = logits.device
-    keep_top = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu") < 0.5
-    offset = torch.randint(1, max(classes, 2), (batch,), generator=generator,
-                           device=generator.device if generator else "cpu")
+    rng_device = generator.device if generator else "cpu"
+    keep_top = torch.rand(batch, generator=generator, device=rng_device) < 0.5
+    offset = torch.randint(1, max(classes, 2), (batch,), generator=generator, device=rng_device)
     other = (top + offset.to(device)) % classes
     return torch.where(keep_top.to(device), top, other)
 
@@ -140,9 +140,9 @@ class ISNet(nn.Module):
     def quantity(self, logits: Tensor, labels: Tensor | None = None) -> Tensor:
         """The scalar explained by selective, stochastic and standard (batch sum)."""
         if self.variant == "stochastic":
-            return logits.gather(1, stochastic_classes(logits)[:, None]).sum()
+            return select_logits(logits, stochastic_classes(logits)).sum()
         if self.variant == "standard":
-            return logits.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
+            return select_logits(logits, "argmax").sum()
         if self.selective_class == "label":
             if labels is None:
                 raise ValueError("selective_class='label' needs labels: net(x, heatmaps=True, labels=y)")

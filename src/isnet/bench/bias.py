@@ -360,19 +360,18 @@ def _run_dir(method: str, seed: int, runs: Path) -> Path:
     return runs / _dirname(method) / f"seed{seed}"
 
 
-def _stored_record(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path], runs: Path) -> dict | None:
-    """The stored result of a finished run with the same settings, else None."""
-    out = _run_dir(method, seed, runs)
-    stored = out / "result.json"
+def _stored_record(method: str, seed: int, runs: Path, key: str) -> dict | None:
+    """The stored result of a finished run whose settings key is ``key``, else None."""
+    stored = _run_dir(method, seed, runs) / "result.json"
     if stored.is_file():
         record = json.loads(stored.read_text())
-        if record.get("settings_key") == _settings_key(_train_options(method, cfg, data, seed, out), cfg):
+        if record.get("settings_key") == key:
             return record
     return None
 
 
-def _train_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path], runs: Path,
-               threads: int | None = None, start: float | None = None) -> dict[str, Any]:
+def _train_run(method: str, seed: int, config: Mapping[str, Any], threads: int | None = None,
+               start: float | None = None) -> dict[str, Any]:
     """Train one method/seed from scratch (what ``isnet train`` runs); returns its timings.
 
     ``threads`` sets torch's CPU threads first. With ``start`` (a ``time.perf_counter`` value,
@@ -386,18 +385,18 @@ def _train_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, 
         torch.set_num_threads(threads)
     if start is not None:
         _log(f"{method} seed {seed}: training" + (f" (process {os.getpid()})" if threads else ""), start)
-    out = _run_dir(method, seed, runs)
+    out = Path(config["out"])
     if out.exists():
         shutil.rmtree(out)  # an interrupted or outdated run of this benchmark
     timer = _step_timer(f"{method} seed {seed}" if start is not None else None, start)
     began = time.perf_counter()
-    fit(_train_options(method, cfg, data, seed, out), callbacks=[timer])
+    fit(config, callbacks=[timer])
     return {"train_time_s": time.perf_counter() - began, "step_time_s": timer.seconds, "epochs": timer.epochs}
 
 
-def _evaluate_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[str, Path],
-                  tests: Mapping[str, _TestSet], runs: Path, timing: Mapping[str, Any]) -> dict:
-    """Evaluate a trained run on every test set and store its record as ``result.json``."""
+def _evaluate_run(method: str, seed: int, key: str, tests: Mapping[str, _TestSet], runs: Path,
+                  timing: Mapping[str, Any]) -> dict:
+    """Evaluate a trained run on every test set and store its record (settings ``key``) as ``result.json``."""
     from ..train import load_classifier, needs_masked_input
 
     out = _run_dir(method, seed, runs)
@@ -407,7 +406,7 @@ def _evaluate_run(method: str, seed: int, cfg: BiasBenchConfig, data: Mapping[st
     if needs_masked_input(resolved["variant"]):
         raw = {name: evaluate_classifier(model, resolved, test, raw_input=True) for name, test in tests.items()}
     record = {
-        "method": method, "seed": seed, "settings_key": _settings_key(_train_options(method, cfg, data, seed, out), cfg),
+        "method": method, "seed": seed, "settings_key": key,
         **timing, "calibration": resolved.get("calibration"), "C1": resolved.get("C1"), "C2": resolved.get("C2"),
         "results": results, "raw_input_results": raw or None,
     }
@@ -432,24 +431,27 @@ def _train_all(cfg: BiasBenchConfig, data: Mapping[str, Path], tests: Mapping[st
     import multiprocessing
 
     tasks = [(method, seed) for method in cfg.methods for seed in range(cfg.seeds)]
+    configs = {(method, seed): _train_options(method, cfg, data, seed, _run_dir(method, seed, runs))
+               for method, seed in tasks}
+    keys = {task: _settings_key(config, cfg) for task, config in configs.items()}
     found: dict[tuple[str, int], dict] = {}
     for method, seed in tasks:
-        record = _stored_record(method, seed, cfg, data, runs)
+        record = _stored_record(method, seed, runs, keys[method, seed])
         if record is not None:
             found[method, seed] = record
             _log_record(record, "reused stored run", len(found), len(tasks), start, log)
     todo = sorted((t for t in tasks if t not in found), key=lambda t: -RELATIVE_COST.get(t[0], 1))
     if cfg.jobs <= 1 or len(todo) <= 1:
         for method, seed in todo:
-            timing = _train_run(method, seed, cfg, data, runs, start=None if cfg.progress_bar else start)
-            found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, timing)
+            timing = _train_run(method, seed, configs[method, seed], start=None if cfg.progress_bar else start)
+            found[method, seed] = _evaluate_run(method, seed, keys[method, seed], tests, runs, timing)
             _log_record(found[method, seed], "done", len(found), len(tasks), start, log)
     else:
         threads = _threads_per_job(cfg)
         log(f"training {len(todo)} run(s) in {cfg.jobs} processes ({threads} torch thread(s) each)", start)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch or Lightning state
         with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context) as pool:
-            running = {pool.submit(_train_run, method, seed, cfg, data, runs, threads, start): (method, seed)
+            running = {pool.submit(_train_run, method, seed, configs[method, seed], threads, start): (method, seed)
                        for method, seed in todo}
             for future in concurrent.futures.as_completed(running):
                 method, seed = running[future]
@@ -459,7 +461,7 @@ def _train_all(cfg: BiasBenchConfig, data: Mapping[str, Path], tests: Mapping[st
                     pool.shutdown(wait=False, cancel_futures=True)
                     log(f"{method} seed {seed}: failed ({err}); waiting for the runs in progress", start)
                     raise RunFailed(f"{method} seed {seed} failed: {err}") from err
-                found[method, seed] = _evaluate_run(method, seed, cfg, data, tests, runs, timing)
+                found[method, seed] = _evaluate_run(method, seed, keys[method, seed], tests, runs, timing)
                 _log_record(found[method, seed], "done", len(found), len(tasks), start, log)
     records: dict[str, list[dict]] = {}
     for method, seed in tasks:
@@ -645,7 +647,7 @@ def _heatmap_grid(cfg: BiasBenchConfig, tests: Mapping[str, _TestSet], runs: Pat
     labels = [int(tests[n].labels[i]) for n, i in picks]
     maps, preds = {}, {}
     for method in cfg.methods:
-        model, config = load_classifier(runs / _dirname(method) / "seed0")
+        model, config = load_classifier(_run_dir(method, 0, runs))
         maps[method], preds[method] = _heatmaps(model, config, images, masks)
     fig = heatmap_grid(images, maps, col_titles=[f"{n}, label {y}" for (n, _), y in zip(picks, labels)])
     count = len(picks)

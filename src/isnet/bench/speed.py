@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import os
 import platform
 import statistics
@@ -668,7 +667,7 @@ def run(setup: SpeedSetup, out: str | Path, *, quick: bool = False, device: str 
     report["targets"] = targets(report)
     for res in report["steps"].values():
         plot_steps(res, out / f"{res['arch']}.png")
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
     (out / f"{name}.md").write_text(markdown(report))
     for t in report["targets"]:
         best = f" (fastest repeats: {t['min_value']:.2f})" if t.get("min_value") is not None else ""
@@ -676,14 +675,6 @@ def run(setup: SpeedSetup, out: str | Path, *, quick: bool = False, device: str 
                  f"{'met' if t['met'] else 'NOT met'}")
     progress(f"wrote {out / f'{name}.json'}, {out / f'{name}.md'} ({report['meta']['seconds']:.0f} s)")
     return report
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def run_speed(out: str | Path, *, quick: bool = False, device: str = "cpu", progress: Progress = print,
