@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from isnet import baselines
-from isnet.baselines import (
-    capture_output,
+from isnet.checkpoints import classifier_input
+from isnet.config import TrainConfig
+from isnet.lrp import record_outputs
+from isnet.objectives import StepContext, baselines, get_objective
+from isnet.objectives.baselines import (
     default_cam_layer,
     grad_cam,
     gradcam_loss,
     masked_objective,
-    model_input,
-    needs_masked_input,
     rrr_objective,
     rrr_penalty,
 )
@@ -43,9 +43,7 @@ def _batch(b: int = 4, size: int = 8):
 
 
 def _fake_module(model: nn.Module, **config):
-    from isnet.train import TrainConfig
-
-    return SimpleNamespace(net=SimpleNamespace(model=model), config=TrainConfig(**config).to_dict())
+    return StepContext(net=SimpleNamespace(model=model), criterion=None, config=TrainConfig(**config))
 
 
 # ---------------------------------------------------------------- RRR
@@ -140,17 +138,17 @@ def test_grad_cam_matches_manual_and_removes_hooks():
     assert any(g is not None and g.abs().sum() > 0 for g in grads)  # differentiable (create_graph)
 
 
-def test_capture_output_removes_hook_on_error_and_ignores_other_threads():
+def test_record_outputs_removes_hook_on_error_and_ignores_other_threads():
     model = _tiny_cnn()
     with pytest.raises(RuntimeError):
-        with capture_output(model, "4"):
+        with record_outputs(model, ["4"]):
             raise RuntimeError("boom")
     assert not model[4]._forward_hooks
     with pytest.raises(KeyError):
-        with capture_output(model, "nope"):
+        with record_outputs(model, ["nope"]):
             pass
     x, _, _ = _batch()
-    with capture_output(model, "4") as store:
+    with record_outputs(model, ["4"]) as store:
         t = threading.Thread(target=lambda: model(x))
         t.start()
         t.join()
@@ -187,10 +185,10 @@ def test_gradcam_objective_uses_the_runs_weight_and_layer():
 
 
 def test_unknown_gradcam_layer_is_named_before_training():
-    from isnet.train import ISNetModule
+    from isnet.training import ISNetModule
 
     with pytest.raises(ValueError, match="gradcam_layer 'nope' is not a module of small_cnn"):
-        ISNetModule({"train": "x", "variant": "gradcam", "gradcam_layer": "nope", "num_classes": 3,
+        ISNetModule.from_config({"train": "x", "variant": "gradcam", "gradcam_layer": "nope", "num_classes": 3,
                      "image_size": 16})
 
 
@@ -217,17 +215,17 @@ def test_masked_variant_zeroes_background_in_training_and_at_test_time():
     torch.testing.assert_close(seen[:, :, 2:6, 2:6], x[:, :, 2:6, 2:6])
     assert out.loss.requires_grad
 
-    assert needs_masked_input({"variant": "masked"}) and not needs_masked_input("selective")
-    test_x = model_input(x, masks, "masked")
+    assert get_objective("masked").masked_input and not get_objective("selective").masked_input
+    test_x = classifier_input(x, masks, {"variant": "masked"})
     assert torch.all(test_x * (1 - masks) == 0)
-    assert model_input(x, masks, "standard") is x
+    assert classifier_input(x, masks, {"variant": "standard"}) is x
     with pytest.raises(ValueError):
-        model_input(x, None, "masked")
+        classifier_input(x, None, {"variant": "masked"})
 
 
 def test_baselines_are_registered_in_training_pipeline():
-    train = pytest.importorskip("isnet.train")
-    for name in baselines.BASELINES:
-        assert name in train.OBJECTIVES
-        assert not train.OBJECTIVES[name].heatmap_loss  # no C1/C2 calibration
-        assert train.OBJECTIVES[name].needs_masks
+    for name in ("rrr", "gradcam", "masked"):
+        objective = get_objective(name)
+        assert objective.step.__module__ == baselines.__name__
+        assert not objective.heatmap_loss  # no C1/C2 calibration
+        assert objective.needs_masks

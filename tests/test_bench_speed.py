@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 
-from isnet.bench.speed import ExplainSetup, SpeedSetup, StepSetup, per_class_cost, run
+from isnet.bench.speed import SpeedSetup, run
+from isnet.bench.speed_explain import ExplainSetup
+from isnet.bench.speed_report import to_json
+from isnet.bench.speed_steps import StepSetup, per_class_cost
 from isnet.cli import build_parser
+
+
+def _no_constant(name: str) -> None:
+    """``parse_constant`` for json.loads: NaN, Infinity and -Infinity are not JSON."""
+    raise ValueError(f"not JSON: {name}")
 
 
 def test_speed_benchmark_smoke(tmp_path):
@@ -17,7 +26,7 @@ def test_speed_benchmark_smoke(tmp_path):
     )
     report = run(setup, tmp_path, quick=True, progress=lines.append)
 
-    saved = json.loads((tmp_path / "speed.json").read_text())
+    saved = json.loads((tmp_path / "speed.json").read_text(), parse_constant=_no_constant)
     assert set(saved) >= {"meta", "setup", "explain", "steps", "targets"}
     row = saved["explain"][0]
     assert set(row["times_s"]) >= {"gradient_x_input", "lrp_flex", "lrp_flex_no_zb"}
@@ -49,12 +58,19 @@ def test_per_class_cost_and_cli():
     assert args.bench == "explain" and not args.quick
 
 
+def test_report_json_has_no_nan():
+    """JSON has no NaN or infinity: non-finite numbers are written as null, the rest unchanged."""
+    report = {"a": math.nan, "b": [1.5, math.inf, (2, -math.inf)], "c": {"d": None, "e": "x", "f": 3}}
+    assert json.loads(to_json(report), parse_constant=_no_constant) == {
+        "a": None, "b": [1.5, None, [2, None]], "c": {"d": None, "e": "x", "f": 3}}
+
+
 def test_original_batched_matches_original():
     """The benchmark's is_grads_batched form of the original ISNet: same heatmaps, same gradients."""
     import torch
 
     from isnet import ISNet, ISNetLoss
-    from isnet.bench.speed import _original_batched, _original_naive
+    from isnet.bench.speed_steps import _original_batched, _original_naive
     from isnet.models import small_cnn
 
     torch.manual_seed(0)

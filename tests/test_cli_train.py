@@ -23,10 +23,10 @@ def data(tmp_path_factory):
 
 
 def test_train_arguments_map_to_the_training_config(monkeypatch, capsys):
-    import isnet.train
+    import isnet.training
 
     seen = {}
-    monkeypatch.setattr(isnet.train, "fit", lambda config: seen.update(config) or config["out"])
+    monkeypatch.setattr(isnet.training, "fit", lambda config: seen.update(config) or config["out"])
     assert main(["train", "--train", "tr", "--val", "va", "--out", "run", "--variant", "stochastic", "--P", "0.5",
                  "--c1", "2", "--c2", "30", "--no-zb", "--deep-supervision", "--devices", "2",
                  "--no-deterministic", "--p-warmup", "3", "--schedule", "cosine"]) == 0
@@ -38,6 +38,35 @@ def test_train_arguments_map_to_the_training_config(monkeypatch, capsys):
     assert seen == {"out": "run", "resume": True, "epochs": 5, "deep_supervision": ["layer1"]}
     assert main(["train", "--out", "run"]) == 2
     assert "--train is required" in capsys.readouterr().err
+
+
+def test_train_help_is_generated_from_the_config(capsys):
+    """Every documented TrainConfig field is an option whose help states the field's default."""
+    import argparse
+    import dataclasses
+
+    from isnet.cli import build_parser
+    from isnet.config import TrainConfig
+    from isnet.objectives import objective_names
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["train"]._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if "help" not in f.metadata:
+            assert f.metadata.get("resolved") and f.name not in actions, f.name
+            continue
+        action = actions[f.name]
+        assert (f.metadata["flag"] or "--" + f.name.replace("_", "-")) in action.option_strings
+        assert action.default is None  # so that a resumed run can tell what was given
+        if isinstance(f.default, bool):
+            assert action.help.endswith(f"(default {'on' if f.default else 'off'})"), f.name
+        elif f.default is not None:
+            assert action.help.endswith(f"(default {f.default})"), f.name
+    variant_help = actions["variant"].help
+    assert all(name in variant_help for name in objective_names())
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "(default 0.7)" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.e2e

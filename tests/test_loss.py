@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from isnet import ISNetLoss, calibrate, heatmap_loss
-from isnet.loss import gwrp, resize_masks
+from isnet.loss import gwrp
+from isnet.masks import foreground
 
 
 def gwrp_full_sort(values: torch.Tensor, d: float) -> torch.Tensor:
@@ -43,11 +44,11 @@ def test_masks_resized_by_any_foreground():
     mask = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
     mask[0, 0, 5, 9] = True  # one pixel -> its 2x2 cell (2, 4) at 32x32
     mask[1, 0, 40:50, 0:3] = True
-    small = resize_masks(mask, (32, 32))
+    small = foreground(mask, (32, 32))
     expected = mask.float().view(2, 1, 32, 2, 32, 2).amax((3, 5))
     assert torch.equal(small, expected)
     assert small[0, 0, 2, 4] == 1 and small[0].sum() == 1
-    assert torch.equal(resize_masks(mask, (64, 64)), mask.float())
+    assert torch.equal(foreground(mask, (64, 64)), mask.float())
 
 
 def test_mask_values_nonzero_is_foreground():

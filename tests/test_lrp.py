@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from isnet import LRPFlex, UnsupportedModelError, explain
-from isnet.lrp import Trace
+from isnet.lrp import Trace, record_outputs
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -269,6 +269,89 @@ def test_all_classes_stack_single_class_maps():
         assert rel_err(all_maps[:, k], explain(model, x, k)) < 1e-6
 
 
+# ----------------------------------------------------------------------------- helpers
+
+@pytest.mark.parametrize("zb", [False, True])
+def test_class_relevances_are_per_class_passes(zb):
+    torch.manual_seed(0)
+    model = randomise_bn(TwinModules()).eval()
+    x = torch.rand(3, 3, 32, 32)
+    lrp = LRPFlex(model, zb=zb, layers=["c3"])
+    with torch.no_grad():  # the trace records its graph anyway
+        parts = lrp.trace(x).class_relevances()
+    assert len(parts) == 4
+    for k, part in enumerate(parts):
+        trace = lrp.trace(x)
+        expected = trace.relevance(trace.output[:, k].sum())
+        assert torch.equal(part.input, expected.input)
+        assert torch.equal(part.layers["c3"], expected.layers["c3"])
+        assert not part.input.requires_grad
+    assert torch.equal(torch.stack([p.input for p in parts], 1), lrp.trace(x).heatmap("all"))
+    differentiable = lrp.trace(x).class_relevances(create_graph=True)
+    assert all(p.input.requires_grad for p in differentiable)
+    assert torch.allclose(torch.stack([p.input for p in differentiable], 1).detach(), lrp.explain(x, "all"))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_explain_prediction_is_heatmap_of_argmax_without_graph(requires_grad):
+    torch.manual_seed(0)
+    model = randomise_bn(TwinModules()).eval()
+    x = torch.rand(4, 3, 32, 32).requires_grad_(requires_grad)
+    lrp = LRPFlex(model)
+    logits, heat = lrp.explain_prediction(x)
+    with torch.no_grad():
+        own = model(x)
+    assert torch.equal(logits.argmax(1), own.argmax(1))
+    assert torch.allclose(logits, own)
+    trace = lrp.trace(x)
+    assert torch.equal(heat, trace.heatmap(trace.output.detach().argmax(1)))
+    assert torch.equal(heat, lrp.explain(x, "argmax"))
+    for t in (logits, heat):
+        assert not t.requires_grad and t.grad_fn is None
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_record_outputs_records_per_forward_pass_and_removes_hooks():
+    torch.manual_seed(0)
+    model = TwinModules().eval()
+    x = torch.rand(2, 3, 32, 32)
+    with record_outputs(model, ["c3", "l1"]) as store:
+        assert store == {}
+        model(x[:1])
+        model(x)  # a new forward pass: the store holds its outputs
+        assert set(store) == {"c3", "l1"}
+        assert store["l1"].shape == (2, 16)
+        other = threading.Thread(target=lambda: model(x[:1]))
+        other.start()
+        other.join()
+        assert store["l1"].shape == (2, 16)  # another thread's pass is ignored
+    assert _no_hooks(model)
+    h = F.max_pool2d(model.r1(model.b1(model.c1(x))), 2)
+    assert torch.equal(store["c3"], model.c3(model.r2(model.c2(h))))
+    h = F.max_pool2d(model.r4(model.c4(model.r3(store["c3"] + h))), 2)
+    assert torch.equal(store["l1"], model.l1(h.flatten(1)))
+    with pytest.raises(RuntimeError, match="boom"):
+        with record_outputs(model, ["c3"]):
+            raise RuntimeError("boom")
+    assert _no_hooks(model)
+
+
+def test_record_outputs_errors():
+    model = TwinAwkward().eval()
+    with pytest.raises(KeyError, match="nope"):
+        with record_outputs(model, ["c3", "nope"]):
+            pass
+    assert _no_hooks(model)
+    with pytest.raises(UnsupportedModelError, match="'shared' runs more than once"):
+        with record_outputs(model, ["shared"]):
+            model(torch.rand(1, 3, 32, 32))
+    assert _no_hooks(model)
+
+
 # ----------------------------------------------------------------------------- create_graph vs finite differences
 
 class Tiny(nn.Module):
@@ -443,12 +526,16 @@ def test_no_module_level_mutable_state():
     import copy
 
     import isnet.loss
-    import isnet.lrp
+    import isnet.lrp.explainer
+    import isnet.lrp.rules
+    import isnet.lrp.tracing
     import isnet.variants
     from isnet import ISNet, ISNetLoss
 
+    modules = (isnet.lrp, isnet.lrp.rules, isnet.lrp.tracing, isnet.lrp.explainer, isnet.variants, isnet.loss)
+
     def tables() -> dict:
-        return {(mod.__name__, name): copy.copy(value) for mod in (isnet.lrp, isnet.variants, isnet.loss)
+        return {(mod.__name__, name): copy.copy(value) for mod in modules
                 for name, value in vars(mod).items()
                 if isinstance(value, (list, dict, set)) and not name.startswith("__")}
 

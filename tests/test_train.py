@@ -1,4 +1,5 @@
-"""Tests for isnet.train (Lightning module, data module, fit, resume, calibration) and isnet.evaluate."""
+"""Tests for isnet.training (Lightning module, data module, fit, resume, calibration), isnet.checkpoints
+and isnet.evaluate."""
 
 from __future__ import annotations
 
@@ -11,14 +12,9 @@ from lightning.pytorch.callbacks import Callback
 
 from isnet.data import generate, to_tensors, write_dataset
 from isnet.evaluate import evaluate
-from isnet.train import (
-    ISNetModule,
-    MaskedDataModule,
-    TrainConfig,
-    TrainingDiverged,
-    fit,
-    load_classifier,
-)
+from isnet.checkpoints import load_classifier
+from isnet.config import TrainConfig
+from isnet.training import ISNetModule, MaskedDataModule, TrainingDiverged, fit
 
 BASE = dict(arch="small_cnn", epochs=1, batch_size=32, workers=0, quiet=True, seed=0)
 
@@ -52,13 +48,13 @@ def test_training_step_decreases_loss_on_a_fixed_batch(variant):
     x, masks, labels = to_tensors(generate(8, split="train", seed=1))
     config = TrainConfig(train="unused", variant=variant, num_classes=10, image_size=32, C1=1.0, C2=25.0,
                          optimizer="adam", lr=3e-3, schedule="none").to_dict()
-    module = ISNetModule(config)
+    module = ISNetModule.from_config(config)
     module.train()
     optimizer = module.configure_optimizers()
 
     def loss(step: bool) -> float:
         torch.manual_seed(123)  # the stochastic variant draws the same classes every time
-        out = module.objective.fn(module, x, masks, labels)
+        out = module.objective_step(x, masks, labels)
         if step:
             optimizer.zero_grad()
             out.loss.backward()
@@ -78,12 +74,12 @@ def test_training_step_decreases_loss_on_a_fixed_batch(variant):
 
 def test_p_warmup_and_option_checks():
     config = TrainConfig(train="x", num_classes=10, image_size=32, C1=1.0, C2=25.0, p_warmup=2).to_dict()
-    module = ISNetModule(config)
-    assert module.current_P() == 0.7  # no trainer attached: the target value
+    module = ISNetModule.from_config(config)
+    assert module.criterion.weight(module.warmup()) == 0.7  # no trainer attached: the target value
     with pytest.raises(ValueError, match="needs C1 and C2"):
-        ISNetModule(TrainConfig(train="x", num_classes=10, image_size=32).to_dict())
+        ISNetModule.from_config(TrainConfig(train="x", num_classes=10, image_size=32).to_dict())
     with pytest.raises(ValueError, match="unknown variant"):
-        TrainConfig(train="x", variant="nope").validate()
+        fit(TrainConfig(train="x", variant="nope").to_dict())
     with pytest.raises(ValueError, match="both C1 and C2"):
         TrainConfig(train="x", C1=1.0).validate()
     with pytest.raises(ValueError, match="unknown training options"):

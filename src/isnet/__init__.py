@@ -1,7 +1,8 @@
 """isnet: LRP-Flex explanations for any ReLU network, and ISNet / Faster ISNet training.
 
 Explain: :func:`explain`, :class:`LRPFlex`, :func:`plot_heatmap`.
-Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`.
+Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`;
+:mod:`isnet.training` (Lightning) runs whole training runs, :mod:`isnet.checkpoints` loads them.
 """
 
 from .loss import ISNetLoss, calibrate, heatmap_loss

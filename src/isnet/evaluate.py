@@ -9,24 +9,23 @@ foreground mask. ``isnet eval`` calls it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .checkpoints import classifier_input, explainer, load_classifier
 from .data import MaskedImageFolder, make_transform
 from .lrp import LRPFlex
 from .metrics import background_share, classification_metrics
+from .objectives import get_objective
+from .tables import text_table
 
-__all__ = ["evaluate", "format_table", "write_json"]
-
-
-def _has_masks(root: Path) -> bool:
-    return (Path(root) / "masks").is_dir()
+__all__ = ["evaluate", "format_table", "predict_batch"]
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -46,22 +45,28 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _predict(model, lrp: LRPFlex | None, loader: DataLoader, device: torch.device, variant: str):
-    from .train import classifier_input
+def predict_batch(model: nn.Module, lrp: LRPFlex | None, config: Mapping[str, Any], images: Tensor,
+                  masks: Tensor | None, *, raw_input: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Logits of a trained classifier for one batch, and with ``lrp`` the heatmaps of its predictions.
 
+    The classifier sees what it was trained to see (:func:`isnet.checkpoints.classifier_input`)
+    unless ``raw_input``. Heatmaps: LRP-Flex of the predicted class, eval mode, no graph kept.
+    """
+    x = images if raw_input else classifier_input(images, masks, config)
+    if lrp is None:
+        with torch.no_grad():
+            return model(x), None
+    return lrp.explain_prediction(x)
+
+
+def _predict(model: nn.Module, lrp: LRPFlex | None, config: Mapping[str, Any], loader: DataLoader,
+             device: torch.device) -> tuple[Tensor, Tensor, float | None]:
     logits, labels, shares = [], [], []
     for x, masks, y in loader:
-        x = classifier_input(x.to(device), masks.to(device), variant)
-        if lrp is None:
-            with torch.no_grad():
-                out = model(x)
-        else:
-            # one forward serves the logits and the heatmap; not under no_grad (LRP needs autograd
-            # for the explained quantity), and no graph is kept (create_graph=False)
-            trace = lrp.trace(x)
-            out = trace.output.detach()
-            heat = trace.heatmap(out.argmax(1)).detach()
-            shares.append(background_share(heat, masks.to(device)).cpu())
+        masks = masks.to(device)
+        out, heat = predict_batch(model, lrp, config, x.to(device), masks)
+        if heat is not None:
+            shares.append(background_share(heat, masks).cpu())
         logits.append(out.float().cpu())
         labels.append(torch.as_tensor(y))
     share = torch.cat(shares).double().mean().item() if shares else None
@@ -75,7 +80,7 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
     Parameters
     ----------
     checkpoint
-        A run folder or checkpoint file (see :func:`isnet.train.load_classifier`).
+        A run folder or checkpoint file (see :func:`isnet.checkpoints.load_classifier`).
     tests
         Name -> dataset root (``images/<class>/...``, optional ``masks/``). The training
         class list is used, so label indices match; a test set may lack some classes.
@@ -90,28 +95,26 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
         ``{name: {"accuracy", "macro_f1", "auroc", ["auroc_ci95" for two classes],
         "background_relevance" (None without masks), "confusion_matrix", "n"}}``; NaN becomes None.
     """
-    from .train import load_classifier, needs_masked_input
-
     if not tests:
         raise ValueError("no test sets given (NAME=DIR)")
     dev = _resolve_device(device)
     model, config = load_classifier(checkpoint, map_location=dev)
     classes, image_size = config["classes"], config["image_size"]
     transform = make_transform(image_size, train=False)
-    datasets = {name: MaskedImageFolder(root, transform=transform, masks=_has_masks(root), classes=classes)
+    datasets = {name: MaskedImageFolder(root, transform=transform, masks=None, classes=classes)
                 for name, root in tests.items()}  # scanned first: errors before any work
-    lrp = LRPFlex(model, epsilon=config.get("epsilon", 0.01), zb=config.get("zb", True))
+    lrp = explainer(model, config)
+    masked_input = get_objective(config["variant"]).masked_input
     results: dict[str, dict[str, Any]] = {}
     for name, dataset in datasets.items():
         if len(dataset) == 0:
             raise ValueError(f"test set {name} ({dataset.root}) holds no images")
-        variant = config.get("variant", "standard")
-        if needs_masked_input(variant) and not dataset.has_masks:
-            raise ValueError(f"variant {variant!r} classifies background-masked images, but test set {name} "
+        if masked_input and not dataset.has_masks:
+            raise ValueError(f"variant {config['variant']!r} classifies background-masked images, but test set {name} "
                              f"({dataset.root}) has no masks/ folder")
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
         use_lrp = relevance and dataset.has_masks
-        logits, labels, share = _predict(model, lrp if use_lrp else None, loader, dev, variant)
+        logits, labels, share = _predict(model, lrp if use_lrp else None, config, loader, dev)
         scores = classification_metrics(logits, labels, len(classes))
         scores["background_relevance"] = share
         results[name] = _clean(scores)
@@ -119,25 +122,16 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
 
 
 def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """A plain-text table: one row per test set."""
+    """A plain-text table: one row per test set (AUROC interval for two classes)."""
 
     def num(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    header = f"{'test set':<20} {'n':>6} {'accuracy':>9} {'macro-F1':>9} {'AUROC':>9} {'bg share':>9}"
-    rows = [header, "-" * len(header)]
+    rows = []
     for name, r in results.items():
-        row = (f"{name:<20} {r['n']:>6} {num(r['accuracy']):>9} {num(r['macro_f1']):>9} {num(r['auroc']):>9} "
-               f"{num(r['background_relevance']):>9}")
-        if r.get("auroc_ci95") and None not in r["auroc_ci95"]:
-            low, high = r["auroc_ci95"]
-            row += f"  AUROC 95% CI [{low:.4f}, {high:.4f}]"
-        rows.append(row)
-    return "\n".join(rows)
-
-
-def write_json(results: Mapping[str, Any], path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    return path
+        ci = r.get("auroc_ci95")
+        rows.append({"test set": name, "n": str(r["n"]), "accuracy": num(r["accuracy"]),
+                     "macro-F1": num(r["macro_f1"]), "AUROC": num(r["auroc"]),
+                     "bg share": num(r["background_relevance"]),
+                     "AUROC 95% CI": f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else "-"})
+    return text_table(rows, {"test set": 20, "n": 6, "accuracy": 9, "macro-F1": 9, "AUROC": 9, "bg share": 9})

@@ -11,7 +11,9 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
+from .checkpoints import load_classifier
 from .lrp import LRPFlex
+from .models import build_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,13 +58,10 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     With ``normalize="imagenet"`` the model sees normalised inputs and Z^B uses the
     matching per-channel bounds; relevance is per input pixel either way.
     """
-    from .figures import plot_heatmap, save_figure
-    from .models import build_model
+    from .figures import plot_heatmap, save_figure  # matplotlib only when pictures are written
 
     class_names: list[str] | None = None
     if checkpoint is not None:
-        from .train import load_classifier
-
         model, config = load_classifier(checkpoint)
         class_names = config.get("classes")
         image_size = image_size or config.get("image_size")

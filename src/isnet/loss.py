@@ -1,19 +1,21 @@
 """The ISNet heatmap loss: background relevance minimised, foreground relevance kept in range.
 
 Heatmaps are (B, K, C, h, w): K explained quantities per image. Masks are
-(B, 1 or C, H, W) with 1 on the foreground; other sizes are pooled to (h, w),
-a cell being foreground when any of its pixels is.
+(B, 1 or C, H, W); what counts as foreground, at any resolution, is :mod:`isnet.masks`' rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .masks import foreground as foreground_of
 
 _GWRP_TAIL = 1e-9  # GWRP weights below this share of the first are skipped (exactness ~1e-9)
 
@@ -23,12 +25,12 @@ def _at_least_float32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def resize_masks(masks: Tensor, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
-    """Masks as float 0/1 (B, 1|C, h, w); nonzero is foreground, and a cell is foreground if any pixel in it is."""
-    masks = (masks != 0).to(dtype)
-    if tuple(masks.shape[-2:]) != tuple(size):
-        masks = F.adaptive_max_pool2d(masks, size)
-    return masks
+@contextlib.contextmanager
+def float32_region(x: Tensor) -> Iterator[None]:
+    """Autocast off on ``x``'s device, so losses run in float32 under mixed precision."""
+    device_type = x.device.type if x.device.type in ("cuda", "cpu", "xpu", "mps", "hpu") else "cpu"
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
 
 
 def gwrp(values: Tensor, d: float) -> Tensor:
@@ -67,7 +69,7 @@ def _single_heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float, E: float,
     """Per-sample loss (B,) of heatmaps (B, K, C, h, w)."""
     if heatmaps.dim() != 5:
         raise ValueError(f"heatmaps must be (B, K, C, h, w), got shape {tuple(heatmaps.shape)}")
-    fg = resize_masks(masks, heatmaps.shape[-2:], heatmaps.dtype).unsqueeze(1)  # (B, 1, 1|C, h, w)
+    fg = foreground_of(masks, heatmaps.shape[-2:], dtype=heatmaps.dtype).unsqueeze(1)  # (B, 1, 1|C, h, w)
     fg_count = fg.expand_as(heatmaps).sum((2, 3, 4)).clamp(min=1.0)  # an empty mask: all background
     absolute = heatmaps.abs()
     fg_total = (absolute * fg).sum((2, 3, 4))  # (B, K)
@@ -97,7 +99,7 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
         (B, K, C, h, w), or for LRP deep supervision a mapping of such maps per layer;
         the per-layer losses are then pooled with GWRP of decay ``d_loss``.
     masks
-        (B, 1|C, H, W), nonzero on the foreground.
+        (B, 1|C, H, W) foreground masks (:func:`isnet.masks.foreground`).
     d, E
         GWRP decay over background pixels and the background-term scale.
     A, B
@@ -118,15 +120,20 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
 
 @dataclass
 class LossTerms:
-    """The parts of the ISNet objective for one batch."""
+    """The parts of the ISNet objective for one batch; ``total`` is what is optimised."""
 
     total: Tensor
     cross_entropy: Tensor
     heatmap: Tensor
+    P: float
 
 
 class ISNetLoss(nn.Module):
-    """``(1 - P) * cross_entropy + P * heatmap_loss``; options as :func:`heatmap_loss`."""
+    """``(1 - P) * cross_entropy + P * heatmap_loss``; options as :func:`heatmap_loss`.
+
+    ``warmup`` (in [0, 1], passed per call) scales ``P``: a run can ramp the heatmap loss in,
+    and the weight actually used is returned with the terms.
+    """
 
     def __init__(self, P: float = 0.7, **heatmap_options) -> None:
         super().__init__()
@@ -135,13 +142,20 @@ class ISNetLoss(nn.Module):
         self.P = P
         self.heatmap_options = heatmap_options
 
+    def weight(self, warmup: float = 1.0) -> float:
+        """The heatmap-loss weight at warm-up fraction ``warmup``."""
+        if not 0.0 <= warmup <= 1.0:
+            raise ValueError(f"warmup must be in [0, 1], got {warmup}")
+        return self.P * warmup
+
     def forward(self, logits: Tensor, labels: Tensor, heatmaps: Tensor | Mapping[str, Tensor] | None,
-                masks: Tensor | None) -> LossTerms:
+                masks: Tensor | None, *, warmup: float = 1.0) -> LossTerms:
         ce = F.cross_entropy(logits.float(), labels)
         if heatmaps is None:
-            return LossTerms(ce, ce, torch.zeros_like(ce))
+            return LossTerms(ce, ce, torch.zeros_like(ce), 0.0)
         hl = heatmap_loss(heatmaps, masks, **self.heatmap_options)
-        return LossTerms((1.0 - self.P) * ce + self.P * hl, ce, hl)
+        p = self.weight(warmup)
+        return LossTerms((1.0 - p) * ce + p * hl, ce, hl, p)
 
 
 def calibrate(relevance_totals: Tensor) -> tuple[float, float]:

@@ -11,10 +11,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import norm, rankdata
 from torch import Tensor
 from torchmetrics import Metric
+
+from .masks import background, foreground
 from torchmetrics.functional.classification import (
     binary_auroc,
     multiclass_accuracy,
@@ -124,24 +125,6 @@ def delong_auroc_ci(
     return auc, max(0.0, auc - half_width), min(1.0, auc + half_width)
 
 
-def _region_at(region: Tensor, size: tuple[int, int]) -> Tensor:
-    """Binary (B, H, W) map of ``region`` at ``size``: a cell is in it if any pixel of it is.
-
-    ``region`` (B, C, H', W') is thresholded at 0.5 and its channels merged with "any". A
-    smaller map is enlarged by nearest neighbour, a larger one reduced with an adaptive max pool.
-    """
-    if region.ndim != 4:
-        raise ValueError(f"region masks must have shape (B, C, H, W), got {tuple(region.shape)}")
-    inside = (region.detach() > 0.5).any(dim=1, keepdim=True).float()
-    height, width = size
-    if inside.shape[-2] < height or inside.shape[-1] < width:
-        enlarged = (max(height, inside.shape[-2]), max(width, inside.shape[-1]))
-        inside = F.interpolate(inside, size=enlarged, mode="nearest")
-    if inside.shape[-2:] != (height, width):
-        inside = F.adaptive_max_pool2d(inside, (height, width))
-    return inside[:, 0] > 0.5
-
-
 def relevance_share(relevance: Tensor, region: Tensor) -> Tensor:
     """Per sample, the share of absolute relevance that falls inside ``region``.
 
@@ -151,9 +134,8 @@ def relevance_share(relevance: Tensor, region: Tensor) -> Tensor:
         (B, C, H, W) heatmaps, or (B, K, C, H, W) with several heatmaps per sample; absolute
         values are summed over K and C (in at least float32).
     region : Tensor
-        (B, 1 or C, H', W') masks, 1 inside (thresholded at 0.5, channels merged with "any").
-        If the size differs from the heatmap's, a heatmap cell belongs to the region when any
-        mask pixel it covers does.
+        (B, 1 or C, H', W') masks, read with :func:`isnet.masks.foreground` (channels merged
+        with "any"): a heatmap cell belongs to the region when any mask pixel it covers does.
 
     Returns
     -------
@@ -168,7 +150,7 @@ def relevance_share(relevance: Tensor, region: Tensor) -> Tensor:
         raise ValueError(f"batch sizes differ: relevance {relevance.shape[0]}, region {region.shape[0]}")
     dtype = torch.promote_types(relevance.dtype, torch.float32)
     absolute = relevance.detach().to(dtype).abs().flatten(1, relevance.ndim - 3).sum(dim=1)
-    inside = _region_at(region.to(absolute.device), (absolute.shape[-2], absolute.shape[-1]))
+    inside = foreground(region.to(absolute.device), absolute.shape[-2:], merge_channels=True, dtype=dtype)[:, 0]
     total = absolute.flatten(1).sum(dim=1)
     part = (absolute * inside).flatten(1).sum(dim=1)
     return torch.where(total > 0, part / total.clamp_min(torch.finfo(dtype).tiny), 0.0)
@@ -182,17 +164,14 @@ def background_share(relevance: Tensor, masks: Tensor) -> Tensor:
     relevance : Tensor
         (B, C, H, W) or (B, K, C, H, W) heatmaps; absolute values summed over K and C.
     masks : Tensor
-        (B, 1 or C, H', W') foreground masks (thresholded at 0.5). A heatmap cell is foreground
-        when any mask pixel it covers is, so shrinking a mask never turns foreground into
-        background.
+        (B, 1 or C, H', W') foreground masks, read with :func:`isnet.masks.foreground`.
 
     Returns
     -------
     Tensor
         (B,) shares in [0, 1]; a sample whose relevance is all zero gets 0.
     """
-    foreground = _region_at(masks, (relevance.shape[-2], relevance.shape[-1]))
-    return relevance_share(relevance, (~foreground).unsqueeze(1).float())
+    return relevance_share(relevance, background(masks, relevance.shape[-2:], merge_channels=True))
 
 
 class BackgroundRelevance(Metric):

@@ -42,7 +42,11 @@ def stochastic_classes(logits: Tensor, generator: torch.Generator | None = None)
 
 
 def default_supervised_layers(model: nn.Module) -> list[str]:
-    """Layers for LRP deep supervision: ResNet stages, DenseNet transitions, VGG stages."""
+    """Layers for LRP deep supervision.
+
+    ResNet: ``layer1..4``; DenseNet: the transition ReLUs; VGG-like ``features``: the output of
+    each stage (the module before each max-pool); any other model: the outputs of its max-pools.
+    """
     names = dict(model.named_modules())
     if all(f"layer{i}" in names for i in range(1, 5)):
         return [f"layer{i}" for i in range(1, 5)]
@@ -56,6 +60,9 @@ def default_supervised_layers(model: nn.Module) -> list[str]:
                   if isinstance(m, nn.MaxPool2d) and i > 0]
         if stages:
             return stages
+    pools = [name for name, m in model.named_modules() if isinstance(m, nn.MaxPool2d)]
+    if pools:
+        return pools
     raise ValueError("no default deep-supervision layers for this architecture; pass a list of "
                      "module names (from model.named_modules()) as deep_supervision")
 
@@ -116,11 +123,7 @@ class ISNet(nn.Module):
         logits = trace.output
         create_graph = self.training and torch.is_grad_enabled()
         if self.variant == "original":
-            classes = logits.shape[1]
-            with torch.enable_grad():  # the quantities must be in the graph, also under torch.no_grad()
-                quantities = [logits[:, k].sum() for k in range(classes)]
-            parts = [trace.relevance(q, create_graph=create_graph, retain_graph=True if k < classes - 1 else None)
-                     for k, q in enumerate(quantities)]
+            parts = trace.class_relevances(create_graph=create_graph)
         else:
             with torch.enable_grad():
                 quantity = self.quantity(logits, labels)

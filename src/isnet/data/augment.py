@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..masks import foreground
+
 
 def swap_backgrounds(images: Tensor, masks: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Give each image, with probability ``p``, the background of another image of the batch.
 
-    The foreground (mask nonzero) and the label stay; the background comes from a
+    The foreground (:func:`isnet.masks.foreground`) and the label stay; the background comes from a
     random other sample, so whatever the background says about the class stops
-    predicting it. Masks are (B, 1|C, H, W) at the images' size.
+    predicting it. Masks are (B, 1|C, H, W).
 
     This breaks shortcuts that the heatmap loss alone cannot see: a network can use
     a background cue by switching units *off*, and an inactive unit carries no
@@ -29,6 +31,6 @@ def swap_backgrounds(images: Tensor, masks: Tensor, p: float, generator: torch.G
     donor = torch.empty_like(order)
     donor[order] = order.roll(shift)
     chosen = torch.rand(batch, generator=generator, device=rng) < p
-    foreground = (masks != 0).to(images.dtype)
-    swapped = foreground * images + (1 - foreground) * images[donor.to(images.device)]
+    fg = foreground(masks, images.shape[-2:], dtype=images.dtype)
+    swapped = fg * images + (1 - fg) * images[donor.to(images.device)]
     return torch.where(chosen.to(images.device).view(-1, *([1] * (images.dim() - 1))), swapped, images)

@@ -139,7 +139,8 @@ class MaskedImageFolder(Dataset):
         ``tv_tensors.Mask`` (see :func:`make_transform`).
     masks
         Read masks from ``ROOT/masks``. When false (e.g. a test set without masks), every
-        item gets an all-ones mask and ``has_masks`` is false.
+        item gets an all-ones mask and ``has_masks`` is false. None: read them when
+        ``ROOT/masks`` exists.
     classes
         Class list to use instead of the sorted folder names (e.g. the training set's, for a
         test set); a class folder not in this list is an error, a listed class may be absent.
@@ -165,12 +166,12 @@ class MaskedImageFolder(Dataset):
         root: str | Path,
         *,
         transform: Callable[..., Any] | None = None,
-        masks: bool = True,
+        masks: bool | None = True,
         classes: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root).expanduser()
         self.transform = transform
-        self.has_masks = masks
+        self.has_masks = (self.root / "masks").is_dir() if masks is None else masks
         self.classes, self.class_to_idx, self.samples = self._scan(classes)
         self.targets = [label for _, _, label in self.samples]
 

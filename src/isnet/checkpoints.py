@@ -1,0 +1,99 @@
+"""Run folders and trained classifiers, without the training machinery.
+
+A run folder written by ``isnet train`` holds:
+
+* ``config.json``: the resolved :class:`isnet.config.TrainConfig` (class list, image size, C1/C2);
+* ``checkpoints/last.ckpt`` (every epoch, for resuming) and ``checkpoints/best.ckpt``;
+* ``metrics.csv`` (and ``calibration/metrics.csv`` when C1/C2 were calibrated), ``hparams.yaml``;
+* ``model.pt``: the classifier's state dict, written when training ends.
+
+Loading a classifier, building its explainer and preparing its input need only PyTorch, so
+``isnet explain`` and ``isnet eval`` never import Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .lrp import LRPFlex
+from .models import build_model
+from .objectives import get_objective
+
+__all__ = ["classifier_input", "explainer", "load_classifier", "read_checkpoint", "write_json"]
+
+CONFIG = "config.json"
+MODEL = "model.pt"
+CHECKPOINTS = "checkpoints"
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON through a temporary file, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint or state dict loaded on the CPU with ``weights_only``; a clear error otherwise."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we wrote"
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+
+
+def _find_weights(path: Path) -> Path:
+    if path.is_dir():
+        candidates = [path / MODEL, path / CHECKPOINTS / "best.ckpt", path / CHECKPOINTS / "last.ckpt"]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds no {MODEL} or {CHECKPOINTS}/{{best,last}}.ckpt")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint or run folder: {path}")
+    return path
+
+
+def load_classifier(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The plain classifier of a training run, in eval mode, and its resolved config (a dict).
+
+    ``path`` is a run folder (``model.pt``, else ``checkpoints/best.ckpt``, else
+    ``checkpoints/last.ckpt``, with ``config.json``), a ``.ckpt`` file written by training, or
+    a ``.pt`` state dict next to (or one folder below) a ``config.json``.
+    """
+    path = _find_weights(Path(path).expanduser())
+    if path.suffix == ".ckpt":
+        ckpt = read_checkpoint(path)
+        try:
+            config = dict(ckpt["hyper_parameters"]["config"])
+        except (KeyError, TypeError):
+            raise ValueError(f"{path} is not a checkpoint written by isnet train (no config inside)") from None
+        prefix = "net.model."
+        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    else:
+        config_path = next((p / CONFIG for p in (path.parent, path.parent.parent) if (p / CONFIG).is_file()), None)
+        if config_path is None:
+            raise FileNotFoundError(f"no {CONFIG} next to {path}; give the run folder or a .ckpt file")
+        config = json.loads(config_path.read_text())
+        state = read_checkpoint(path)
+    model = build_model(config["arch"], config["num_classes"], image_size=config["image_size"])
+    model.load_state_dict(state)
+    return model.to(map_location).eval(), config
+
+
+def explainer(model: nn.Module, config: Mapping[str, Any]) -> LRPFlex:
+    """The LRP-Flex explainer of a trained classifier, with its run's LRP options."""
+    return LRPFlex(model, **TrainConfig.from_dict(config).lrp_options())
+
+
+def classifier_input(images: Tensor, masks: Tensor | None, config: Mapping[str, Any]) -> Tensor:
+    """What a run's classifier sees: the images, or, for masked-input variants, the masked images."""
+    return get_objective(config["variant"]).classifier_input(images, masks)

@@ -1,0 +1,205 @@
+"""The explainer: traced forward passes and the relevance passes run on them.
+
+:class:`LRPFlex` binds the rules to a model. :meth:`LRPFlex.trace` runs one forward
+pass under :class:`~isnet.lrp.tracing.LRPMode` and returns a :class:`Trace`, whose
+``output`` carries the ordinary autograd graph. Each relevance pass is one
+``torch.autograd.grad`` call of a scalar quantity computed from that output, made
+with the trace's switch on, so the activations use the LRP rule; the relevance of a
+tensor ``t`` is then ``t * grad``. With the Z^B rule the pass stops at the first
+block's ReLU and :class:`~isnet.lrp.rules.ZBRule` takes the relevance to the input.
+``create_graph=True`` keeps the relevance differentiable, for losses on heatmaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .rules import BackwardSwitch, Bounds, FirstBlock, ZBRule
+from .tracing import LRPMode, UnsupportedModelError, check_activations, named_submodules, record_outputs
+
+Target = Tensor | int | str
+
+
+def select_logits(output: Tensor, target: Target) -> Tensor:
+    """The logit explained for each sample: (B,) from a class tensor, an int or ``"argmax"``."""
+    if isinstance(target, str):
+        if target != "argmax":
+            raise ValueError(f"target must be a class tensor, an int, 'argmax' or 'all'; got {target!r}")
+        index = output.detach().argmax(1)
+    elif isinstance(target, int):
+        if not 0 <= target < output.shape[1]:
+            raise ValueError(f"target class {target} is out of range for {output.shape[1]} outputs")
+        return output[:, target]
+    else:
+        index = torch.as_tensor(target, device=output.device).long().reshape(-1)
+        if index.numel() != output.shape[0]:
+            raise ValueError(f"target has {index.numel()} classes for a batch of {output.shape[0]}")
+    return output.gather(1, index[:, None]).squeeze(1)
+
+
+@dataclass
+class Relevance:
+    """Relevance of one explained quantity: at the input and at named modules."""
+
+    input: Tensor
+    layers: dict[str, Tensor]
+
+
+class Trace:
+    """One forward pass traced by :class:`LRPFlex`; explains quantities computed from its output.
+
+    ``output`` is the model's output with the ordinary autograd graph, so training
+    losses on it use the ordinary derivatives; only :meth:`relevance` uses the LRP rule.
+    """
+
+    def __init__(self, lrp: LRPFlex, x: Tensor, output: Tensor, switch: BackwardSwitch,
+                 block: FirstBlock | None, layer_outputs: dict[str, Tensor]) -> None:
+        self.lrp, self.x, self.output = lrp, x, output
+        self._switch, self._block, self._layer_outputs = switch, block, layer_outputs
+        self._zb_rules: dict[bool, ZBRule] = {}  # by grad mode: with or without a graph
+
+    def relevance(self, quantity: Tensor, *, create_graph: bool = False,
+                  retain_graph: bool | None = None) -> Relevance:
+        """Relevance of the scalar ``quantity`` (a function of ``output``, summed over the batch)."""
+        zb = self._block is not None
+        start = self._block.relu_out if zb else self.x
+        names = list(self._layer_outputs)
+        wrt = [start, *self._layer_outputs.values()]
+        self._switch.lrp = True
+        try:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(quantity, wrt, create_graph=create_graph,
+                                            retain_graph=create_graph if retain_graph is None else retain_graph,
+                                            allow_unused=True)
+        finally:
+            self._switch.lrp = False
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+        # the relevance stays in the autograd graph exactly when create_graph asks for it
+        with torch.set_grad_enabled(create_graph):
+            if zb:
+                if create_graph not in self._zb_rules:
+                    self._zb_rules[create_graph] = ZBRule.fold(self._block, self.lrp.epsilon, self.lrp.bounds)
+                heat = self._zb_rules[create_graph](start * grads[0])
+                if heat.shape != self.x.shape:  # the first linear layer saw the input flattened
+                    heat = heat.reshape(self.x.shape)
+            else:
+                heat = self.x * grads[0]
+            layers = {n: t * g for n, t, g in zip(names, wrt[1:], grads[1:])}
+        if self.lrp.check_finite:
+            _check_finite(heat, "input")
+            for name, rel in layers.items():
+                _check_finite(rel, name)
+        return Relevance(heat, layers)
+
+    def class_relevances(self, *, create_graph: bool = False, retain_graph: bool | None = None) -> list[Relevance]:
+        """One relevance pass per class ``k``, of ``output[:, k]`` summed over the batch.
+
+        The graph is kept between the passes; ``retain_graph`` applies to the last one.
+        """
+        classes = self.output.shape[1]
+        with torch.enable_grad():  # also under torch.no_grad(): the quantities must be in the graph
+            quantities = [self.output[:, k].sum() for k in range(classes)]
+        return [self.relevance(q, create_graph=create_graph, retain_graph=True if k < classes - 1 else retain_graph)
+                for k, q in enumerate(quantities)]
+
+    def heatmap(self, target: Target, *, create_graph: bool = False,
+                retain_graph: bool | None = None) -> Tensor:
+        """Input relevance (B, C, ...) of one logit per sample; ``"all"`` gives (B, K, C, ...)."""
+        if isinstance(target, str) and target == "all":
+            parts = self.class_relevances(create_graph=create_graph, retain_graph=retain_graph)
+            return torch.stack([part.input for part in parts], 1)
+        with torch.enable_grad():
+            quantity = select_logits(self.output, target).sum()
+        return self.relevance(quantity, create_graph=create_graph, retain_graph=retain_graph).input
+
+
+def _check_finite(relevance: Tensor, where: str) -> None:
+    if not torch.isfinite(relevance).all():
+        bad = (~torch.isfinite(relevance)).sum().item()
+        raise FloatingPointError(
+            f"{bad} non-finite relevance values at {where}: the model output or an activation "
+            "overflowed, or epsilon is 0 where a pre-activation is 0. Check the input range, use "
+            "epsilon > 0, or run in float32."
+        )
+
+
+class LRPFlex:
+    """LRP-Flex explainer bound to a model; reusable and thread-safe.
+
+    Parameters
+    ----------
+    model
+        Any ReLU network (ReLU, ReLU6, LeakyReLU as modules, functions or methods,
+        reused or in place). It is never modified.
+    epsilon
+        LRP-epsilon stabiliser; ``0`` gives gradient x input.
+    zb
+        Use the Z^B rule on the first conv/linear -> [batch norm] -> ReLU block.
+    bounds
+        Lowest and highest input values for Z^B: floats, or one value per channel.
+    layers
+        Names of modules (``model.named_modules()``) whose output relevance is also returned.
+    check_finite
+        Raise :class:`FloatingPointError` on NaN/inf relevance (one device sync per call).
+    """
+
+    def __init__(self, model: nn.Module, *, epsilon: float = 0.01, zb: bool = True,
+                 bounds: Bounds = (0.0, 1.0), layers: Sequence[str] = (), check_finite: bool = True) -> None:
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        check_activations(model)
+        named_submodules(model, layers)
+        self.model, self.epsilon, self.zb = model, float(epsilon), zb
+        self.bounds, self.layers, self.check_finite = bounds, tuple(layers), check_finite
+
+    def trace(self, x: Tensor) -> Trace:
+        """Run the model on ``x`` and keep what the relevance pass needs."""
+        x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+        switch = BackwardSwitch(self.epsilon)
+        mode = LRPMode(switch, x_in if self.zb else None)
+        with torch.enable_grad(), record_outputs(self.model, self.layers) as layer_outputs, mode:
+            output = self.model(x_in)
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            raise TypeError("LRP-Flex explains models whose output is a (batch, classes) tensor; "
+                            f"got {type(output).__name__}{tuple(getattr(output, 'shape', ()))}")
+        block = None
+        if self.zb:
+            tracker = mode.tracker
+            block = tracker.block
+            if block is None or block.relu_out is None:
+                found = tracker.failure or "no ReLU after the first layer"
+                raise UnsupportedModelError(
+                    "zb=True needs the model to start with a conv or linear layer, optionally batch "
+                    f"norm, then a ReLU; found {found}. Pass zb=False to propagate LRP-epsilon "
+                    "down to the input instead."
+                )
+        return Trace(self, x_in, output, switch, block, layer_outputs)
+
+    def explain(self, x: Tensor, target: Target, *, create_graph: bool = False) -> Tensor:
+        """Input heatmap (B, C, H, W), or (B, K, C, H, W) for ``target="all"``."""
+        return self.trace(x).heatmap(target, create_graph=create_graph)
+
+    __call__ = explain
+
+    def explain_prediction(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The logits (B, K) and the input heatmap of each sample's predicted class.
+
+        One traced forward pass; both are returned detached and no graph is kept.
+        """
+        trace = self.trace(x)
+        logits = trace.output.detach()
+        return logits, trace.heatmap(logits.argmax(1)).detach()
+
+
+def explain(model: nn.Module, x: Tensor, target: Target, *, epsilon: float = 0.01, zb: bool = True,
+            bounds: Bounds = (0.0, 1.0), create_graph: bool = False) -> Tensor:
+    """LRP-Flex heatmap of ``model`` at ``x``; see :class:`LRPFlex`.
+
+    ``target``: a class per sample (LongTensor), an int, ``"argmax"`` or ``"all"``
+    (one map per class, shape (B, K, C, H, W)). The model's train/eval mode is respected.
+    """
+    return LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds).explain(x, target, create_graph=create_graph)

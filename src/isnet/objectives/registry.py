@@ -1,0 +1,122 @@
+"""Training objectives: what one training step optimises, and the registry that names them.
+
+An objective is a function ``step(ctx, images, masks, labels) -> StepOutput`` registered
+under a name with :func:`register_objective`, which also records what the objective needs:
+
+* ``explains``: the :class:`isnet.ISNet` variant whose heatmaps the run validates (and, for
+  heatmap-loss objectives, calibrates C1/C2 on);
+* ``heatmap_loss``: whether it uses the ISNet heatmap loss (so C1/C2 are calibrated when not given);
+* ``needs_masks``: whether training images need foreground masks;
+* ``masked_input``: whether the classifier sees background-masked images (then also at test time);
+* ``background_swap``: the default probability that a training image gets another image's background;
+* ``hyperparameters``: the :class:`isnet.config.TrainConfig` fields it reads.
+
+The training loop knows no objective by name: it looks the run's ``variant`` up here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..config import TrainConfig
+from ..loss import ISNetLoss
+from ..masks import mask_background
+from ..variants import ISNet
+
+__all__ = ["Objective", "StepContext", "StepOutput", "get_objective", "objective_names", "register_objective"]
+
+
+@dataclass
+class StepContext:
+    """What an objective may use in a training step.
+
+    ``net`` wraps the classifier (``net.model``) with the objective's heatmap variant;
+    ``criterion`` is the run's :class:`isnet.ISNetLoss`; ``warmup`` the fraction of ``P``
+    reached (pass it to ``criterion``); ``config`` the resolved run configuration.
+    """
+
+    net: ISNet
+    criterion: ISNetLoss
+    config: TrainConfig
+    warmup: float = 1.0
+
+
+@dataclass
+class StepOutput:
+    """What an objective returns for one batch.
+
+    ``loss`` is optimised; ``terms`` are logged as ``train/<name>``; ``heatmaps`` (detached
+    input heatmaps, (B, K, C, H, W)), when given, feed the logged background share.
+    """
+
+    loss: Tensor
+    logits: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    heatmaps: Tensor | None = None
+
+
+StepFn = Callable[[StepContext, Tensor, Tensor, Tensor], StepOutput]
+CheckFn = Callable[[nn.Module, TrainConfig], None]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective and what it declares (see the module docstring)."""
+
+    name: str
+    step: StepFn
+    explains: str = "standard"
+    heatmap_loss: bool = False
+    needs_masks: bool = True
+    masked_input: bool = False
+    background_swap: float = 0.0
+    hyperparameters: tuple[str, ...] = ()
+    check: CheckFn | None = None
+
+    def classifier_input(self, images: Tensor, masks: Tensor | None) -> Tensor:
+        """What the trained classifier sees: the images, or the images with the background zeroed."""
+        if not self.masked_input:
+            return images
+        if masks is None:
+            raise ValueError(f"variant {self.name!r} classifies background-masked images: its inputs need masks")
+        return mask_background(images, masks)
+
+    def swap_probability(self, given: float | None) -> float:
+        """The background-swap probability a run trains with: ``given``, or this objective's default."""
+        return self.background_swap if given is None else float(given)
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def register_objective(name: str, **declared: Any) -> Callable[[StepFn], StepFn]:
+    """Decorator: register ``step`` as the objective ``name`` with the given declarations.
+
+    The function is returned unchanged, so one function can serve several names.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"an objective named {name!r} is already registered")
+
+    def decorate(step: StepFn) -> StepFn:
+        _REGISTRY[name] = Objective(name, step, **declared)
+        return step
+
+    return decorate
+
+
+def get_objective(name: str) -> Objective:
+    """The objective registered as ``name``; a ValueError lists the known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; choose one of {objective_names()}") from None
+
+
+def objective_names() -> list[str]:
+    """Names of the registered objectives, in registration order."""
+    return list(_REGISTRY)
+

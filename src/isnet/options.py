@@ -1,0 +1,99 @@
+"""Command-line options generated from a typed configuration dataclass.
+
+Each field with ``help`` metadata (see :func:`isnet.config.option`) becomes one option of an
+argument group: ``--field-name`` (or the field's ``flag``), typed from the annotation, with
+the field's default shown in the help. Every option defaults to None on the command line,
+so :func:`given_values` returns exactly what the user typed and the dataclass supplies the
+rest; a resumed run can therefore tell a changed option from an unchanged one.
+
+Annotations map to options as follows: ``bool`` gives ``--name/--no-name``; ``int``,
+``float`` and ``str`` (optionally ``| None``) give one typed value; a union with a list gives
+zero or more values (none meaning True, e.g. ``--deep-supervision`` alone); a union of
+``int`` and ``str`` accepts a count, a comma-separated list of integers or a word (Lightning's
+``--devices``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["add_dataclass_options", "given_values"]
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(a for a in typing.get_args(annotation) if a is not type(None))
+    return (annotation,)
+
+
+def _int_list_or_word(value: str) -> int | str | list[int]:
+    if value.isdigit():
+        return int(value)
+    if "," in value:
+        try:
+            return [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a count, a list such as 0,1, or a word; got {value!r}") from None
+    return value
+
+
+def _describe(default: Any) -> str:
+    if default is None:
+        return ""
+    if isinstance(default, bool):
+        return f" (default {'on' if default else 'off'})"
+    return f" (default {default})"
+
+
+def _kwargs(annotation: Any, meta: dict, default: Any) -> dict[str, Any]:
+    members = _members(annotation)
+    kwargs: dict[str, Any] = {"default": None, "help": meta["help"] + _describe(default)}
+    if meta.get("metavar"):
+        kwargs["metavar"] = meta["metavar"]
+    if meta.get("choices"):
+        kwargs["choices"] = list(meta["choices"])
+    if members == (bool,):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif any(typing.get_origin(m) is list for m in members) and bool in members:
+        kwargs["nargs"] = "*"
+    elif int in members and str in members:
+        kwargs["type"] = _int_list_or_word
+    elif len(members) == 1 and members[0] in (int, float, str):
+        kwargs["type"] = members[0]
+    else:
+        raise TypeError(f"no command-line form for the annotation {annotation!r}")
+    return kwargs
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, required: Iterable[str] = ()) -> None:
+    """Add one option per documented field of the dataclass ``cls``, in argument groups."""
+    hints = typing.get_type_hints(cls)
+    required = set(required)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        kwargs = _kwargs(hints[f.name], meta, default)
+        if f.name in required:
+            kwargs["required"] = True
+        group.add_argument(flag, dest=f.name, **kwargs)
+
+
+def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` given on the command line (an empty list stands for True)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        values[f.name] = True if value == [] else value
+    return values

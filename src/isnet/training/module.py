@@ -1,0 +1,234 @@
+"""The Lightning module: one objective, one network, one criterion, optimised and logged.
+
+:class:`ISNetModule` receives the network (an :class:`isnet.ISNet` around the classifier),
+the criterion (:class:`isnet.ISNetLoss`) and the objective (:mod:`isnet.objectives`), and knows
+no variant by name. :meth:`ISNetModule.from_config` builds all three from a resolved
+:class:`isnet.config.TrainConfig`.
+
+Logged: ``train/loss`` (what is optimised), the objective's terms as ``train/<term>``,
+``train/acc``, ``train/bg_share`` (objectives that compute heatmaps), ``train/P`` (during the
+warm-up of P), ``val/ce``, ``val/acc``, ``val/bg_share`` (the objective's heatmaps in eval mode).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..config import TrainConfig
+from ..data.augment import swap_backgrounds
+from ..loss import ISNetLoss, calibrate, float32_region
+from ..metrics import BackgroundRelevance
+from ..models import build_model
+from ..objectives import Objective, StepContext, StepOutput, get_objective
+from ..variants import ISNet
+from .data import epoch_seed
+
+__all__ = ["ISNetModule", "TrainingDiverged"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite; training stopped before that step's update."""
+
+
+def _input_maps(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor:
+    return heatmaps["input"] if isinstance(heatmaps, Mapping) else heatmaps
+
+
+class ISNetModule(L.LightningModule):
+    """A classifier trained with an objective, as a ``LightningModule``.
+
+    Parameters
+    ----------
+    net
+        :class:`isnet.ISNet` wrapping the classifier with the objective's heatmap variant.
+    criterion
+        The ISNet loss (``P``, heatmap-loss options, C1/C2).
+    objective
+        What one training step optimises.
+    config
+        The resolved run configuration (optimiser, schedule, warm-up, seed, swap).
+    calibrate_for
+        For a calibration run: the heatmap network (sharing ``net.model``) whose relevance
+        totals are recorded in the last epoch; C1/C2 are then logged as ``calibration/C1|C2``
+        and kept in :attr:`calibration`.
+    """
+
+    def __init__(self, net: ISNet, criterion: ISNetLoss, objective: Objective, config: TrainConfig, *,
+                 calibrate_for: ISNet | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config.to_dict()})
+        self.net, self.criterion, self.objective, self.config = net, criterion, objective, config
+        self.background_swap = objective.swap_probability(config.background_swap)
+        k = config.num_classes
+        self.train_acc, self.val_acc = MulticlassAccuracy(k, average="micro"), MulticlassAccuracy(k, average="micro")
+        self.train_bg, self.val_bg = BackgroundRelevance(), BackgroundRelevance()
+        self.val_ce = MeanMetric()
+        self.train_means = nn.ModuleDict()
+        # the calibration network shares the model; kept out of the module tree (and state dict)
+        self.__dict__["_calibration_net"] = calibrate_for
+        self._totals: list[Tensor] = []
+        self._recording = False
+        self.calibration: dict[str, float] | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig | Mapping[str, Any], *, calibrate: bool = False) -> ISNetModule:
+        """The module a resolved configuration describes (``num_classes`` and ``image_size`` set).
+
+        With ``calibrate``, the module trains the plain classifier and records the relevance
+        totals of the configured variant's heatmaps in its last epoch.
+        """
+        cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        objective = get_objective(cfg.variant)
+        if objective.heatmap_loss and not calibrate and (cfg.C1 is None or cfg.C2 is None):
+            raise ValueError(f"variant {cfg.variant!r} needs C1 and C2 (fit() calibrates them)")
+        model = build_model(cfg.arch, cfg.num_classes, image_size=cfg.image_size)
+        if objective.check is not None:
+            objective.check(model, cfg)
+        lrp = dict(cfg.lrp_options(), selective_eps=cfg.selective_eps, selective_class=cfg.selective_class)
+        criterion = ISNetLoss(cfg.P, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1 if cfg.C1 is not None else 1.0,
+                              C2=cfg.C2 if cfg.C2 is not None else 25.0, foreground=cfg.foreground, norm=cfg.norm,
+                              d_loss=cfg.d_loss)
+        if not calibrate:
+            net = ISNet(model, objective.explains, deep_supervision=cfg.deep_supervision, **lrp)
+            return cls(net, criterion, objective, cfg)
+        swap = objective.swap_probability(cfg.background_swap)
+        plain = TrainConfig.from_dict(cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None,
+                                                        "p_warmup": 0.0, "background_swap": swap})
+        return cls(ISNet(model, "standard", **lrp), criterion, get_objective("standard"), plain,
+                   calibrate_for=ISNet(model, objective.explains, **lrp))
+
+    # ---- helpers
+    def warmup(self) -> float:
+        """The fraction of P reached at this step (linear over ``p_warmup`` epochs; 1 without a trainer)."""
+        epochs = self.config.p_warmup
+        if epochs <= 0 or self._trainer is None:
+            return 1.0
+        steps = epochs * max(1, int(self.trainer.num_training_batches))
+        return min(1.0, (self.global_step + 1) / steps)
+
+    def objective_step(self, x: Tensor, masks: Tensor, labels: Tensor) -> StepOutput:
+        """The objective's output for one (already augmented) training batch."""
+        return self.objective.step(StepContext(self.net, self.criterion, self.config, self.warmup()), x, masks, labels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _check_finite(self, out: StepOutput, batch_idx: int) -> None:
+        finite = torch.isfinite(out.loss.detach())
+        ok = self.trainer.strategy.reduce_boolean_decision(finite, all=True) if self._trainer else bool(finite)
+        if not ok:
+            terms = ", ".join(f"{name} {value.detach().float().item():.4g}" for name, value in out.terms.items())
+            raise TrainingDiverged(
+                f"training diverged: the loss is {out.loss.detach().float().item()} at epoch "
+                f"{self.current_epoch}, batch {batch_idx} ({terms}); training stopped before this update. "
+                "Try a lower --lr, a smaller --P or a --p-warmup, keep gradient clipping on, or use "
+                "--precision 32-true.")
+
+    # ---- hooks
+    def on_train_epoch_start(self) -> None:
+        # RNG streams as a function of (seed, epoch, rank): a resumed run draws what an uninterrupted one does
+        s = epoch_seed(self.config.seed, self.current_epoch, self.global_rank)
+        torch.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        self._recording = (self._calibration_net is not None
+                           and self.current_epoch == self.trainer.max_epochs - 1)
+        self._totals = []
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, masks, labels = batch
+        if self.background_swap > 0:
+            x = swap_backgrounds(x, masks, self.background_swap)
+        out = self.objective_step(x, masks, labels)
+        self._check_finite(out, batch_idx)
+        n = labels.shape[0]
+        self._log_mean("loss", out.loss, n, prog_bar=True)
+        for name, value in out.terms.items():
+            self._log_mean(name, value, n)
+        self.train_acc(out.logits.detach(), labels)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        if out.heatmaps is not None:
+            self.train_bg(out.heatmaps, masks)
+            self.log("train/bg_share", self.train_bg, on_step=True, on_epoch=True, batch_size=n)
+        if self.config.p_warmup > 0 and self.objective.heatmap_loss:
+            self.log("train/P", self.criterion.weight(self.warmup()), on_step=True, on_epoch=True, batch_size=n,
+                     sync_dist=False)
+        if self._recording:
+            self._record_totals(x, labels)
+        return out.loss
+
+    def _log_mean(self, name: str, value: Tensor, n: int, prog_bar: bool = False) -> None:
+        # a MeanMetric per term: local values per step, exact means over all ranks per epoch,
+        # without a collective per step
+        if name not in self.train_means:
+            self.train_means[name] = MeanMetric().to(self.device)
+        metric = self.train_means[name]
+        metric(value.detach().float(), n)
+        self.log(f"train/{name}", metric, on_step=True, on_epoch=True, prog_bar=prog_bar, batch_size=n,
+                 metric_attribute=f"train_means.{name}")
+
+    def _record_totals(self, x: Tensor, labels: Tensor) -> None:
+        # A fresh pass with the model in train mode (as in the papers) but no graph kept: the
+        # wrapper's own flag is off (ISNet builds the graph only when it is training); the shared
+        # model keeps its mode. (ISNet's heatmaps cannot be computed under torch.no_grad().)
+        self._calibration_net.training = False
+        _, heatmaps = self._calibration_net(x, heatmaps=True, labels=labels)
+        maps = _input_maps(heatmaps).detach().float()
+        self._totals.append(maps.abs().sum((2, 3, 4)).flatten())  # one total per explained heatmap
+
+    def on_train_epoch_end(self) -> None:
+        if not self._recording:
+            return
+        totals = self.all_gather(torch.cat(self._totals)).flatten()
+        c1, c2 = calibrate(totals)
+        self.calibration = {"C1": c1, "C2": c2, "mean": totals.double().mean().item(),
+                            "std": totals.double().std().item(), "n": int(totals.numel())}
+        # logged so the values also reach the launching process under ddp_spawn
+        for key in ("C1", "C2", "mean", "std", "n"):
+            self.log(f"calibration/{key}", float(self.calibration[key]), on_epoch=True, sync_dist=True)
+        self._recording, self._totals = False, []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, masks, labels = batch
+        x = self.objective.classifier_input(x, masks)
+        with torch.enable_grad():  # LRP needs autograd; eval mode keeps the heatmap out of any graph
+            logits, heatmaps = self.net(x, heatmaps=True, labels=labels)
+        logits, maps = logits.detach(), _input_maps(heatmaps).detach().float()
+        n = labels.shape[0]
+        with float32_region(x):
+            self.val_ce.update(F.cross_entropy(logits.float(), labels), n)
+        self.val_acc.update(logits, labels)
+        self.log("val/ce", self.val_ce, on_epoch=True, batch_size=n)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
+        if getattr(self.trainer.datamodule, "val_has_masks", True):
+            self.val_bg.update(maps, masks)
+            self.log("val/bg_share", self.val_bg, on_epoch=True, batch_size=n)
+
+    def configure_optimizers(self):
+        c = self.config
+        params = self.net.model.parameters()
+        if c.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay or 0.0)
+        elif c.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay or 0.0)
+        else:
+            wd = 0.01 if c.weight_decay is None else c.weight_decay
+            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=wd)
+        if c.schedule == "none":
+            return opt
+        if c.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs)
+        else:
+            step = c.lr_step or max(1, c.epochs // 3)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=c.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
