@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from isnet.bench.bias import METHODS, OCCLUDED, TEST_SETS, BiasBenchConfig, occlude_patches
+from isnet.bench.bias import occlude_patches
+from isnet.bench.presets import METHODS, OCCLUDED, TEST_SETS, BiasBenchConfig
 
 
 def test_occlusion_replaces_only_the_patch_with_neighbouring_background():
@@ -91,8 +92,8 @@ def test_bench_bias_writes_results_report_and_figures(tiny_bench, capsys):
 
 @pytest.mark.e2e
 def test_masked_method_sees_masked_inputs_at_test_time(tiny_bench):
-    from isnet.bench.bias import _test_sets, evaluate_classifier
-    from isnet.train import load_classifier
+    from isnet.bench.bias import evaluate_classifier, make_test_sets
+    from isnet.checkpoints import load_classifier
 
     out, _ = tiny_bench
     model, config = load_classifier(out / "runs" / "masked" / "seed0")
@@ -101,7 +102,7 @@ def test_masked_method_sees_masked_inputs_at_test_time(tiny_bench):
     # keep a reference only: any torch call on the input inside the LRP trace would change what it traces
     handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
-        test = _test_sets(BiasBenchConfig(n_test=10))["biased"]
+        test = make_test_sets(BiasBenchConfig(n_test=10))["biased"]
         evaluate_classifier(model, config, test)
         assert torch.all(seen[-1] * (1 - test.masks) == 0)
         evaluate_classifier(model, config, test, raw_input=True)
@@ -138,7 +139,8 @@ def test_jobs_and_threads_must_be_positive():
 
 @pytest.mark.e2e
 def test_a_failing_parallel_run_is_named(tmp_path):
-    from isnet.bench.bias import RunFailed, run_benchmark
+    from isnet.bench.bias import run_benchmark
+    from isnet.bench.grid import RunFailed
 
     cfg = BiasBenchConfig(methods=["standard", "gradcam"], seeds=1, n_train=40, n_val=10, n_test=10, epochs=1,
                           jobs=2, threads=1, train_options={"gradcam_layer": "nope"})

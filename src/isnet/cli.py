@@ -66,96 +66,23 @@ def _run_data(args: argparse.Namespace) -> None:
 
 
 def _add_train(sub) -> None:
+    from .config import TrainConfig
+    from .options import add_dataclass_options
+
     p = sub.add_parser(
-        "train", help="train a classifier (standard, ISNet, Faster ISNet) on a masked dataset",
+        "train", help="train a classifier (standard, ISNet, Faster ISNet, baselines) on a masked dataset",
         description="Train a classifier with Lightning. ISNet variants penalise LRP relevance outside the "
                     "foreground masks; without --c1/--c2 they are calibrated by a short standard run first. "
                     "Writes OUT/config.json, OUT/checkpoints/{last,best}.ckpt, OUT/metrics.csv and OUT/model.pt.")
-    g = p.add_argument_group("data")
-    g.add_argument("--train", type=Path, help="training set root (images/<class>/..., masks/<class>/...)")
-    g.add_argument("--val", type=Path, help="validation set root (best.ckpt tracks its accuracy)")
-    g.add_argument("--image-size", type=int, help="resize to this square side (default: the first image's side)")
-    g.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips in training")
-    g.add_argument("--workers", type=int, help="DataLoader workers per process (default 2)")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", help="small_cnn (default) or a torchvision classification model name")
-    g.add_argument("--variant", help="standard | original | selective (default) | stochastic; baselines: "
-                                     "rrr | gradcam | masked")
-    g.add_argument("--deep-supervision", nargs="*", metavar="LAYER",
-                   help="LRP deep supervision: default layers (ResNet/DenseNet/VGG), or these module names")
-    g.add_argument("--selective-class", choices=["lowest", "label", "highest"],
-                   help="class whose eta the selective variant explains (default lowest, as the reference)")
-    g.add_argument("--selective-eps", type=float, help="e_s of the selective quantity (default 0.01)")
-    g.add_argument("--epsilon", type=float, help="LRP epsilon (default 0.01)")
-    g.add_argument("--no-zb", dest="zb", action="store_false", default=None, help="no Z^B rule on the first layer")
-    g = p.add_argument_group("ISNet loss")
-    g.add_argument("--P", type=float, help="heatmap-loss weight: (1-P) CE + P heatmap loss (default 0.7)")
-    g.add_argument("--p-warmup", type=float, help="epochs of linear warm-up of P from 0 (default 3; 0 with --background-swap 0)")
-    g.add_argument("--d", type=float, help="GWRP decay over background pixels (default 0.99; the papers use 0.9)")
-    g.add_argument("--E", type=float, help="background-term scale (default 1)")
-    g.add_argument("--A", type=float, help="background-term weight (default 1)")
-    g.add_argument("--B", type=float, help="foreground-term weight (default 1)")
-    g.add_argument("--foreground", choices=["L2", "hybrid"], help="foreground penalty (default L2)")
-    g.add_argument("--norm", choices=["absRoIMean", "RoIMean"], help="heatmap normalisation (default absRoIMean)")
-    g.add_argument("--d-loss", type=float, help="GWRP decay over deep-supervision layers (default 1: mean)")
-    g.add_argument("--c1", dest="C1", type=float, help="foreground relevance lower bound C1 (with --c2)")
-    g.add_argument("--c2", dest="C2", type=float, help="foreground relevance upper bound C2 (with --c1)")
-    g.add_argument("--calibrate-epochs", type=int,
-                   help="without --c1/--c2: epochs of the standard run that calibrates them (default 2)")
-    g.add_argument("--background-swap", type=float, metavar="PROB",
-                   help="probability that a training image gets another image's background (mask-based); "
-                        "default 1 for the ISNet variants and swap, 0 otherwise")
-    g = p.add_argument_group("baselines")
-    g.add_argument("--rrr-lambda", type=float, help="rrr: weight of the input-gradient penalty (default 10)")
-    g.add_argument("--gradcam-weight", type=float, help="gradcam: weight of the background Grad-CAM share (default 1)")
-    g.add_argument("--gradcam-layer", help="gradcam: module whose output is the Grad-CAM feature map "
-                                           "(default: the last convolutional feature map)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="default 30")
-    g.add_argument("--batch-size", type=int, help="per process (default 64)")
-    g.add_argument("--lr", type=float, help="learning rate (default 0.001)")
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default adam; sgd uses --momentum")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=float, help="default 0 (AdamW: 0.01)")
-    g.add_argument("--schedule", choices=["none", "cosine", "step"], help="learning-rate schedule (default cosine)")
-    g.add_argument("--lr-step", type=int, help="step schedule: epochs per decay (default epochs // 3)")
-    g.add_argument("--lr-gamma", type=float, help="step schedule: decay factor (default 0.1)")
-    g.add_argument("--gradient-clip", type=float, help="gradient-norm clipping, 0 = off (default 1)")
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, help="default 0")
-    g.add_argument("--out", type=Path, required=True, help="run folder")
-    g.add_argument("--resume", action="store_true", default=None,
-                   help="continue OUT from checkpoints/last.ckpt with OUT/config.json (only --epochs and the "
-                        "hardware options may change)")
-    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic algorithms and seeding (default on)")
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or Lightning info")
-    g.add_argument("--accelerator", help="Lightning accelerator: auto (default), cpu, gpu, ...")
-    g.add_argument("--devices", help="Lightning devices: auto (default), a count, or a list such as 0,1")
-    g.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP (default 1)")
-    g.add_argument("--strategy", help="Lightning strategy: auto (default), ddp, ddp_find_unused_parameters_true, ...")
-    g.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed, 16-mixed, ...")
-
-
-def _parse_devices(value: str):
-    if value.isdigit():
-        return int(value)
-    if "," in value:
-        return [int(v) for v in value.split(",") if v.strip()]
-    return value
+    add_dataclass_options(p, TrainConfig, required=("out",))
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .train import fit
+    from .config import TrainConfig
+    from .options import given_values
+    from .training import fit
 
-    config = {k: v for k, v in vars(args).items() if k not in ("command",) and v is not None}
-    if "deep_supervision" in config:
-        config["deep_supervision"] = config["deep_supervision"] or True
-    if "devices" in config:
-        config["devices"] = _parse_devices(config["devices"])
-    for key in ("train", "val", "out"):
-        if key in config:
-            config[key] = str(config[key])
+    config = given_values(args, TrainConfig)
     if not config.get("resume") and "train" not in config:
         raise ValueError("--train is required (unless --resume)")
     run = fit(config)  # TrainingDiverged (a FloatingPointError) and FileExistsError are reported by main
@@ -180,7 +107,8 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate, format_table, write_json
+    from .checkpoints import write_json
+    from .evaluate import evaluate, format_table
 
     tests = {}
     for item in args.test:
@@ -194,7 +122,7 @@ def _run_eval(args: argparse.Namespace) -> None:
                        device=args.device, relevance=not args.no_relevance)
     print(format_table(results))
     if args.json is not None:
-        print(f"wrote {write_json(results, args.json)}")
+        print(f"wrote {write_json(args.json.expanduser(), results)}")
 
 
 def _parse_option(item: str) -> tuple[str, object]:
@@ -210,7 +138,7 @@ def _parse_option(item: str) -> tuple[str, object]:
 
 
 def _add_bench_bias(bench) -> None:
-    from .bench.bias import FULL, METHODS, QUICK
+    from .bench.presets import FULL, METHODS, QUICK
 
     b = bench.add_parser(
         "bias", help="background-bias benchmark on BG-Digits: ISNets and baselines, three test sets, report",
@@ -218,9 +146,9 @@ def _add_bench_bias(bench) -> None:
                     "background patch), evaluate on biased / unbiased / deceiving test sets (accuracy, background "
                     "and patch relevance, occlusion check) and write results.json, results.md, results.csv, "
                     f"figures/ and report.html. Full run: {FULL['seeds']} seeds x {len(FULL['methods'])} methods, "
-                    f"{FULL['n_train']} images, {FULL['epochs']} epochs (about 70 minutes on 2 CPU cores); "
-                    f"--quick: {', '.join(QUICK['methods'])}, 1 seed, {QUICK['n_train']} images, "
-                    f"{QUICK['epochs']} epochs (under 10 minutes). Finished runs in OUT are reused.")
+                    f"{FULL['n_train']} images, {FULL['epochs']} epochs; --quick: {', '.join(QUICK['methods'])}, "
+                    f"{QUICK['seeds']} seed, {QUICK['n_train']} images, {QUICK['epochs']} epochs. Finished runs in "
+                    "OUT are reused.")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--quick", action="store_true", help="fewer methods, images and epochs, one seed")
     b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
@@ -255,7 +183,10 @@ def _bench_bias_config(args: argparse.Namespace, base: dict):
 
 
 def _run_bench_bias(args: argparse.Namespace) -> None:
-    from .bench.bias import FULL, QUICK, RunFailed, format_table, run_benchmark
+    from .bench.bias import run_benchmark
+    from .bench.grid import RunFailed
+    from .bench.presets import FULL, QUICK
+    from .bench.report import format_table
 
     try:
         results = run_benchmark(_bench_bias_config(args, QUICK if args.quick else FULL), args.out)
@@ -335,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
         print(f"isnet {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,27 +1,23 @@
 """``isnet demo`` (``make demo``): the background-bias benchmark, small enough for a laptop.
 
 BG-Digits is built, a standard classifier and a selective ISNet (Faster ISNet) are trained
-with the training pipeline's defaults (:class:`isnet.train.TrainConfig`) for
-:data:`DEMO` epochs on :data:`DEMO` images, the three-test-set table is printed, and
+with the training pipeline's defaults (:class:`isnet.config.TrainConfig`) at the
+:data:`~isnet.bench.presets.DEMO` sizes, the three-test-set table is printed, and
 ``OUT/report.html`` shows the accuracies, the occlusion check, heatmaps and training times.
-It is :func:`isnet.bench.bias.run_benchmark` with a short method list and small sizes, sized
-to finish in under 5 minutes on 2 CPU cores.
+It is :func:`isnet.bench.bias.run_benchmark` with a short method list and small sizes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .bench.bias import TEST_SETS, BiasBenchConfig, run_benchmark
+from .bench.bias import run_benchmark
+from .bench.presets import DEMO, OCCLUDED, TEST_SETS, BiasBenchConfig
+from .tables import percent, text_table
 
 __all__ = ["DEMO", "demo_config", "run_demo", "summary_table"]
-
-DEMO: dict[str, Any] = dict(
-    methods=["standard", "selective"], seeds=1, n_train=2000, n_val=200, n_test=300, epochs=12, n_examples=3,
-    title="isnet demo: standard classifier vs selective ISNet on BG-Digits",
-)
-"""Methods and sizes of the demo (the benchmark's other settings keep their defaults)."""
 
 
 def demo_config(**overrides: Any) -> BiasBenchConfig:
@@ -30,17 +26,23 @@ def demo_config(**overrides: Any) -> BiasBenchConfig:
     return BiasBenchConfig(**values)
 
 
-def summary_table(results: dict) -> str:
+def _cell(share: float | None) -> str:
+    return "-" if share is None else f"{percent(share)}%"
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
     """Accuracy and background-relevance share per method and test set, as plain text."""
-    head = f"{'method':<12}" + "".join(f"{t + ' acc':>16}{'bg rel':>8}" for t in TEST_SETS) + f"{'occluded acc':>14}"
-    lines = [head, "-" * len(head)]
+    rows = []
     for method, sets in results["methods"].items():
-        cells = "".join(f"{100 * sets[t]['accuracy']:>15.1f}%{100 * sets[t]['background_relevance']:>7.1f}%"
-                        for t in TEST_SETS)
-        occluded = sets.get("biased_occluded", {}).get("accuracy")
-        cells += f"{100 * occluded:>13.1f}%" if occluded is not None else f"{'-':>14}"
-        lines.append(f"{method:<12}{cells}")
-    return "\n".join(lines)
+        row = {"method": method}
+        for test in TEST_SETS:
+            row[f"{test} acc"] = _cell(sets[test]["accuracy"])
+            row[f"{test} bg rel"] = _cell(sets[test]["background_relevance"])
+        row["occluded acc"] = _cell(sets.get(OCCLUDED, {}).get("accuracy"))
+        rows.append(row)
+    widths = {"method": max(12, *(len(m) for m in results["methods"])), **{f"{t} acc": 15 for t in TEST_SETS},
+              **{f"{t} bg rel": 7 for t in TEST_SETS}, "occluded acc": 13}
+    return text_table(rows, widths, titles={f"{t} bg rel": "bg rel" for t in TEST_SETS})
 
 
 def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:

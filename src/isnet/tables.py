@@ -25,21 +25,24 @@ def _columns(rows: Sequence[Mapping[str, str]]) -> list[str]:
     return list(rows[0])
 
 
-def text_table(rows: Sequence[Mapping[str, str]], widths: Mapping[str, int] | None = None) -> str:
+def text_table(rows: Sequence[Mapping[str, str]], widths: Mapping[str, int] | None = None,
+               titles: Mapping[str, str] | None = None) -> str:
     """A fixed-width table with a rule under the header.
 
-    ``widths`` gives a column's width (default: its longest cell or title); columns are
+    ``widths`` gives a column's width (default: its longest cell or title); ``titles`` shows a
+    column under another title than its key (several columns may share one); columns are
     separated by one space.
     """
     columns = _columns(rows)
-    widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns} | dict(widths or {})
+    shown = {c: c for c in columns} | dict(titles or {})
+    widths = {c: max(len(shown[c]), *(len(r.get(c, "")) for r in rows)) for c in columns} | dict(widths or {})
 
     def line(cells: Mapping[str, str]) -> str:
         parts = [f"{cells.get(c, ''):<{widths[c]}}" if i == 0 else f"{cells.get(c, ''):>{widths[c]}}"
                  for i, c in enumerate(columns)]
         return " ".join(parts).rstrip()
 
-    head = line({c: c for c in columns})
+    head = line(shown)
     return "\n".join([head, "-" * len(head), *(line(r) for r in rows)])
 
 

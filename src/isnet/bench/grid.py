@@ -1,0 +1,238 @@
+"""A resumable grid of training runs: every method with every seed, trained and evaluated once.
+
+Each run is :func:`isnet.training.fit` (what ``isnet train`` runs) into
+``RUNS/<method>/seed<k>``, then evaluated by the benchmark's function in this process; its
+record (timings, calibration, evaluation) is stored as ``result.json`` next to the run,
+under a *settings key*: a hash of every training option that changes the trained network
+(all but :data:`isnet.config.BOOKKEEPING`) and of the test data. A later grid with the same
+key reuses the record, so an interrupted grid continues where it stopped. With ``jobs > 1``
+the runs train in that many fresh processes, the most expensive first; evaluation stays here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from ..checkpoints import load_classifier, write_json
+from ..config import BOOKKEEPING, TrainConfig
+from ..training import fit
+from .presets import RUN_OPTIONS
+
+__all__ = [
+    "Grid", "Log", "RunFailed", "StepTimer", "clock", "console_log", "run_dir", "run_grid", "run_options",
+    "settings_key", "threads_per_job",
+]
+
+Log = Callable[[str, float | None], None]
+"""Receives a progress message and the grid's start time (a ``time.perf_counter`` value) or None."""
+
+
+class RunFailed(RuntimeError):
+    """A training process of the grid raised; the message names the method and seed."""
+
+
+@dataclass
+class Grid:
+    """What to train and how to judge it.
+
+    ``methods``: method -> its training options (with its ``variant``); ``options``: training
+    options of every run; ``data``: the ``train`` and ``val`` dataset roots; ``evaluate(model,
+    config)`` scores a trained classifier (eval mode, resolved config) and returns the entries
+    it adds to the run's record; ``test_key`` identifies its test data in the settings key;
+    ``describe(record)`` summarises a finished run's evaluation in its progress line; ``cost``: a
+    method's relative training time (default 1), for scheduling; ``name`` prefixes the progress
+    lines of training processes.
+    """
+
+    methods: Mapping[str, Mapping[str, Any]]
+    seeds: int
+    arch: str
+    options: Mapping[str, Any]
+    data: Mapping[str, Path]
+    runs: Path
+    evaluate: Callable[[nn.Module, dict], dict[str, Any]]
+    test_key: Mapping[str, Any]
+    describe: Callable[[Mapping[str, Any]], str]
+    name: str
+    cost: Mapping[str, float] = field(default_factory=dict)
+    jobs: int = 1
+    threads: int | None = None
+    progress_bar: bool = False
+
+
+def _print_line(name: str, message: str, start: float | None = None) -> None:
+    stamp = f"[{clock(time.perf_counter() - start)}] " if start is not None else ""
+    print(f"{name}: {stamp}{message}", flush=True)
+
+
+def console_log(name: str) -> Log:
+    """A :data:`Log` printing ``NAME: [m:ss] message`` (time since the start, when given)."""
+    return functools.partial(_print_line, name)
+
+
+def clock(seconds: float) -> str:
+    """Seconds as ``m:ss``."""
+    seconds = int(round(seconds))
+    return f"{seconds // 60:d}:{seconds % 60:02d}"
+
+
+def threads_per_job(jobs: int, threads: int | None) -> int:
+    """Torch CPU threads of each training process: ``threads``, else the CPU count divided by ``jobs``."""
+    return threads or max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_dir(runs: Path, method: str, seed: int) -> Path:
+    """The run folder of ``method`` and ``seed``."""
+    return runs / "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in method) / f"seed{seed}"
+
+
+def run_options(grid: Grid, method: str, seed: int) -> dict[str, Any]:
+    """The training options of one run: the grid's options, the method's, then :data:`RUN_OPTIONS`."""
+    per_run = {"variant": grid.methods[method]["variant"], "arch": grid.arch, "train": str(grid.data["train"]),
+               "val": str(grid.data["val"]), "out": str(run_dir(grid.runs, method, seed)), "seed": seed,
+               "resume": False}
+    return {"workers": 0, "quiet": not grid.progress_bar, **grid.options, **grid.methods[method],
+            **{key: per_run[key] for key in RUN_OPTIONS}}
+
+
+def settings_key(options: Mapping[str, Any], test_key: Mapping[str, Any]) -> str:
+    """What a stored run depends on: every training option (defaults included) and the test data."""
+    resolved = TrainConfig.from_dict(options).to_dict()
+    relevant = {k: v for k, v in resolved.items() if k not in BOOKKEEPING}
+    relevant["test"] = dict(test_key)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stored_record(out: Path, key: str) -> dict | None:
+    """The stored result of a finished run whose settings key is ``key``, else None."""
+    stored = out / "result.json"
+    if stored.is_file():
+        record = json.loads(stored.read_text())
+        if record.get("settings_key") == key:
+            return record
+    return None
+
+
+class StepTimer(Callback):
+    """Sums the wall time of training steps (forward, backward, optimiser step) of the main run.
+
+    With a ``log`` it also reports each epoch's accuracies as ``label: epoch i/n ...``.
+    """
+
+    def __init__(self, label: str = "", log: Log | None = None, start: float | None = None) -> None:
+        self.label, self.log, self.start = label, log, start
+        self.seconds, self.epochs, self._began = 0.0, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._began = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._began
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epochs += 1
+        if self.log is not None:
+            metrics = trainer.callback_metrics
+            shown = [f"{name} {float(metrics[key]):.3f}" for name, key in
+                     (("train acc", "train/acc_epoch"), ("val acc", "val/acc"), ("val bg share", "val/bg_share"))
+                     if key in metrics]
+            self.log(f"{self.label}: epoch {self.epochs}/{trainer.max_epochs} {', '.join(shown)}", self.start)
+
+
+def _train_run(name: str, method: str, seed: int, options: Mapping[str, Any], threads: int | None = None,
+               start: float | None = None) -> dict[str, Any]:
+    """Train one method/seed from scratch; returns its timings.
+
+    ``threads`` sets torch's CPU threads first. With ``start`` (a ``time.perf_counter`` value,
+    also across processes) it logs the start and every epoch.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    log = console_log(name) if start is not None else None
+    if log is not None:
+        log(f"{method} seed {seed}: training" + (f" (process {os.getpid()})" if threads else ""), start)
+    out = Path(options["out"])
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted or outdated run of this grid
+    timer = StepTimer(f"{method} seed {seed}", log, start)
+    began = time.perf_counter()
+    fit(options, callbacks=[timer])
+    return {"train_time_s": time.perf_counter() - began, "step_time_s": timer.seconds, "epochs": timer.epochs}
+
+
+def _evaluate_run(grid: Grid, method: str, seed: int, key: str, timing: Mapping[str, Any]) -> dict:
+    """Evaluate a trained run and store its record (settings ``key``) as ``result.json``."""
+    out = run_dir(grid.runs, method, seed)
+    model, resolved = load_classifier(out)
+    record = {
+        "method": method, "seed": seed, "settings_key": key,
+        **timing, "calibration": resolved.get("calibration"), "C1": resolved.get("C1"), "C2": resolved.get("C2"),
+        **grid.evaluate(model, resolved),
+    }
+    write_json(out / "result.json", record)
+    return record
+
+
+def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
+    """Train and evaluate every method/seed (``grid.jobs`` training processes at a time).
+
+    Returns method -> the records of its seeds, in seed order. A failing training process
+    raises :class:`RunFailed` (queued runs are dropped; those in progress finish and are stored).
+    """
+    tasks = [(method, seed) for method in grid.methods for seed in range(grid.seeds)]
+    options = {task: run_options(grid, *task) for task in tasks}
+    keys = {task: settings_key(opts, grid.test_key) for task, opts in options.items()}
+    found: dict[tuple[str, int], dict] = {}
+
+    def report(record: Mapping[str, Any], what: str) -> None:
+        log(f"({len(found)}/{len(tasks)}) {record['method']} seed {record['seed']}: {what} "
+            f"(fit {record['train_time_s']:.0f} s) {grid.describe(record)}", start)
+
+    for task in tasks:
+        record = _stored_record(run_dir(grid.runs, *task), keys[task])
+        if record is not None:
+            found[task] = record
+            report(record, "reused stored run")
+    todo = sorted((t for t in tasks if t not in found), key=lambda t: -grid.cost.get(t[0], 1))
+    if grid.jobs <= 1 or len(todo) <= 1:
+        for method, seed in todo:
+            timing = _train_run(grid.name, method, seed, options[method, seed],
+                                start=None if grid.progress_bar else start)
+            found[method, seed] = _evaluate_run(grid, method, seed, keys[method, seed], timing)
+            report(found[method, seed], "done")
+    else:
+        threads = threads_per_job(grid.jobs, grid.threads)
+        log(f"training {len(todo)} run(s) in {grid.jobs} processes ({threads} torch thread(s) each)", start)
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch or Lightning state
+        with concurrent.futures.ProcessPoolExecutor(grid.jobs, mp_context=context) as pool:
+            running = {pool.submit(_train_run, grid.name, method, seed, options[method, seed], threads, start):
+                       (method, seed) for method, seed in todo}
+            for future in concurrent.futures.as_completed(running):
+                method, seed = running[future]
+                try:
+                    timing = future.result()
+                except Exception as err:  # queued runs are dropped; running ones finish and are stored
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    log(f"{method} seed {seed}: failed ({err}); waiting for the runs in progress", start)
+                    raise RunFailed(f"{method} seed {seed} failed: {err}") from err
+                found[method, seed] = _evaluate_run(grid, method, seed, keys[method, seed], timing)
+                report(found[method, seed], "done")
+    records: dict[str, list[dict]] = {}
+    for method, seed in tasks:
+        records.setdefault(method, []).append(found[method, seed])
+    return records
