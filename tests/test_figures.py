@@ -11,6 +11,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from isnet.report_html import write_html_report
 from isnet.figures import (
     accuracy_bars,
     bar_plot,
@@ -19,7 +20,6 @@ from isnet.figures import (
     line_plot,
     plot_heatmap,
     save_figure,
-    write_html_report,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

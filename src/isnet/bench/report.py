@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 
 from ..checkpoints import write_json
 from ..config import TrainConfig
-from ..figures import accuracy_bars, bar_plot, save_figure, write_html_report
+from ..figures import accuracy_bars, bar_plot, save_figure
+from ..report_html import write_html_report
 from ..tables import markdown_table, percent
 from .presets import METHODS, OCCLUDED, RAW_INPUT, RUN_OPTIONS, TEST_SETS, BiasBenchConfig
 

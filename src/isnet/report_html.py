@@ -1,0 +1,112 @@
+"""A self-contained HTML report: one file with inline CSS and figures embedded as PNG.
+
+A report is a title and sections; a section holds figures, text (blocks separated by blank
+lines: a one-line block is a paragraph, a longer one is kept verbatim, e.g. a text table) and
+tables (lists of dicts).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .figures import figure_to_png
+
+__all__ = ["write_html_report"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
+img { max-width: 100%; height: auto; display: block; margin: 1em 0; }
+pre { background: #f5f5f5; padding: .8em; overflow-x: auto; font-size: 90%; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 90%; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
+th { background: #eee; }
+td:first-child, th:first-child { text-align: left; }
+"""
+
+
+def _html_text(text: str) -> str:
+    """Blocks separated by blank lines: one line -> paragraph, several -> verbatim ``<pre>``."""
+    parts = []
+    for block in text.strip("\n").split("\n\n"):
+        block = block.strip("\n")
+        if not block.strip():
+            continue
+        if "\n" in block:
+            parts.append(f"<pre>{html.escape(block)}</pre>")
+        else:
+            parts.append(f"<p>{html.escape(block.strip())}</p>")
+    return "\n".join(parts)
+
+
+def _html_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return html.escape(f"{value:.4g}")
+    return html.escape(str(value))
+
+
+def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "<p><em>(no rows)</em></p>"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{_html_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _html_item(item: Any) -> str:
+    if isinstance(item, Figure):
+        encoded = base64.b64encode(figure_to_png(item)).decode("ascii")
+        return f'<img alt="figure" src="data:image/png;base64,{encoded}">'
+    if isinstance(item, str):
+        return _html_text(item)
+    if isinstance(item, list) and all(isinstance(row, Mapping) for row in item):
+        return _html_table(item)
+    raise TypeError(f"cannot render a {type(item).__name__} in a report; use a Figure, str or list of dicts")
+
+
+def write_html_report(path: str | Path, title: str, sections: Sequence[tuple[str, list]]) -> Path:
+    """Write one self-contained HTML file (inline CSS, PNGs embedded as base64).
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file; parent folders are created.
+    title : str
+        Page title and top heading.
+    sections : sequence of (heading, items)
+        Each item is a :class:`Figure`, a string (escaped; blocks separated by blank lines,
+        a one-line block becomes a paragraph, a longer one is kept verbatim, e.g. a text
+        table) or a list of dicts (an HTML table whose columns are the union of the keys).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, items in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        body.extend(_html_item(item) for item in items)
+    document = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(document, encoding="utf-8")
+    return target
