@@ -12,7 +12,7 @@ stochastic  1                     the top logit with probability 1/2, else anoth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,11 @@ def default_supervised_layers(model: nn.Module) -> list[str]:
         return pools
     raise ValueError("no default deep-supervision layers for this architecture; pass a list of "
                      "module names (from model.named_modules()) as deep_supervision")
+
+
+def input_heatmaps(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """The input heatmaps of :meth:`ISNet.forward`'s output (a dict with deep supervision)."""
+    return heatmaps["input"] if isinstance(heatmaps, Mapping) else heatmaps
 
 
 class ISNet(nn.Module):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..loss import float32_region
+from ..variants import input_heatmaps
 from .registry import StepContext, StepOutput, register_objective
 
 __all__ = ["cross_entropy", "heatmap_objective"]
@@ -40,10 +41,6 @@ def cross_entropy(ctx: StepContext, x: Tensor, masks: Tensor, labels: Tensor) ->
     with float32_region(x):
         ce = F.cross_entropy(logits.float(), labels)
     return StepOutput(ce, logits, {"ce": ce})
-
-
-def _input_maps(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor:
-    return heatmaps["input"] if isinstance(heatmaps, Mapping) else heatmaps
 
 
 def _as_float(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
@@ -66,4 +63,4 @@ def heatmap_objective(ctx: StepContext, x: Tensor, masks: Tensor, labels: Tensor
     with float32_region(x):
         terms = ctx.criterion(logits.float(), labels, _as_float(heatmaps), masks.float(), warmup=ctx.warmup)
     return StepOutput(terms.total, logits, {"ce": terms.cross_entropy, "heatmap": terms.heatmap},
-                      _input_maps(heatmaps).detach())
+                      input_heatmaps(heatmaps).detach())

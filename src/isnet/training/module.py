@@ -30,7 +30,7 @@ from ..loss import ISNetLoss, calibrate, float32_region
 from ..metrics import BackgroundRelevance
 from ..models import build_model
 from ..objectives import Objective, StepContext, StepOutput, get_objective
-from ..variants import ISNet
+from ..variants import ISNet, input_heatmaps
 from .data import epoch_seed
 
 __all__ = ["ISNetModule", "TrainingDiverged"]
@@ -38,10 +38,6 @@ __all__ = ["ISNetModule", "TrainingDiverged"]
 
 class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite; training stopped before that step's update."""
-
-
-def _input_maps(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor:
-    return heatmaps["input"] if isinstance(heatmaps, Mapping) else heatmaps
 
 
 class ISNetModule(L.LightningModule):
@@ -183,7 +179,7 @@ class ISNetModule(L.LightningModule):
         # model keeps its mode. (ISNet's heatmaps cannot be computed under torch.no_grad().)
         self._calibration_net.training = False
         _, heatmaps = self._calibration_net(x, heatmaps=True, labels=labels)
-        maps = _input_maps(heatmaps).detach().float()
+        maps = input_heatmaps(heatmaps).detach().float()
         self._totals.append(maps.abs().sum((2, 3, 4)).flatten())  # one total per explained heatmap
 
     def on_train_epoch_end(self) -> None:
@@ -203,7 +199,7 @@ class ISNetModule(L.LightningModule):
         x = self.objective.classifier_input(x, masks)
         with torch.enable_grad():  # LRP needs autograd; eval mode keeps the heatmap out of any graph
             logits, heatmaps = self.net(x, heatmaps=True, labels=labels)
-        logits, maps = logits.detach(), _input_maps(heatmaps).detach().float()
+        logits, maps = logits.detach(), input_heatmaps(heatmaps).detach().float()
         n = labels.shape[0]
         with float32_region(x):
             self.val_ce.update(F.cross_entropy(logits.float(), labels), n)
