@@ -1,23 +1,56 @@
-"""Mask-based augmentation used in training only."""
+"""Mask-based augmentation used in training only: the background swap.
+
+Each training image may get the background of another image of the batch, so whatever the
+background says about the class stops predicting it. The donor gives **background only**: its
+own foreground object is first removed and the hole filled from the donor's surrounding
+background (:func:`fill_foreground`), so a swapped image never shows a second object (of the
+donor's class, on a background that agrees with the donor's class) under the recipient's label.
+
+The swap breaks shortcuts that the heatmap loss alone cannot see: a network can use a
+background cue by switching units *off*, and an inactive unit carries no relevance under any
+LRP rule (see ``docs/shortcut-study.md``).
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..masks import foreground
+
+__all__ = ["fill_foreground", "swap_backgrounds"]
+
+
+def fill_foreground(images: Tensor, masks: Tensor) -> Tensor:
+    """``images`` with the foreground replaced by a smooth fill from the image's own background.
+
+    Push-pull interpolation: the background (with weight 1, foreground weight 0) is averaged
+    down a pyramid of 2x2 poolings until every cell has some background; going back up, each
+    level keeps its own background and takes the coarser estimate where it has none. Background
+    pixels are returned unchanged; a filled pixel is a weighted mean of background pixels, so it
+    never carries a foreground value. An image without any background is filled with zeros.
+    """
+    weight = 1.0 - foreground(masks, images.shape[-2:], merge_channels=True, dtype=images.dtype)
+    levels = [(images * weight, weight)]
+    while max(levels[-1][1].shape[-2:]) > 1:
+        value, w = levels[-1]
+        levels.append((F.avg_pool2d(value, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+    value, w = levels[-1]
+    estimate = value / w.clamp_min(torch.finfo(images.dtype).tiny)
+    for value, w in reversed(levels[:-1]):
+        coarse = F.interpolate(estimate, size=value.shape[-2:], mode="bilinear", align_corners=False)
+        # value = w * (the cell's background mean), w in [0, 1] the cell's share of background
+        estimate = value + (1.0 - w) * coarse
+    return torch.where(weight > 0, images, estimate)
 
 
 def swap_backgrounds(images: Tensor, masks: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Give each image, with probability ``p``, the background of another image of the batch.
 
-    The foreground (:func:`isnet.masks.foreground`) and the label stay; the background comes from a
-    random other sample, so whatever the background says about the class stops
-    predicting it. Masks are (B, 1|C, H, W).
-
-    This breaks shortcuts that the heatmap loss alone cannot see: a network can use
-    a background cue by switching units *off*, and an inactive unit carries no
-    relevance under any LRP rule (see ``docs/shortcut-study.md``).
+    The recipient's foreground (:func:`isnet.masks.foreground`) and label stay; outside it the
+    image shows a random other sample with that sample's foreground filled from its own
+    background (:func:`fill_foreground`). Masks are (B, 1|C, H, W).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"background swap probability must be in [0, 1], got {p}")
@@ -32,5 +65,6 @@ def swap_backgrounds(images: Tensor, masks: Tensor, p: float, generator: torch.G
     donor[order] = order.roll(shift)
     chosen = torch.rand(batch, generator=generator, device=rng) < p
     fg = foreground(masks, images.shape[-2:], dtype=images.dtype)
-    swapped = fg * images + (1 - fg) * images[donor.to(images.device)]
+    backgrounds = fill_foreground(images, masks)[donor.to(images.device)]
+    swapped = fg * images + (1 - fg) * backgrounds
     return torch.where(chosen.to(images.device).view(-1, *([1] * (images.dim() - 1))), swapped, images)
