@@ -2,9 +2,9 @@
 
 Each run is :func:`isnet.training.fit` (what ``isnet train`` runs) into
 ``RUNS/<method>/seed<k>``, then evaluated by the benchmark's function in this process; its
-record (timings, calibration, evaluation) is stored as ``result.json`` next to the run,
-under a *settings key*: a hash of every training option that changes the trained network
-(all but :data:`isnet.config.BOOKKEEPING`) and of the test data. A later grid with the same
+record (timings, calibration, the last epoch's validation accuracy, evaluation) is stored as
+``result.json`` next to the run, under a *settings key*: a hash of every training option that
+changes the trained network (all but :data:`isnet.config.BOOKKEEPING`) and of the test data. A later grid with the same
 key reuses the record, so an interrupted grid continues where it stopped. With ``jobs > 1``
 the runs train in that many fresh processes, the most expensive first; evaluation stays here.
 """
@@ -12,6 +12,7 @@ the runs train in that many fresh processes, the most expensive first; evaluatio
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import functools
 import hashlib
 import json
@@ -34,8 +35,8 @@ from ..training import fit
 from .presets import RUN_OPTIONS
 
 __all__ = [
-    "Grid", "Log", "RunFailed", "StepTimer", "clock", "console_log", "run_dir", "run_grid", "run_options",
-    "settings_key", "threads_per_job",
+    "Grid", "Log", "RunFailed", "StepTimer", "clock", "console_log", "last_val_accuracy", "run_dir", "run_grid",
+    "run_options", "settings_key", "threads_per_job",
 ]
 
 Log = Callable[[str, float | None], None]
@@ -51,8 +52,8 @@ class Grid:
     """What to train and how to judge it.
 
     ``methods``: method -> its training options (with its ``variant``); ``options``: training
-    options of every run; ``data``: the ``train`` and ``val`` dataset roots; ``evaluate(model,
-    config)`` scores a trained classifier (eval mode, resolved config) and returns the entries
+    options of every run; ``data``: the ``train`` and ``val`` dataset roots (``method_data``: other
+    roots for some methods, e.g. training masks of another quality); ``evaluate(model, config)`` scores a trained classifier (eval mode, resolved config) and returns the entries
     it adds to the run's record; ``test_key`` identifies its test data in the settings key;
     ``describe(record)`` summarises a finished run's evaluation in its progress line; ``cost``: a
     method's relative training time (default 1), for scheduling; ``name`` prefixes the progress
@@ -73,6 +74,7 @@ class Grid:
     jobs: int = 1
     threads: int | None = None
     progress_bar: bool = False
+    method_data: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
 
 
 def _print_line(name: str, message: str, start: float | None = None) -> None:
@@ -103,8 +105,9 @@ def run_dir(runs: Path, method: str, seed: int) -> Path:
 
 def run_options(grid: Grid, method: str, seed: int) -> dict[str, Any]:
     """The training options of one run: the grid's options, the method's, then :data:`RUN_OPTIONS`."""
-    per_run = {"variant": grid.methods[method]["variant"], "arch": grid.arch, "train": str(grid.data["train"]),
-               "val": str(grid.data["val"]), "out": str(run_dir(grid.runs, method, seed)), "seed": seed,
+    data = grid.method_data.get(method, grid.data)
+    per_run = {"variant": grid.methods[method]["variant"], "arch": grid.arch, "train": str(data["train"]),
+               "val": str(data["val"]), "out": str(run_dir(grid.runs, method, seed)), "seed": seed,
                "resume": False}
     return {"workers": 0, "quiet": not grid.progress_bar, **grid.options, **grid.methods[method],
             **{key: per_run[key] for key in RUN_OPTIONS}}
@@ -135,7 +138,7 @@ class StepTimer(Callback):
     """
 
     def __init__(self, label: str = "", log: Log | None = None, start: float | None = None) -> None:
-        self.label, self.log, self.start = label, log, start
+        self.label, self.progress, self.start = label, log, start
         self.seconds, self.epochs, self._began = 0.0, 0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -146,12 +149,12 @@ class StepTimer(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epochs += 1
-        if self.log is not None:
+        if self.progress is not None:
             metrics = trainer.callback_metrics
             shown = [f"{name} {float(metrics[key]):.3f}" for name, key in
                      (("train acc", "train/acc_epoch"), ("val acc", "val/acc"), ("val bg share", "val/bg_share"))
                      if key in metrics]
-            self.log(f"{self.label}: epoch {self.epochs}/{trainer.max_epochs} {', '.join(shown)}", self.start)
+            self.progress(f"{self.label}: epoch {self.epochs}/{trainer.max_epochs} {', '.join(shown)}", self.start)
 
 
 def _train_run(name: str, method: str, seed: int, options: Mapping[str, Any], threads: int | None = None,
@@ -175,6 +178,16 @@ def _train_run(name: str, method: str, seed: int, options: Mapping[str, Any], th
     return {"train_time_s": time.perf_counter() - began, "step_time_s": timer.seconds, "epochs": timer.epochs}
 
 
+def last_val_accuracy(run: Path) -> float | None:
+    """``val/acc`` of a run's last logged epoch (``RUN/metrics.csv``), None without validation."""
+    found = None
+    with (run / "metrics.csv").open(newline="") as rows:
+        for row in csv.DictReader(rows):
+            if row.get("val/acc"):
+                found = float(row["val/acc"])  # a repeated epoch's later rows count
+    return found
+
+
 def _evaluate_run(grid: Grid, method: str, seed: int, key: str, timing: Mapping[str, Any]) -> dict:
     """Evaluate a trained run and store its record (settings ``key``) as ``result.json``."""
     out = run_dir(grid.runs, method, seed)
@@ -182,7 +195,7 @@ def _evaluate_run(grid: Grid, method: str, seed: int, key: str, timing: Mapping[
     record = {
         "method": method, "seed": seed, "settings_key": key,
         **timing, "calibration": resolved.get("calibration"), "C1": resolved.get("C1"), "C2": resolved.get("C2"),
-        **grid.evaluate(model, resolved),
+        "val_accuracy": last_val_accuracy(out), **grid.evaluate(model, resolved),
     }
     write_json(out / "result.json", record)
     return record
