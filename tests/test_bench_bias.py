@@ -34,7 +34,7 @@ def test_config_validation():
         BiasBenchConfig(methods=["nope"]).validate()
     with pytest.raises(ValueError, match="cannot set"):
         BiasBenchConfig(train_options={"variant": "standard"}).validate()
-    assert {"standard", "original", "selective", "stochastic", "rrr", "gradcam", "masked"} <= set(METHODS)
+    assert {"standard", "original+swap", "selective", "stochastic", "rrr", "gradcam", "masked"} <= set(METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,113 @@ def test_a_failing_parallel_run_is_named(tmp_path):
                           jobs=2, threads=1, train_options={"gradcam_layer": "nope"})
     with pytest.raises(RunFailed, match=r"seed 0 failed: gradcam_layer 'nope' is not a module"):
         run_benchmark(cfg, tmp_path / "bench")
+
+
+# --------------------------------------------------------------------------- equal terms: swap in the name
+
+
+def test_every_method_states_its_swap_in_its_name():
+    from isnet.bench.presets import DEMO, FULL, QUICK, RELATIVE_COST, swap_setting
+
+    for method, options in METHODS.items():
+        assert options["background_swap"] in (0.0, 1.0), method
+        assert options["background_swap"] == (1.0 if method.endswith("+swap") else 0.0), method
+        assert swap_setting(method) == (None if method == "masked" else options["background_swap"])
+    assert METHODS["standard+swap"]["variant"] == "swap"  # the standard loss with masks loaded
+    assert METHODS["gxi+swap"] == {"variant": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0}
+    for preset in (QUICK, FULL):
+        for base in ("standard", "rrr", "gradcam", "selective", "stochastic"):
+            assert {base, base + "+swap"} <= set(preset["methods"])
+    assert set(FULL["methods"]) == set(METHODS) == set(RELATIVE_COST)
+    assert DEMO["methods"] == ["standard", "standard+swap", "selective+swap"]
+
+
+def test_train_options_cannot_change_what_a_method_sets():
+    with pytest.raises(ValueError, match="background_swap"):
+        BiasBenchConfig(train_options={"background_swap": 0.5}).validate()
+    with pytest.raises(ValueError, match="epsilon"):
+        BiasBenchConfig(train_options={"epsilon": 0.1}).validate()  # gxi+swap sets it
+    BiasBenchConfig(methods=["standard"], train_options={"epsilon": 0.1}).validate()
+    with pytest.raises(ValueError, match="cue"):
+        BiasBenchConfig(cue="glow").validate()
+
+
+def test_rows_are_grouped_by_method_and_pairs_compare_equal_swap():
+    from isnet.bench.presets import comparison_pairs, method_order
+
+    shuffled = ["selective+swap", "masked@unmasked", "standard", "masked", "selective", "standard+swap", "rrr+swap"]
+    assert sorted(shuffled, key=method_order) == [
+        "standard", "standard+swap", "rrr+swap", "selective", "selective+swap", "masked", "masked@unmasked"]
+    assert comparison_pairs(shuffled) == [
+        ("rrr+swap", "standard+swap"), ("selective", "standard"), ("selective+swap", "standard+swap"),
+        ("standard+swap", "standard"), ("selective+swap", "selective")]
+    assert comparison_pairs(["selective+swap", "masked"]) == []  # no equal reference ran
+
+
+def test_paired_interval_is_the_t_interval_of_the_seed_differences():
+    from isnet.bench.paired import comparison_sentence, paired_comparisons, paired_interval
+
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653 -> 2 -/+ 4.302653 / sqrt(3)
+    low, high = paired_interval([1.0, 2.0, 3.0])
+    assert low == pytest.approx(2 - 2.4841377, abs=1e-6) and high == pytest.approx(2 + 2.4841377, abs=1e-6)
+    assert paired_interval([0.4]) is None
+
+    def record(seed, deceiving, unbiased=0.5):
+        sets = {"deceiving": {"accuracy": deceiving, "background_relevance": 0.1},
+                "unbiased": {"accuracy": unbiased, "background_relevance": 0.1}}
+        return {"seed": seed, "results": sets}
+
+    records = {"standard+swap": [record(0, 0.90), record(1, 0.80), record(2, 0.85)],
+               "selective+swap": [record(0, 0.91), record(1, 0.82), record(2, 0.88)]}
+    entries = paired_comparisons(records)
+    deceiving = next(e for e in entries if e["test_set"] == "deceiving" and e["metric"] == "accuracy")
+    assert deceiving["differences"] == pytest.approx([0.01, 0.02, 0.03])
+    assert deceiving["ci95"] == pytest.approx([0.02 - 0.024841377, 0.02 + 0.024841377])
+    sentence = comparison_sentence([e for e in entries if e["method"] == "selective+swap"])
+    assert sentence.startswith("selective+swap vs standard+swap: deceiving accuracy +2.0 points (95% CI -0.5 to +4.5)")
+    assert "3 seeds, paired by seed" in sentence
+    one = paired_comparisons({k: v[:1] for k, v in records.items()})
+    assert comparison_sentence(one).endswith("one seed, no interval.")
+
+
+def test_report_states_each_rows_swap(tiny_bench):
+    out, _ = tiny_bench
+    table = (out / "results.md").read_text()
+    assert "| method | swap |" in table
+    assert "| standard | no |" in table and "| masked | - |" in table and "| masked@unmasked | - |" in table
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["background_swap"] == {"standard": 0.0, "masked": None}
+    assert results["paired"] == []  # no pair on equal terms among standard and masked
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["background_swap"] for r in rows if r["method"] == "standard"} == {"0"}
+    record = json.loads((out / "runs" / "standard" / "seed0" / "result.json").read_text())
+    assert 0.0 <= record["val_accuracy"] <= 1.0
+
+
+@pytest.mark.e2e
+def test_grid_modes_write_their_results(tmp_path):
+    from isnet.bench.modes import run_mask_quality, run_swap_dose, run_sweep
+
+    cfg = BiasBenchConfig(seeds=1, n_train=60, n_val=20, n_test=20, epochs=1, threads=1, cue="tint")
+    out = tmp_path / "modes"
+    sweep = run_sweep(cfg, out, methods=["gradcam"], sweep={"gradcam": ("gradcam_weight", (0.1, 10.0))})
+    saved = json.loads((out / "sweep.json").read_text())
+    assert set(saved["sweep"]) == {"gradcam", "gradcam+swap"}
+    for method, pick in saved["sweep"].items():
+        assert set(pick["values"]) == {"0.1", "10"} and pick["selected"] in pick["values"]
+        assert pick["oracle"] in pick["values"] and pick["option"] == "gradcam_weight"
+        assert all(0.0 <= v["val_accuracy"] <= 1.0 for v in pick["values"].values())
+    assert sweep["sweep"]["gradcam+swap"]["background_swap"] == 1.0
+    assert "| gradcam+swap | yes | gradcam_weight |" in (out / "sweep.md").read_text()
+
+    dose = run_swap_dose(cfg, out, methods=["standard"], probabilities=(0.0, 1.0))
+    assert dose["methods"]["standard"]["probabilities"] == [0.0, 1.0]
+    assert len(json.loads((out / "swap_dose.json").read_text())["methods"]["standard"]["deceiving"]) == 2
+    assert (out / "figures" / "swap_dose.png").stat().st_size > 1000
+
+    masks = run_mask_quality(cfg, out, methods=["standard+swap"], qualities=("exact", "dilated", "bbox"))
+    assert masks["skipped"] == ["bbox"] and set(masks["methods"]["standard+swap"]) == {"exact", "dilated"}
+    trained = json.loads((out / "runs-mask-quality" / "standard-swap-dilated" / "seed0" / "config.json").read_text())
+    assert trained["train"] == str(out / "data-masks" / "dilated" / "train")
+    assert json.loads((out / "data-masks" / "dilated" / "bg-digits.json").read_text())["train_mask"] == "dilated"
+    assert (out / "mask_quality.md").is_file() and (out / "mask_quality.json").is_file()

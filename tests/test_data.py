@@ -385,3 +385,118 @@ def test_error_on_corrupt_file_at_load_time_names_the_file(tmp_path: Path) -> No
     path.write_bytes(path.read_bytes()[:60])  # truncated after validation
     with pytest.raises(DatasetError, match=re.escape(str(path))):
         ds[0]
+
+
+# --------------------------------------------------------------------------- BG-Digits: placement, cue, mask quality
+
+
+def _digest(d) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (d.images, d.masks, d.labels, d.patch_masks, d.patch_classes, d.digit_indices):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("kwargs, digest", [
+    (dict(split="train", bias="biased"), "3344221fc177f12d"),
+    (dict(split="test", bias="deceiving"), "0ab9d3b892905933"),
+    (dict(split="test", bias="unbiased"), "d47c6288290e7f68"),
+    (dict(split="val", bias="biased", mask="strokes"), "b01fc2f5e5587ae5"),
+    (dict(split="test", bias="background", image_size=64), "6ab6d09e888cc92b"),
+])
+def test_default_generation_is_unchanged(kwargs: dict, digest: str) -> None:
+    # hashes of generate(30, seed=0, ...) computed with the generator before placement and cue existed
+    assert _digest(generate(30, seed=0, **kwargs)) == digest
+    assert _digest(generate(30, seed=0, placement="centre", cue="patch", **kwargs)) == digest
+
+
+def test_anywhere_placement_reaches_the_border_ring_and_hides_the_patch_behind_the_digit() -> None:
+    d = generate(300, split="train", seed=0, placement="anywhere")
+    ring = np.ones((CANVAS, CANVAS), dtype=bool)
+    ring[PATCH_SIZE : CANVAS - PATCH_SIZE, PATCH_SIZE : CANVAS - PATCH_SIZE] = False
+    on_ring = (d.masks & ring).any(axis=(1, 2))
+    assert 0.3 < on_ring.mean() < 1.0  # many digit boxes overlap the ring, not all
+    assert d.masks[:, 0, :].any() and d.masks[:, :, -1].any()  # the box reaches the canvas edges
+    assert (d.masks.sum(axis=(1, 2)) == DIGIT * DIGIT).all()
+    assert not (d.patch_masks & d.masks).any()  # the digit box lies in front of the patch
+    cut = d.patch_masks.sum(axis=(1, 2)) < PATCH_SIZE**2
+    assert cut.any() and d.patch_masks.any(axis=(1, 2)).mean() > 0.9  # rarely hidden entirely
+    assert np.all(d.images[d.patch_masks] == 255)
+    centre = generate(300, split="train", seed=0)
+    np.testing.assert_array_equal(d.labels, centre.labels)  # same draws, other positions
+    assert not (centre.masks & ring).any()
+
+
+def test_tint_cue_tints_the_background_with_the_cue_class_and_leaves_the_foreground() -> None:
+    from isnet.data.bg_digits import TINTS
+
+    for bias in ("biased", "deceiving", "unbiased"):
+        patch = generate(40, split="test", seed=1, bias=bias)
+        tint = generate(40, split="test", seed=1, bias=bias, cue="tint")
+        assert not tint.patch_masks.any()
+        np.testing.assert_array_equal(tint.patch_classes, patch.patch_classes)
+        np.testing.assert_array_equal(tint.images[tint.masks], patch.images[patch.masks])  # digit untouched
+        for i in range(len(tint)):
+            bg = ~tint.masks[i] & ~patch.patch_masks[i]
+            factor = TINTS[tint.patch_classes[i]] if tint.patch_classes[i] >= 0 else np.ones(3)
+            expected = np.clip(patch.images[i][bg] / 255.0 * factor, 0, 1) * 255
+            assert np.abs(tint.images[i][bg] - expected).max() <= 2.0
+    deceiving = generate(40, split="test", seed=1, bias="deceiving", cue="tint")
+    assert np.all(deceiving.patch_classes != deceiving.labels)
+    assert np.all(generate(10, split="test", seed=1, bias="unbiased", cue="tint").patch_classes == -1)
+    assert len({tuple(t) for t in TINTS.round(3)}) == 10
+    with pytest.raises(ValueError, match="cue"):
+        generate(2, split="val", seed=0, cue="glow")
+
+
+def test_degraded_masks() -> None:
+    from isnet.data.bg_digits import degrade_masks
+
+    d = generate(50, split="train", seed=0)  # centre: every box at least 4 px from the edge
+    area = d.masks.sum(axis=(1, 2))
+    assert (degrade_masks(d.masks, "dilated").sum(axis=(1, 2)) == (DIGIT + 4) ** 2).all()
+    assert (degrade_masks(d.masks, "eroded").sum(axis=(1, 2)) == (DIGIT - 4) ** 2).all()
+    assert (degrade_masks(d.masks, "eroded") <= d.masks).all()
+    np.testing.assert_array_equal(degrade_masks(d.masks, "bbox"), d.masks)  # a box is its own bounding box
+    np.testing.assert_array_equal(degrade_masks(d.masks, "exact"), d.masks)
+    shifted = degrade_masks(d.masks, "shifted", seed=3)
+    assert (shifted.sum(axis=(1, 2)) == area).all() and (shifted != d.masks).any()
+    for before, after in zip(d.masks, shifted):
+        moves = np.argwhere(after)[0] - np.argwhere(before)[0]
+        assert np.abs(moves).max() <= 3
+    np.testing.assert_array_equal(shifted, degrade_masks(d.masks, "shifted", seed=3))
+    strokes = generate(20, split="train", seed=0, mask="strokes").masks
+    boxes = degrade_masks(strokes, "bbox")
+    assert (boxes >= strokes).all() and (boxes.sum(axis=(1, 2)) > strokes.sum(axis=(1, 2))).mean() > 0.5
+    big = generate(4, split="train", seed=0, image_size=64).masks
+    assert (degrade_masks(big, "dilated", scale=2).sum(axis=(1, 2)) == (2 * DIGIT + 8) ** 2).all()
+    with pytest.raises(ValueError, match="degradation"):
+        degrade_masks(d.masks, "blurred")
+
+
+def test_bg_digits_cli_writes_degraded_training_masks_only(tmp_path: Path) -> None:
+    from isnet.cli import main
+
+    out = tmp_path / "bg"
+    assert main(["data", "bg-digits", "--out", str(out), "--n-train", "10", "--n-val", "10", "--n-test", "10",
+                 "--placement", "anywhere", "--cue", "tint", "--train-mask", "dilated"]) == 0
+    meta = json.loads((out / "bg-digits.json").read_text())
+    assert (meta["placement"], meta["cue"], meta["train_mask"]) == ("anywhere", "tint", "dilated")
+    for split, n in (("train", 10), ("val", 10)):
+        d = generate(n, split=split, seed=0, placement="anywhere", cue="tint")
+        ds = MaskedImageFolder(out / split)
+        sizes = {int(ds[i][1].sum()) for i in range(len(ds))}
+        assert sizes == ({DIGIT * DIGIT} if split == "val" else sizes)
+        assert split == "val" or max(sizes) > DIGIT * DIGIT  # dilated (clipped where the box meets the edge)
+        assert not np.asarray(Image.open(next((out / split / "patches").rglob("*.png")))).any()
+        assert len(ds) == len(d)
+
+
+def test_bench_presets_name_the_generator_options() -> None:
+    from isnet.bench import presets
+    from isnet.data import bg_digits
+
+    assert presets.PLACEMENTS == bg_digits.PLACEMENTS and presets.CUES == bg_digits.CUES
+    assert presets.MASK_QUALITIES == bg_digits.MASK_DEGRADATIONS

@@ -899,3 +899,31 @@ def test_zb_reads_the_first_conv_output_before_an_inplace_relu(epsilon):
     assert torch.isfinite(actual).all()
     assert rel_err(actual, expected) < 1e-6
     assert model[1].inplace is True
+
+
+# ---------------------------------------------------------------------------- input validation (issue 14)
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+
+
+def test_integer_input_asks_for_floats():
+    with pytest.raises(TypeError, match=r"floating-point inputs; got torch.uint8.*/ 255"):
+        explain(_tiny(), torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 0)
+
+
+def test_bounds_need_low_below_high():
+    with pytest.raises(ValueError, match="low must be <= high"):
+        LRPFlex(_tiny(), bounds=(1.0, 0.0))
+    with pytest.raises(ValueError, match="low must be <= high"):
+        LRPFlex(_tiny(), bounds=(torch.zeros(3), torch.tensor([1.0, -1.0, 1.0])))
+    LRPFlex(_tiny(), bounds=(-torch.ones(3), torch.ones(3)))  # per-channel, valid
+
+
+def test_non_finite_input_is_named_as_the_cause():
+    x = torch.rand(2, 3, 8, 8)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match="the input holds 1 NaN or infinite values"):
+        explain(_tiny(), x, "argmax")

@@ -239,3 +239,29 @@ def test_bf16_mixed_precision_run_has_finite_losses(data, tmp_path):
     assert json.loads((out / "config.json").read_text())["precision"] == "bf16-mixed"
     model, _ = load_classifier(out)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_standard_with_background_swap_reads_the_training_masks(data, tmp_path):
+    """The swap needs masks even for an objective that does not (otherwise it swaps nothing)."""
+    from isnet.training import MaskedDataModule
+
+    seen = {}
+
+    class Spy(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("masks", batch[1])
+
+    fit(_config(data, tmp_path / "run", variant="standard", background_swap=1.0), callbacks=[Spy()])
+    assert not seen["masks"].bool().all(), "the training masks were replaced by all-ones masks"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["background_swap"] == 1.0
+    assert MaskedDataModule(data["train"], train_masks=False).train_set.has_masks is False
+
+
+def test_calibration_trains_with_its_own_swap(data, tmp_path):
+    """C1/C2 come from a standard classifier trained with calibration_swap, whatever the run's swap."""
+    module = ISNetModule.from_config(TrainConfig(train="x", variant="selective", num_classes=10, image_size=32,
+                                                 background_swap=0.0, calibration_swap=1.0), calibrate=True)
+    assert module.background_swap == 1.0 and module.objective.name == "standard"
+    module = ISNetModule.from_config(TrainConfig(train="x", variant="selective", num_classes=10, image_size=32,
+                                                 background_swap=1.0, calibration_swap=0.0), calibrate=True)
+    assert module.background_swap == 0.0

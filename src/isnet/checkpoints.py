@@ -14,6 +14,8 @@ Loading a classifier, building its explainer and preparing its input need only P
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,32 +24,35 @@ import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
+from .errors import UserError, UserFileNotFoundError
 from .lrp import LRPFlex
-from .models import build_model
+from .models import build_model, check_state_dict, read_torch_file
 from .objectives import get_objective
+from .paths import CHECKPOINTS, CONFIG, MODEL, read_run_config
 
-__all__ = ["classifier_input", "explainer", "load_classifier", "read_checkpoint", "write_json"]
+__all__ = ["CHECKPOINTS", "CONFIG", "MODEL", "classifier_input", "explainer", "load_classifier", "read_checkpoint",
+           "write_json"]
 
-CONFIG = "config.json"
-MODEL = "model.pt"
-CHECKPOINTS = "checkpoints"
+_REQUIRED = ("arch", "num_classes", "image_size", "variant")
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON through a temporary file, so a crash never leaves half a file."""
+    """Write ``data`` as JSON through a temporary file in the same folder, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A checkpoint or state dict loaded on the CPU with ``weights_only``; a clear error otherwise."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we wrote"
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    """A checkpoint or state dict loaded on the CPU with ``weights_only``; a :class:`UserError` otherwise."""
+    return read_torch_file(path, what="checkpoint")
 
 
 def _find_weights(path: Path) -> Path:
@@ -55,10 +60,10 @@ def _find_weights(path: Path) -> Path:
         candidates = [path / MODEL, path / CHECKPOINTS / "best.ckpt", path / CHECKPOINTS / "last.ckpt"]
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"{path} holds no {MODEL} or {CHECKPOINTS}/{{best,last}}.ckpt")
+            raise UserFileNotFoundError(f"{path} holds no {MODEL} or {CHECKPOINTS}/{{best,last}}.ckpt")
         return found
     if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint or run folder: {path}")
+        raise UserFileNotFoundError(f"no such checkpoint or run folder: {path}")
     return path
 
 
@@ -74,17 +79,22 @@ def load_classifier(path: str | Path, *, map_location: str | torch.device = "cpu
         ckpt = read_checkpoint(path)
         try:
             config = dict(ckpt["hyper_parameters"]["config"])
-        except (KeyError, TypeError):
-            raise ValueError(f"{path} is not a checkpoint written by isnet train (no config inside)") from None
-        prefix = "net.model."
-        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            prefix = "net.model."
+            state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        except (KeyError, TypeError, AttributeError):
+            raise UserError(f"{path} is not a checkpoint written by isnet train (no config or state dict "
+                            "inside)") from None
     else:
         config_path = next((p / CONFIG for p in (path.parent, path.parent.parent) if (p / CONFIG).is_file()), None)
         if config_path is None:
-            raise FileNotFoundError(f"no {CONFIG} next to {path}; give the run folder or a .ckpt file")
-        config = json.loads(config_path.read_text())
+            raise UserFileNotFoundError(f"no {CONFIG} next to {path}; give the run folder or a .ckpt file")
+        config = read_run_config(config_path)
         state = read_checkpoint(path)
+    lacking = [key for key in _REQUIRED if config.get(key) is None]
+    if lacking:
+        raise UserError(f"the configuration of {path} lacks {lacking}: is it a run written by isnet train?")
     model = build_model(config["arch"], config["num_classes"], image_size=config["image_size"])
+    check_state_dict(model, state, source=str(path))
     model.load_state_dict(state)
     return model.to(map_location).eval(), config
 

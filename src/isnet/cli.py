@@ -2,34 +2,48 @@
 
 Each sub-command has an ``_add_<name>`` function declaring its arguments and a
 ``_run_<name>`` function that imports what it needs and calls the library.
+
+Errors: option values are checked as they are parsed (argparse ``type`` functions); a user's
+mistake found later is an :class:`isnet.errors.UserError` (or another ``ValueError``, the
+library's convention for bad arguments), printed as ``isnet CMD: error: ...`` with exit
+status 2. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import command_warnings
+from .options import OneLineParser, number, target
+
 
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="write LRP-Flex heatmaps (PNG + .npy) for an image or a folder",
-                       description="Explain a classifier's decisions with LRP-Flex heatmaps.")
+                       description="Explain a classifier's decisions with LRP-Flex heatmaps. OUT must not be or "
+                                   "contain the input, and files in it that isnet did not write are never replaced.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", type=Path, help="state dict (.pt) of --arch")
     src.add_argument("--checkpoint", type=Path, help="a run folder or checkpoint written by `isnet train`")
     p.add_argument("--arch", help="small_cnn or a torchvision model name (not needed with --checkpoint)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classes of --arch (default 1000)")
+    p.add_argument("--num-classes", type=number(int, at_least=1), default=None,
+                   help="classes (outputs) of --arch (default 1000)")
     p.add_argument("--images", type=Path, required=True,
                    help="an image, a folder of images, or a dataset root (images/<class>/...)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--target", default="pred", help="label, pred (default) or a class index")
-    p.add_argument("--image-size", type=int, default=None, help="resize images to this size")
+    p.add_argument("--out", type=Path, required=True, help="output folder (outside the input)")
+    p.add_argument("--target", type=target, default="pred", help="label, pred (default) or a class index")
+    p.add_argument("--image-size", type=number(int, at_least=1), default=None,
+                   help="resize images to this square side (default: a checkpoint's training size, else the "
+                        "images' own size, which must then be the same for all)")
     p.add_argument("--normalize", choices=["none", "imagenet"], default="none",
-                   help="input normalisation the model expects (Z^B bounds follow it)")
-    p.add_argument("--epsilon", type=float, default=0.01)
+                   help="input normalisation the model expects (Z^B bounds follow it); not with --checkpoint, "
+                        "whose models see pixels in [0, 1]")
+    p.add_argument("--epsilon", type=number(float, at_least=0), default=0.01)
     p.add_argument("--no-zb", action="store_true", help="LRP-epsilon down to the input instead of Z^B")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=number(int, at_least=1), default=16)
 
 
 def _run_explain(args: argparse.Namespace) -> None:
@@ -44,6 +58,8 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 
 def _add_data(sub) -> None:
+    from .bench.presets import CUES, MASK_QUALITIES, PLACEMENTS
+
     p = sub.add_parser("data", help="built-in datasets")
     data_sub = p.add_subparsers(dest="dataset", required=True)
     bg = data_sub.add_parser("bg-digits", help="write the BG-Digits background-bias benchmark (dataset layout)")
@@ -53,6 +69,13 @@ def _add_data(sub) -> None:
     bg.add_argument("--n-val", type=int, default=500)
     bg.add_argument("--n-test", type=int, default=500)
     bg.add_argument("--mask", choices=["box", "strokes"], default="box")
+    bg.add_argument("--placement", choices=list(PLACEMENTS), default="centre",
+                    help="digit box inside the central 24x24 area (centre, default) or anywhere on the canvas")
+    bg.add_argument("--cue", choices=list(CUES), default="patch",
+                    help="class-coded bias: a white border patch (patch, default) or a colour tint of the background")
+    bg.add_argument("--train-mask", choices=list(MASK_QUALITIES), default="exact",
+                    help="degrade the training split's masks (dilated / eroded by 2 px, bounding box, shifted by up "
+                         "to 3 px); the other splits keep exact masks (default exact)")
     bg.add_argument("--extra-tests", action="store_true", help="also foreground-only and background-only tests")
 
 
@@ -60,7 +83,8 @@ def _run_data(args: argparse.Namespace) -> None:
     from .data.bg_digits import write_dataset
 
     paths = write_dataset(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                          mask=args.mask, extra_tests=args.extra_tests, progress=True)
+                          mask=args.mask, placement=args.placement, cue=args.cue, train_mask=args.train_mask,
+                          extra_tests=args.extra_tests, progress=True)
     for split, path in paths.items():
         print(f"{split:>12}: {path}")
 
@@ -73,22 +97,36 @@ def _add_train(sub) -> None:
         "train", help="train a classifier (standard, ISNet, Faster ISNet, baselines) on a masked dataset",
         description="Train a classifier with Lightning. ISNet variants penalise LRP relevance outside the "
                     "foreground masks; without --c1/--c2 they are calibrated by a short standard run first. "
-                    "Writes OUT/config.json, OUT/checkpoints/{last,best}.ckpt, OUT/metrics.csv and OUT/model.pt.")
+                    "Writes OUT/config.json, OUT/checkpoints/{last,best}.ckpt, OUT/metrics.csv and OUT/model.pt. "
+                    "Everything is checked before OUT is written; OUT may not hold another run: --resume continues "
+                    "one, --overwrite starts an unfinished one again (a finished model.pt is never replaced).")
     add_dataclass_options(p, TrainConfig, required=("out",))
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from .config import TrainConfig
+    from .errors import UserError
     from .options import given_values
-    from .training import fit
 
     config = given_values(args, TrainConfig)
     if not config.get("resume") and "train" not in config:
-        raise ValueError("--train is required (unless --resume)")
-    run = fit(config)  # TrainingDiverged (a FloatingPointError) and FileExistsError are reported by main
+        raise UserError("--train is required (unless --resume)")
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    if rank_zero_only.rank == 0:  # under DDP every process runs this command
+    from .training import fit
+
+    progress = logging.getLogger("isnet.training")  # calibration values, resume, overwrite
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(lambda record: rank_zero_only.rank == 0)  # under DDP every process runs this command
+    progress.addHandler(handler)
+    level = progress.level
+    progress.setLevel(logging.INFO)
+    try:
+        run = fit(config)  # TrainingDiverged (a FloatingPointError) is reported by main
+    finally:
+        progress.removeHandler(handler)
+        progress.setLevel(level)
+    if rank_zero_only.rank == 0:
         print(f"run written to {run}")
 
 
@@ -99,25 +137,29 @@ def _add_eval(sub) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or a .ckpt / model.pt file")
     p.add_argument("--test", action="append", required=True, metavar="NAME=DIR",
                    help="a named test set (dataset layout; masks/ optional); repeat for several")
-    p.add_argument("--json", type=Path, help="write the results as JSON here")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the results as JSON here (a new file or an earlier result)")
+    p.add_argument("--batch-size", type=number(int, at_least=1), default=64)
+    p.add_argument("--workers", type=number(int, at_least=0), default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-relevance", action="store_true", help="skip the background-relevance share")
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     from .checkpoints import write_json
+    from .errors import UserError
     from .evaluate import evaluate, format_table
+    from .paths import check_json_output
 
     tests = {}
     for item in args.test:
         name, sep, root = item.partition("=")
         if not sep or not name or not root:
-            raise ValueError(f"--test expects NAME=DIR, got {item!r}")
+            raise UserError(f"--test expects NAME=DIR, got {item!r}")
         if name in tests:
-            raise ValueError(f"test set name {name!r} given twice")
+            raise UserError(f"test set name {name!r} given twice")
         tests[name] = Path(root)
+    if args.json is not None:
+        check_json_output(args.json, option="--json")  # before the work, so no result is lost
     results = evaluate(args.checkpoint, tests, batch_size=args.batch_size, workers=args.workers,
                        device=args.device, relevance=not args.no_relevance)
     print(format_table(results))
@@ -138,30 +180,50 @@ def _parse_option(item: str) -> tuple[str, object]:
 
 
 def _add_bench_bias(bench) -> None:
-    from .bench.presets import FULL, METHODS, QUICK
+    from .bench.presets import CUES, FULL, METHODS, PLACEMENTS, QUICK
 
     b = bench.add_parser(
         "bias", help="background-bias benchmark on BG-Digits: ISNets and baselines, three test sets, report",
         description="Train every method with the `isnet train` pipeline on BG-Digits (digits with a class-coded "
-                    "background patch), evaluate on biased / unbiased / deceiving test sets (accuracy, background "
-                    "and patch relevance, occlusion check) and write results.json, results.md, results.csv, "
-                    f"figures/ and report.html. Full run: {FULL['seeds']} seeds x {len(FULL['methods'])} methods, "
-                    f"{FULL['n_train']} images, {FULL['epochs']} epochs; --quick: {', '.join(QUICK['methods'])}, "
-                    f"{QUICK['seeds']} seed, {QUICK['n_train']} images, {QUICK['epochs']} epochs. Finished runs in "
-                    "OUT are reused.")
+                    "background cue), evaluate on biased / unbiased / deceiving test sets (accuracy, background "
+                    "and patch relevance, occlusion check), compare each method with the standard classifier "
+                    "trained with the same background swap (names ending in +swap train with it), and write "
+                    "results.json, results.md, results.csv, figures/ and report.html. Full run: "
+                    f"{FULL['seeds']} seeds x {len(FULL['methods'])} methods, {FULL['n_train']} images, "
+                    f"{FULL['epochs']} epochs; --quick: {', '.join(QUICK['methods'])}, {QUICK['seeds']} seed, "
+                    f"{QUICK['n_train']} images, {QUICK['epochs']} epochs. --sweep, --swap-dose and --mask-quality "
+                    "train other grids at the same sizes. Finished runs in OUT are reused.")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--quick", action="store_true", help="fewer methods, images and epochs, one seed")
     b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
-                   help=f"methods to run (choices: {', '.join(METHODS)})")
+                   help=f"methods to run (choices: {', '.join(METHODS)}); with a grid mode, the methods of that mode")
+    mode = b.add_mutually_exclusive_group()
+    mode.add_argument("--sweep", action="store_true",
+                      help="hyper-parameter sweep (RRR lambda, Grad-CAM weight, ISNet P; each without and with swap): "
+                           "the value picked on the biased validation split and the oracle pick on the unbiased test "
+                           "set, in sweep.json / sweep.md")
+    mode.add_argument("--swap-dose", action="store_true",
+                      help="standard, selective, stochastic, rrr and gradcam at swap probabilities 0, 0.25, 0.5, 0.75 "
+                           "and 1: swap_dose.json / .md and figures/swap_dose.png")
+    mode.add_argument("--mask-quality", action="store_true",
+                      help="train with degraded masks (dilated, eroded, bounding box, shifted; test masks exact): "
+                           "mask_quality.json / .md")
     b.add_argument("--seeds", type=int, help="training seeds per method")
     b.add_argument("--epochs", type=int, help="training epochs of every method")
     b.add_argument("--n-train", type=int, help="training images")
     b.add_argument("--n-val", type=int, help="validation images")
     b.add_argument("--n-test", type=int, help="images per test set")
     b.add_argument("--data-seed", type=int, help="BG-Digits seed (default 0)")
+    b.add_argument("--mask", choices=["box", "strokes"], help="foreground masks: the digit's box (default) or strokes")
+    b.add_argument("--placement", choices=list(PLACEMENTS),
+                   help="digit box inside the central 24x24 area (centre, default) or anywhere on the canvas")
+    b.add_argument("--cue", choices=list(CUES),
+                   help="class-coded bias: a white border patch (patch, default) or a colour tint of the background "
+                        "(tint: no patch, so no occlusion check)")
     b.add_argument("--examples", dest="n_examples", type=int, help="heatmap examples per test set")
     b.add_argument("--set", dest="train_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9")
+                   help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9; "
+                        "not one a method sets itself, such as background_swap")
     b.add_argument("--jobs", type=int, help=f"training processes at a time (default {FULL['jobs']}; each gets cores / jobs torch threads)")
     b.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice with one "
                    "job, else cores / jobs)")
@@ -172,8 +234,8 @@ def _bench_bias_config(args: argparse.Namespace, base: dict):
     from .bench.bias import BiasBenchConfig
 
     values = dict(base)
-    for key in ("methods", "seeds", "epochs", "n_train", "n_val", "n_test", "data_seed", "n_examples", "jobs", "threads",
-                "progress_bar"):
+    for key in ("methods", "seeds", "epochs", "n_train", "n_val", "n_test", "data_seed", "mask", "placement", "cue",
+                "n_examples", "jobs", "threads", "progress_bar"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     options = dict(_parse_option(item) for item in getattr(args, "train_options", []) or [])
@@ -188,11 +250,20 @@ def _run_bench_bias(args: argparse.Namespace) -> None:
     from .bench.presets import FULL, QUICK
     from .bench.report import format_table
 
+    from .bench.modes import run_mask_quality, run_swap_dose, run_sweep
+
+    cfg = _bench_bias_config(args, QUICK if args.quick else FULL)
+    modes = {"sweep": (run_sweep, "sweep.md"), "swap_dose": (run_swap_dose, "swap_dose.md"),
+             "mask_quality": (run_mask_quality, "mask_quality.md")}
+    chosen = next((modes[m] for m in modes if getattr(args, m, False)), None)
     try:
-        results = run_benchmark(_bench_bias_config(args, QUICK if args.quick else FULL), args.out)
+        if chosen is None:
+            print(format_table(run_benchmark(cfg, args.out)))
+            return
+        chosen[0](cfg, args.out, methods=args.methods)
     except RunFailed as err:
         raise ValueError(str(err)) from None
-    print(format_table(results))
+    print((args.out.expanduser() / chosen[1]).read_text())
 
 
 def _add_bench(sub) -> None:
@@ -222,10 +293,12 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser(
-        "demo", help="BG-Digits demo: standard classifier vs selective ISNet, table and report (a few minutes)",
-        description="Build BG-Digits, train a standard classifier and a selective ISNet (Faster ISNet) with the "
-                    "training defaults, print accuracy and background relevance on the biased, unbiased and "
-                    "deceiving test sets, and write OUT/report.html (`isnet bench bias` with a small grid).")
+        "demo", help="BG-Digits demo: standard classifier (without and with background swap) vs selective ISNet, "
+                     "table and report (a few minutes)",
+        description="Build BG-Digits, train a standard classifier without and with the background swap and a "
+                    "selective ISNet (Faster ISNet, with the swap) with the training defaults, print accuracy and "
+                    "background relevance on the biased, unbiased and deceiving test sets, and write OUT/report.html "
+                    "(`isnet bench bias` with a small grid).")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     for flag, kind in (("--n-train", int), ("--n-val", int), ("--n-test", int), ("--epochs", int),
                        ("--threads", int)):
@@ -250,7 +323,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="isnet", description=(
+    parser = OneLineParser(prog="isnet", description=(
         "LRP-Flex heatmaps for any ReLU network, and ISNet / Faster ISNet training "
         "that keeps classifiers off image backgrounds."))
     from . import __version__
@@ -262,11 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# user mistakes: UserError and the library's ValueErrors (bad arguments; UnknownModuleError, a module name
+# the user gave, is also a KeyError), files that are not there or would be overwritten, training that
+# diverged, relevance that is not finite. KeyError, TypeError, RuntimeError, ... are bugs: traceback.
+_REPORTED = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, FloatingPointError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+        with command_warnings(args.command):
+            COMMANDS[args.command][1](args)
+    except _REPORTED as error:
         print(f"isnet {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -23,21 +23,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BOOKKEEPING", "OPTIMIZERS", "RESUMABLE", "SCHEDULES", "TrainConfig", "option"]
+from .errors import UserError
+
+__all__ = ["BOOKKEEPING", "OPTIMIZERS", "RESUMABLE", "SCHEDULES", "TrainConfig", "flag", "option", "out_of_range"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
 
 
 def option(default: Any, help: str, group: str, *, flag: str | None = None, choices: tuple | None = None,
-           metavar: str | None = None, resumable: bool = False, bookkeeping: bool = False) -> Any:
+           metavar: str | None = None, resumable: bool = False, bookkeeping: bool = False,
+           at_least: float | None = None, above: float | None = None, at_most: float | None = None) -> Any:
     """A dataclass field with its command-line description.
 
     ``flag`` overrides the generated ``--field-name``; ``resumable`` marks options that a
     resumed run may change; ``bookkeeping`` marks options that do not change the trained model.
+    ``at_least`` / ``above`` / ``at_most`` give the valid range of a number (checked by the
+    command-line parser and by :meth:`TrainConfig.validate`).
     """
     meta = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar,
-            "resumable": resumable, "bookkeeping": bookkeeping}
+            "resumable": resumable, "bookkeeping": bookkeeping, "at_least": at_least, "above": above,
+            "at_most": at_most}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -48,6 +54,28 @@ def resolved(default: Any = None) -> Any:
     return field(default=default, metadata={"resolved": True})
 
 
+def out_of_range(meta: Mapping[str, Any], value: Any) -> str | None:
+    """Why ``value`` is outside the range in a field's metadata (``"must be >= 0"``), or None."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low, above, high = meta.get("at_least"), meta.get("above"), meta.get("at_most")
+    if value != value:  # NaN
+        return "must be a number, got nan"
+
+    def show(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+    if low is not None and high is not None and not low <= value <= high:
+        return f"must be in [{show(low)}, {show(high)}], got {show(value)}"
+    if low is not None and value < low:
+        return f"must be >= {show(low)}, got {show(value)}"
+    if above is not None and value <= above:
+        return f"must be > {show(above)}, got {show(value)}"
+    if high is not None and value > high:
+        return f"must be <= {show(high)}, got {show(value)}"
+    return None
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; :func:`isnet.training.fit` fills the resolved fields."""
@@ -56,9 +84,10 @@ class TrainConfig:
     train: str | None = option(None, "training set root (images/<class>/..., masks/<class>/...)", "data")
     val: str | None = option(None, "validation set root (best.ckpt tracks its accuracy)", "data")
     image_size: int | None = option(None, "resize images and masks to this square side (default: the first "
-                                          "training image's side, which must then be square)", "data")
+                                          "training image's side, which must then be square)", "data", at_least=1)
     hflip: bool = option(False, "random horizontal flips in training (image and mask together)", "data")
-    workers: int = option(2, "DataLoader workers per process", "data", resumable=True, bookkeeping=True)
+    workers: int = option(2, "DataLoader workers per process", "data", resumable=True, bookkeeping=True,
+                          at_least=0)
     # model
     arch: str = option("small_cnn", "small_cnn or a torchvision classification model name", "model")
     variant: str = option("selective", "training objective: an ISNet variant (standard, original, selective, "
@@ -69,55 +98,68 @@ class TrainConfig:
     selective_class: str = option("lowest", "class whose eta the selective variant explains (lowest, as the "
                                             "reference implementation)", "model",
                                   choices=("lowest", "label", "highest"))
-    selective_eps: float = option(0.01, "e_s of the selective quantity", "model")
-    epsilon: float = option(0.01, "LRP epsilon", "model")
+    selective_eps: float = option(0.01, "e_s of the selective quantity", "model", at_least=0)
+    epsilon: float = option(0.01, "LRP epsilon", "model", at_least=0)
     zb: bool = option(True, "Z^B rule on the first layer (--no-zb: LRP-epsilon down to the input)", "model")
     # ISNet loss
-    P: float = option(0.7, "heatmap-loss weight: (1-P) CE + P heatmap loss", "ISNet loss")
-    p_warmup: float = option(3.0, "epochs of linear warm-up of P from 0 (0: none)", "ISNet loss")
-    d: float = option(0.99, "GWRP decay over background pixels (the papers use 0.9)", "ISNet loss")
-    E: float = option(1.0, "background-term scale", "ISNet loss")
-    A: float = option(1.0, "background-term weight", "ISNet loss")
-    B: float = option(1.0, "foreground-term weight", "ISNet loss")
+    P: float = option(0.7, "heatmap-loss weight: (1-P) CE + P heatmap loss", "ISNet loss",
+                      at_least=0, at_most=1)
+    p_warmup: float = option(3.0, "epochs of linear warm-up of P from 0 (0: none)", "ISNet loss", at_least=0)
+    d: float = option(0.99, "GWRP decay over background pixels (the papers use 0.9)", "ISNet loss",
+                      at_least=0, at_most=1)
+    E: float = option(1.0, "background-term scale", "ISNet loss", above=0)
+    A: float = option(1.0, "background-term weight", "ISNet loss", at_least=0)
+    B: float = option(1.0, "foreground-term weight", "ISNet loss", at_least=0)
     C1: float | None = option(None, "foreground relevance lower bound (with --c2; default: calibrated)",
-                              "ISNet loss", flag="--c1")
+                              "ISNet loss", flag="--c1", above=0)
     C2: float | None = option(None, "foreground relevance upper bound (with --c1; default: calibrated)",
-                              "ISNet loss", flag="--c2")
+                              "ISNet loss", flag="--c2", above=0)
     foreground: str = option("L2", "foreground penalty", "ISNet loss", choices=("L2", "hybrid"))
     norm: str = option("absRoIMean", "heatmap normalisation", "ISNet loss", choices=("absRoIMean", "RoIMean"))
-    d_loss: float = option(1.0, "GWRP decay over deep-supervision layers (1: mean)", "ISNet loss")
+    d_loss: float = option(1.0, "GWRP decay over deep-supervision layers (1: mean)", "ISNet loss",
+                           at_least=0, at_most=1)
     calibrate_epochs: int = option(2, "without --c1/--c2: epochs of the standard run that calibrates them",
-                                   "ISNet loss")
+                                   "ISNet loss", at_least=1)
     background_swap: float | None = option(
         None, "probability that a training image gets another image's background (mask-based); default: the "
-              "variant's own (see --variant)", "ISNet loss", metavar="PROB")
+              "variant's own (see --variant)", "ISNet loss", metavar="PROB", at_least=0, at_most=1)
+    calibration_swap: float = option(
+        1.0, "background-swap probability of the calibration run: C1/C2 come from a standard classifier "
+             "trained with the swap, whatever the run's own --background-swap (one trained on the raw biased "
+             "data reads the shortcut, and its relevance totals give C1/C2 that collapse the ISNet)",
+        "ISNet loss", metavar="PROB", at_least=0, at_most=1)
     # baselines
-    rrr_lambda: float = option(10.0, "rrr: weight of the input-gradient penalty", "baselines")
-    gradcam_weight: float = option(1.0, "gradcam: weight of the background Grad-CAM share", "baselines")
+    rrr_lambda: float = option(10.0, "rrr: weight of the input-gradient penalty", "baselines", at_least=0)
+    gradcam_weight: float = option(1.0, "gradcam: weight of the background Grad-CAM share", "baselines", at_least=0)
     gradcam_layer: str | None = option(None, "gradcam: module whose output is the Grad-CAM feature map "
                                              "(default: the last convolutional feature map)", "baselines")
     # optimisation
-    epochs: int = option(30, "training epochs", "optimisation", resumable=True)
-    batch_size: int = option(64, "batch size per process", "optimisation")
-    lr: float = option(0.001, "learning rate", "optimisation")
+    epochs: int = option(30, "training epochs", "optimisation", resumable=True, at_least=1)
+    batch_size: int = option(64, "batch size per process", "optimisation", at_least=1)
+    lr: float = option(0.001, "learning rate", "optimisation", above=0)
     optimizer: str = option("adam", "optimiser (sgd uses --momentum)", "optimisation", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "SGD momentum", "optimisation")
-    weight_decay: float | None = option(None, "weight decay (default 0, AdamW 0.01)", "optimisation")
+    momentum: float = option(0.9, "SGD momentum", "optimisation", at_least=0)
+    weight_decay: float | None = option(None, "weight decay (default 0, AdamW 0.01)", "optimisation", at_least=0)
     schedule: str = option("cosine", "learning-rate schedule", "optimisation", choices=SCHEDULES)
-    lr_step: int | None = option(None, "step schedule: epochs per decay (default epochs // 3)", "optimisation")
-    lr_gamma: float = option(0.1, "step schedule: decay factor", "optimisation")
-    gradient_clip: float | None = option(1.0, "gradient-norm clipping (0: off)", "optimisation")
+    lr_step: int | None = option(None, "step schedule: epochs per decay (default epochs // 3)", "optimisation",
+                                 at_least=1)
+    lr_gamma: float = option(0.1, "step schedule: decay factor", "optimisation", above=0)
+    gradient_clip: float | None = option(1.0, "gradient-norm clipping (0: off)", "optimisation", at_least=0)
     # run
-    seed: int = option(0, "seed of initialisation, shuffling and augmentation", "run")
+    seed: int = option(0, "seed of initialisation, shuffling and augmentation", "run",
+                       at_least=0, at_most=2**32 - 1)
     out: str = option("run", "run folder", "run", bookkeeping=True)
     resume: bool = option(False, "continue OUT from checkpoints/last.ckpt with OUT/config.json (only --epochs "
                                  "and the hardware options may change)", "run", bookkeeping=True)
+    overwrite: bool = option(False, "start OUT again when it holds an unfinished run (a failed or killed start): "
+                                    "isnet's files in OUT are deleted first; a finished run (model.pt) is never "
+                                    "deleted", "run", bookkeeping=True)
     deterministic: bool = option(True, "deterministic algorithms and seeding", "run")
     quiet: bool = option(False, "no progress bar or Lightning info", "run", resumable=True, bookkeeping=True)
     accelerator: str = option("auto", "Lightning accelerator: auto, cpu, gpu, ...", "run", resumable=True)
     devices: int | str | list[int] = option("auto", "Lightning devices: auto, a count, or a list such as 0,1",
                                             "run", resumable=True)
-    num_nodes: int = option(1, "nodes for multi-node DDP", "run", resumable=True)
+    num_nodes: int = option(1, "nodes for multi-node DDP", "run", resumable=True, at_least=1)
     strategy: str = option("auto", "Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ...", "run",
                            resumable=True)
     precision: str = option("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed, ...", "run",
@@ -133,7 +175,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
+            raise UserError(f"unknown training options {unknown}; known: {sorted(known)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,29 +191,52 @@ class TrainConfig:
         return {"epsilon": self.epsilon, "zb": self.zb}
 
     def validate(self) -> None:
-        """Raise ValueError on an option out of range (the variant name is checked by its registry)."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not 0.0 <= self.P <= 1.0:
-            raise ValueError(f"P must be in [0, 1], got {self.P}")
-        if self.p_warmup < 0 or self.calibrate_epochs < 1 or self.workers < 0 or self.seed < 0:
-            raise ValueError("p_warmup, workers and seed must be >= 0 and calibrate_epochs >= 1")
+        """Raise :class:`isnet.errors.UserError` naming the first option out of range.
+
+        Ranges come from the fields' metadata; the variant and architecture names are checked
+        by their registries when training starts.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("choices") and value not in f.metadata["choices"]:
+                raise UserError(f"{flag(f.name)} must be one of {list(f.metadata['choices'])}, got {value!r}")
+            problem = out_of_range(f.metadata, value)
+            if problem:
+                raise UserError(f"{flag(f.name)} {problem}")
         if (self.C1 is None) != (self.C2 is None):
-            raise ValueError("give both C1 and C2, or neither (then they are calibrated)")
-        if self.C1 is not None and not 0.0 < self.C1 <= self.C2:
-            raise ValueError(f"need 0 < C1 <= C2, got C1={self.C1}, C2={self.C2}")
-        if self.background_swap is not None and not 0.0 <= self.background_swap <= 1.0:
-            raise ValueError(f"background_swap must be in [0, 1], got {self.background_swap}")
+            raise UserError("give both C1 and C2 (--c1, --c2), or neither (then they are calibrated)")
+        if self.C1 is not None and not self.C1 <= self.C2:
+            raise UserError(f"need --c1 <= --c2, got {self.C1} and {self.C2}")
+        if not _valid_devices(self.devices):
+            raise UserError(f"--devices must be auto, a count >= 1, -1 (all) or a list such as 0,1; "
+                            f"got {self.devices!r}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues a run and --overwrite starts it again; give one of them")
         if self.train is None:
-            raise ValueError("no training set: set train to a dataset root (images/ + masks/)")
+            raise UserError("no training set: give --train, a dataset root (images/ + masks/)")
 
 
-def _names(flag: str) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get(flag))
+def _valid_devices(devices: Any) -> bool:
+    """Lightning's ``devices``: "auto", -1 (all), a count >= 1, or device indices (a list or "0,1")."""
+    if devices in ("auto", -1, "-1"):
+        return True
+    if isinstance(devices, int):
+        return devices >= 1
+    if isinstance(devices, list):
+        return bool(devices) and all(isinstance(d, int) and d >= 0 for d in devices)
+    if isinstance(devices, str) and devices.replace(",", "").isdigit():
+        return "," in devices or int(devices) >= 1
+    return False
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a :class:`TrainConfig` field (``"workers"`` -> ``"--workers"``)."""
+    meta = next((f.metadata for f in dataclasses.fields(TrainConfig) if f.name == name), {})
+    return meta.get("flag") or "--" + name.replace("_", "-")
+
+
+def _names(key: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get(key))
 
 
 RESUMABLE = _names("resumable")

@@ -20,18 +20,32 @@ from torch.utils.data import DataLoader
 
 from .checkpoints import classifier_input, explainer, load_classifier
 from .data import MaskedImageFolder, make_transform
+from .errors import UserError
 from .lrp import LRPFlex
 from .metrics import background_share, classification_metrics
 from .objectives import get_objective
 from .tables import text_table
 
-__all__ = ["evaluate", "format_table", "predict_batch"]
+__all__ = ["evaluate", "format_table", "predict_batch", "resolve_device"]
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for ``device`` (None / "auto": CUDA when available); a :class:`UserError` if unusable."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:1, mps, ...") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu (or auto)")
+    return dev
 
 
 def _clean(value: Any) -> Any:
@@ -96,8 +110,10 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
         "background_relevance" (None without masks), "confusion_matrix", "n"}}``; NaN becomes None.
     """
     if not tests:
-        raise ValueError("no test sets given (NAME=DIR)")
-    dev = _resolve_device(device)
+        raise UserError("no test sets given (NAME=DIR)")
+    if batch_size < 1 or workers < 0:
+        raise UserError(f"need --batch-size >= 1 and --workers >= 0, got {batch_size} and {workers}")
+    dev = resolve_device(device)
     model, config = load_classifier(checkpoint, map_location=dev)
     classes, image_size = config["classes"], config["image_size"]
     transform = make_transform(image_size, train=False)
@@ -105,13 +121,14 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
                 for name, root in tests.items()}  # scanned first: errors before any work
     lrp = explainer(model, config)
     masked_input = get_objective(config["variant"]).masked_input
+    for name, dataset in datasets.items():  # every test set is checked before the first is evaluated
+        if len(dataset) == 0:
+            raise UserError(f"test set {name} ({dataset.root}) holds no images")
+        if masked_input and not dataset.has_masks:
+            raise UserError(f"variant {config['variant']!r} classifies background-masked images, but test set "
+                            f"{name} ({dataset.root}) has no masks/ folder")
     results: dict[str, dict[str, Any]] = {}
     for name, dataset in datasets.items():
-        if len(dataset) == 0:
-            raise ValueError(f"test set {name} ({dataset.root}) holds no images")
-        if masked_input and not dataset.has_masks:
-            raise ValueError(f"variant {config['variant']!r} classifies background-masked images, but test set {name} "
-                             f"({dataset.root}) has no masks/ folder")
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
         use_lrp = relevance and dataset.has_masks
         logits, labels, share = _predict(model, lrp if use_lrp else None, config, loader, dev)

@@ -1,22 +1,43 @@
-"""Heatmaps for image files: what ``isnet explain`` runs."""
+"""Heatmaps for image files: what ``isnet explain`` runs.
+
+Each input image gets its own ``<stem>.png`` (image and heatmap) and ``<stem>.npy`` (relevance,
+(C, H, W)) under the output folder, at its path relative to the input; inputs that share a
+stem (``003.png`` and ``003.jpg``) get ``003-png`` and ``003-jpg``. ``heatmaps.json`` lists,
+per image, the input file, the two outputs (relative to the output folder), the explained
+class and the prediction.
+
+Nothing the user owns is overwritten: the output folder may not be, contain or lie inside the
+input, and an existing file in it is replaced only when an earlier ``isnet explain`` wrote it
+(it is listed in that run's ``heatmaps.json``). The options, the model, every image header
+and the target are checked before the first file is written.
+"""
 
 from __future__ import annotations
 
 import json
+import warnings
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
 from .checkpoints import load_classifier
+from .errors import IsnetWarning, OutputExistsError, UserError, UserFileNotFoundError
 from .lrp import LRPFlex
 from .models import build_model
+from .paths import check_new_files, check_separate
+
+__all__ = ["MANIFEST", "explain_files", "find_images", "load_image", "output_stems"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MANIFEST = "heatmaps.json"
 
 
 def find_images(path: Path) -> list[tuple[Path, Path, str | None]]:
@@ -26,80 +47,207 @@ def find_images(path: Path) -> list[tuple[Path, Path, str | None]]:
     root whose ``images/<class>/`` folders give the labels.
     """
     if not path.exists():
-        raise FileNotFoundError(f"no image or folder at {path}")
+        raise UserFileNotFoundError(f"--images: no image or folder at {path}")
     if path.is_file():
         return [(path, Path(path.name), None)]
     labelled = (path / "images").is_dir()
     root = path / "images" if labelled else path
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
+        raise UserFileNotFoundError(f"--images: no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
     return [(f, f.relative_to(root), f.relative_to(root).parts[0] if labelled else None) for f in files]
 
 
+def output_stems(relative: Sequence[Path]) -> list[Path]:
+    """One output path without extension per input, distinct even where inputs share a stem.
+
+    ``a/003.png`` gives ``a/003``; with ``a/003.jpg`` beside it, ``a/003-png`` and ``a/003-jpg``.
+    Comparisons ignore case, for file systems that do.
+    """
+    plain = [r.with_suffix("") for r in relative]
+    counts = Counter(str(p).casefold() for p in plain)
+    named = [p if counts[str(p).casefold()] == 1 else p.with_name(f"{p.name}-{r.suffix[1:].lower()}")
+             for p, r in zip(plain, relative)]
+    seen: set[str] = set()
+    stems = []
+    for stem in named:  # a renamed stem may meet another file's own (003-png.bmp): number what still collides
+        candidate, n = stem, 2
+        while str(candidate).casefold() in seen:
+            candidate, n = stem.with_name(f"{stem.name}-{n}"), n + 1
+        seen.add(str(candidate).casefold())
+        stems.append(candidate)
+    return stems
+
+
 def load_image(path: Path, image_size: int | None) -> torch.Tensor:
-    """An RGB image as float (3, H, W) in [0, 1], optionally resized (shorter side kept square)."""
+    """An RGB image as float (3, H, W) in [0, 1], optionally resized to ``image_size`` x ``image_size``."""
     try:
         with Image.open(path) as img:
             tensor = TF.to_dtype(TF.to_image(img.convert("RGB")), torch.float32, scale=True)
-    except OSError as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
     if image_size is not None:
         tensor = TF.resize(tensor, [image_size, image_size], antialias=True)
     return tensor
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+
+
+def _previous_outputs(out: Path) -> list[Path]:
+    """The files an earlier ``isnet explain`` wrote into ``out`` (listed in its manifest)."""
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        return []
+    try:
+        entries = json.loads(manifest.read_text())
+    except (UnicodeDecodeError, ValueError):
+        entries = None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "heatmap" in e for e in entries):
+        raise OutputExistsError(f"--out {out} holds a {MANIFEST} that isnet explain did not write; choose another "
+                                "output folder")
+    found = [manifest]
+    for entry in entries:
+        names = [entry["heatmap"], entry.get("relevance") or str(Path(entry["heatmap"]).with_suffix(".npy"))]
+        for name in names:
+            found += [out / name, Path(name)]  # relative to out; earlier versions wrote the path as given
+    return found
+
+
+def _load_model(*, checkpoint: Path | None, arch: str | None, weights: Path | None, num_classes: int | None,
+                image_size: int | None, normalize: str, sizes: set[tuple[int, int]]
+                ) -> tuple[nn.Module, list[str] | None, int | None, int | None]:
+    """The model, its class names (checkpoints), the image size to resize to, and the trained size (checkpoints)."""
+    if checkpoint is not None:
+        model, config = load_classifier(checkpoint)
+        if arch is not None and arch != config["arch"]:
+            raise UserError(f"--arch {arch} differs from the checkpoint's architecture {config['arch']}; "
+                            "--checkpoint needs no --arch")
+        if num_classes is not None and num_classes != config["num_classes"]:
+            raise UserError(f"--num-classes {num_classes} differs from the checkpoint's {config['num_classes']} "
+                            "classes; --checkpoint needs no --num-classes")
+        if normalize != "none":
+            raise UserError(f"--normalize {normalize} does not apply to --checkpoint: models trained by isnet train "
+                            "see pixels in [0, 1], and explain gives them the same")
+        return model, config.get("classes"), image_size or config["image_size"], config["image_size"]
+    if arch is None:
+        raise UserError("give --checkpoint, or --arch (with --weights for a trained model)")
+    if image_size is None and len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
+        raise UserError(f"the images have {len(sizes)} different sizes ({shown}); pass --image-size N to resize "
+                        "them all to N x N")
+    if weights is None:
+        warnings.warn(f"--arch {arch} without --weights explains a randomly initialised network; pass --weights "
+                      "FILE (a state dict) to explain a trained one", IsnetWarning, stacklevel=3)
+    probe_size = image_size or (min(next(iter(sizes))) if sizes else 224)  # small_cnn's lazy layer needs a size
+    model = build_model(arch, num_classes or 1000, image_size=probe_size, weights=weights)
+    return model, None, image_size, None
+
+
+def _check_model_input(model: nn.Module, shape: tuple[int, int], x_in: torch.Tensor, trained: int | None) -> int:
+    """Run the model once on a blank image of ``shape`` (H, W); returns its number of outputs."""
+    try:
+        with torch.no_grad():
+            out = model(x_in)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        hint = (f"it was trained on {trained}x{trained} images: omit --image-size or pass {trained}" if trained
+                else "pass the --image-size the model was trained with")
+        raise UserError(f"the model cannot take {shape[0]}x{shape[1]} images ({first}); {hint}") from None
+    if out.dim() != 2:
+        raise UserError(f"the model's output has shape {tuple(out.shape)}; explain needs (batch, classes)")
+    return out.shape[1]
+
+
+def _targets(target: str, files: list[tuple[Path, Path, str | None]], names: list[str] | None,
+             outputs: int) -> list[str] | None:
+    """Check ``target`` against the model; returns the class names for ``target="label"``."""
+    if target.isdigit():
+        if int(target) >= outputs:
+            raise UserError(f"--target {target} is not a class of this model: it has {outputs} outputs "
+                            f"(0 to {outputs - 1})")
+        return None
+    if target != "label":
+        return None
+    labels = [label for _, _, label in files]
+    if any(label is None for label in labels):
+        raise UserError("--target label needs a dataset root with images/<class>/ folders as --images")
+    names = names or sorted(set(labels))  # type: ignore[arg-type]
+    unknown = sorted({label for label in labels if label not in names})  # type: ignore[misc]
+    if unknown:
+        raise UserError(f"--target label: class folder(s) {unknown} are not among the model's classes {names}")
+    if len(names) > outputs:
+        raise UserError(f"--target label: {len(names)} class folders, but the model has {outputs} outputs")
+    return names
+
+
 def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: Path | None = None,
-                  checkpoint: Path | None = None, num_classes: int = 1000, target: str = "pred",
+                  checkpoint: Path | None = None, num_classes: int | None = None, target: str = "pred",
                   image_size: int | None = None, normalize: str = "none", epsilon: float = 0.01,
                   zb: bool = True, batch_size: int = 16) -> list[Path]:
-    """Write ``<stem>.png`` (image and heatmap) and ``<stem>.npy`` (relevance, (C, H, W)) per image.
+    """Write a heatmap figure and a relevance array per image (see the module docstring); returns the PNGs.
 
-    With ``normalize="imagenet"`` the model sees normalised inputs and Z^B uses the
-    matching per-channel bounds; relevance is per input pixel either way.
+    ``target``: ``"pred"``, ``"label"`` (class folders of a dataset root) or a class index. With
+    ``normalize="imagenet"`` the model sees normalised inputs and Z^B uses the matching
+    per-channel bounds; relevance is per input pixel either way.
     """
     from .figures import plot_heatmap, save_figure  # matplotlib only when pictures are written
 
-    class_names: list[str] | None = None
-    if checkpoint is not None:
-        model, config = load_classifier(checkpoint)
-        class_names = config.get("classes")
-        image_size = image_size or config.get("image_size")
-    elif arch is not None:
-        model = build_model(arch, num_classes, image_size=image_size or 224, weights=weights)
-    else:
-        raise ValueError("give --checkpoint, or --arch (with --weights for a trained model)")
+    images, out, target = Path(images), Path(out), str(target)
+    if batch_size < 1 or (image_size is not None and image_size < 1) or (num_classes is not None and num_classes < 1):
+        raise UserError(f"need batch_size, image_size and num_classes >= 1, got {batch_size}, {image_size}, "
+                        f"{num_classes}")
+    if target not in ("pred", "label") and not target.isdigit():
+        raise UserError(f"--target must be pred, label or a class index, got {target!r}")
+    files = find_images(images)
+    check_separate(out, [images], out_option="--out", in_option="--images")
+    stems = output_stems([rel for _, rel, _ in files])
+    check_new_files(out, [out / s.with_suffix(e) for s in stems for e in (".png", ".npy")], _previous_outputs(out),
+                    out_option="--out")
+    sizes = {_header_size(f) for f, _, _ in files}  # every file readable before the first is written
+    model, class_names, image_size, trained = _load_model(
+        checkpoint=checkpoint, arch=arch, weights=weights, num_classes=num_classes, image_size=image_size,
+        normalize=normalize, sizes=sizes)
     model.eval()
     mean, std, bounds = torch.zeros(1), torch.ones(1), (0.0, 1.0)
     if normalize == "imagenet":
         mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         bounds = ((0.0 - mean) / std).flatten(), ((1.0 - mean) / std).flatten()
-    files = find_images(Path(images))
-    if target == "label" and any(label is None for _, _, label in files):
-        raise ValueError("--target label needs a dataset root with images/<class>/ folders")
+    w, h = (image_size, image_size) if image_size else next(iter(sizes))
+    outputs = _check_model_input(model, (h, w), (torch.zeros(1, 3, h, w) - mean) / std, trained)
+    names = _targets(target, files, class_names, outputs)
     lrp = LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds)
+
     out.mkdir(parents=True, exist_ok=True)
     written, summary = [], []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        x = torch.stack([load_image(f, image_size) for f, _, _ in chunk])
-        trace = lrp.trace((x - mean) / std)
-        predicted = trace.output.detach().argmax(1)
-        if target == "pred":
-            classes = predicted
-        elif target == "label":
-            names = class_names or sorted({label for _, _, label in files})
-            classes = torch.tensor([names.index(label) for _, _, label in chunk])
-        else:
-            classes = torch.full((len(chunk),), int(target))
-        heat = trace.heatmap(classes).detach()
-        for (file, rel, _), h, img, c, p in zip(chunk, heat, x, classes.tolist(), predicted.tolist()):
-            stem = out / rel.with_suffix("")
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            np.save(stem.with_suffix(".npy"), h.numpy())
-            ax = plot_heatmap(h, img, title=f"class {c} (predicted {p})", colorbar=True)
-            save_figure(ax.figure, stem.with_suffix(".png"))
-            written.append(stem.with_suffix(".png"))
-            summary.append({"image": str(file), "heatmap": str(stem.with_suffix(".png")), "class": c, "predicted": p})
-    (out / "heatmaps.json").write_text(json.dumps(summary, indent=1))
+    try:
+        for start in range(0, len(files), batch_size):
+            chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
+            x = torch.stack([load_image(f, image_size) for (f, _, _), _ in chunk])
+            trace = lrp.trace((x - mean) / std)
+            predicted = trace.output.detach().argmax(1)
+            if target == "pred":
+                classes = predicted
+            elif target == "label":
+                classes = torch.tensor([names.index(label) for (_, _, label), _ in chunk])  # type: ignore[union-attr]
+            else:
+                classes = torch.full((len(chunk),), int(target))
+            heat = trace.heatmap(classes).detach()
+            for ((file, _, _), stem), hmap, img, c, p in zip(chunk, heat, x, classes.tolist(), predicted.tolist()):
+                png, npy = out / stem.with_suffix(".png"), out / stem.with_suffix(".npy")
+                png.parent.mkdir(parents=True, exist_ok=True)
+                np.save(npy, hmap.numpy())
+                ax = plot_heatmap(hmap, img, title=f"class {c} (predicted {p})", colorbar=True)
+                save_figure(ax.figure, png)
+                written.append(png)
+                summary.append({"image": str(file), "heatmap": str(stem.with_suffix(".png")),
+                                "relevance": str(stem.with_suffix(".npy")), "class": c, "predicted": p})
+    finally:  # also after a failure, so that a later run may replace what this one wrote
+        if summary or not (out / MANIFEST).exists():
+            (out / MANIFEST).write_text(json.dumps(summary, indent=1))
     return written

@@ -10,7 +10,8 @@ Annotations map to options as follows: ``bool`` gives ``--name/--no-name``; ``in
 ``float`` and ``str`` (optionally ``| None``) give one typed value; a union with a list gives
 zero or more values (none meaning True, e.g. ``--deep-supervision`` alone); a union of
 ``int`` and ``str`` accepts a count, a comma-separated list of integers or a word (Lightning's
-``--devices``).
+``--devices``). A number with a range in its metadata (``at_least``, ``above``, ``at_most``) is
+checked as it is parsed, so a bad value is reported with its option name before anything runs.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["add_dataclass_options", "given_values"]
+from .config import out_of_range
+
+__all__ = ["OneLineParser", "add_dataclass_options", "given_values", "number", "target"]
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
@@ -40,6 +43,42 @@ def _int_list_or_word(value: str) -> int | str | list[int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a count, a list such as 0,1, or a word; got {value!r}") from None
     return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error as one line naming the option (no usage block), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def target(text: str) -> str:
+    """An argparse ``type`` for the explained class: ``pred``, ``label`` or a class index."""
+    if text in ("pred", "label") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"expected pred, label or a class index (0, 1, ...), got {text!r}")
+
+
+def number(kind: type, *, at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind`` (int or float) parsed from the text and checked against the range."""
+    return _ranged(kind, {"at_least": at_least, "above": above, "at_most": at_most})
+
+
+def _ranged(kind: type, meta: Mapping[str, Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        problem = out_of_range(meta, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def _describe(default: Any) -> str:
@@ -63,8 +102,10 @@ def _kwargs(annotation: Any, meta: dict, default: Any) -> dict[str, Any]:
         kwargs["nargs"] = "*"
     elif int in members and str in members:
         kwargs["type"] = _int_list_or_word
-    elif len(members) == 1 and members[0] in (int, float, str):
-        kwargs["type"] = members[0]
+    elif len(members) == 1 and members[0] in (int, float):
+        kwargs["type"] = _ranged(members[0], meta)
+    elif members == (str,):
+        kwargs["type"] = str
     else:
         raise TypeError(f"no command-line form for the annotation {annotation!r}")
     return kwargs

@@ -1,20 +1,25 @@
 """The background-bias benchmark on BG-Digits: ISNets and baselines on one training pipeline.
 
-BG-Digits puts each digit on a textured background with a white patch whose position encodes
-the class in training. A classifier that reads the patch instead of the digit keeps its
-accuracy on the ``biased`` test set and fails on the ``unbiased`` (no patch) and ``deceiving``
-(another class's patch) ones. ``isnet bench bias --out DIR`` (and :func:`run_benchmark`):
+BG-Digits puts each digit on a textured background with a cue (a white patch, or a colour
+tint) that encodes the class in training. A classifier that reads the cue instead of the digit
+keeps its accuracy on the ``biased`` test set and fails on the ``unbiased`` (no cue) and
+``deceiving`` (another class's cue) ones. ``isnet bench bias --out DIR`` (and
+:func:`run_benchmark`):
 
 1. writes BG-Digits to ``DIR/data`` (:func:`isnet.data.bg_digits.write_dataset`);
 2. trains every method (:data:`~isnet.bench.presets.METHODS`) and seed with
    :func:`isnet.training.fit`, exactly what ``isnet train`` runs, into
    ``DIR/runs/<method>/seed<k>`` (:mod:`isnet.bench.grid`; finished runs are reused);
 3. evaluates each trained classifier on every test set: accuracy, the share of absolute
-   LRP-Flex relevance (heatmap of the predicted class) outside the foreground mask and on the
-   bias patch, and the **occlusion check**: accuracy on the biased test images with the bias
-   patch replaced by neighbouring background;
-4. writes ``results.json``, ``results.md``, ``results.csv``, figures and ``report.html``
-   (:mod:`isnet.bench.report`).
+   LRP-Flex relevance (heatmap of the predicted class, the same LRP rule for every method)
+   outside the foreground mask and on the bias patch, and, with the patch cue, the
+   **occlusion check**: accuracy on the biased test images with the patch replaced by
+   neighbouring background;
+4. compares each method with the standard classifier trained with the same swap setting,
+   seed by seed (:mod:`isnet.bench.paired`), and writes ``results.json``, ``results.md``,
+   ``results.csv``, figures and ``report.html`` (:mod:`isnet.bench.report`).
+
+The grid modes (:mod:`isnet.bench.modes`) reuse the data, test sets and evaluation here.
 """
 
 from __future__ import annotations
@@ -35,37 +40,51 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..checkpoints import explainer, load_classifier
+from ..config import TrainConfig
 from ..data.bg_digits import generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
 from ..figures import heatmap_grid
 from ..metrics import background_share, relevance_share
 from ..objectives import get_objective
 from .grid import Grid, Log, clock, console_log, run_dir, run_grid, threads_per_job
-from .presets import METHODS, OCCLUDED, RELATIVE_COST, TEST_SETS, BiasBenchConfig
+from .paired import paired_comparisons
+from .presets import METHODS, OCCLUDED, RELATIVE_COST, TEST_SETS, BiasBenchConfig, method_order, swap_setting
 from .report import aggregate, listed_train_options, write_results
 
-__all__ = ["BiasTestSet", "evaluate_classifier", "make_test_sets", "occlude_patches", "run_benchmark"]
+__all__ = [
+    "BiasTestSet", "bench_grid", "evaluate_classifier", "make_test_sets", "measured_lrp", "occlude_patches",
+    "prepare_data", "run_benchmark",
+]
 
 _NAME = "bench bias"
 _log = console_log(_NAME)
 
 
-def _prepare_data(root: Path, cfg: BiasBenchConfig) -> dict[str, Path]:
-    """BG-Digits on disk (reused when ``root/bg-digits.json`` matches the settings)."""
+_DATA_KEYS = ("seed", "image_size", "mask", "placement", "cue", "train_mask")
+_DATA_DEFAULTS = {"placement": "centre", "cue": "patch", "train_mask": "exact"}  # files written before these options
+
+
+def prepare_data(root: Path, cfg: BiasBenchConfig, train_mask: str = "exact") -> dict[str, Path]:
+    """BG-Digits on disk (reused when ``root/bg-digits.json`` matches the settings).
+
+    ``train_mask`` degrades the training split's masks (:func:`isnet.data.bg_digits.degrade_masks`).
+    """
     meta = root / "bg-digits.json"
-    wanted = {"seed": cfg.data_seed, "image_size": cfg.image_size, "mask": cfg.mask,
+    wanted = {"seed": cfg.data_seed, "image_size": cfg.image_size, "mask": cfg.mask, "placement": cfg.placement,
+              "cue": cfg.cue, "train_mask": train_mask,
               "n": {"train": cfg.n_train, "val": cfg.n_val, "test/biased": cfg.n_test}}
     if meta.is_file():
         saved = json.loads(meta.read_text())
-        have = {"seed": saved.get("seed"), "image_size": saved.get("image_size"), "mask": saved.get("mask"),
-                "n": {k: saved.get("splits", {}).get(k, {}).get("n") for k in wanted["n"]}}
+        have = {key: saved.get(key, _DATA_DEFAULTS.get(key)) for key in _DATA_KEYS}
+        have["n"] = {k: saved.get("splits", {}).get(k, {}).get("n") for k in wanted["n"]}
         if have == wanted:
             return {name: root / name for name in ("train", "val")}
         raise FileExistsError(f"{root} holds BG-Digits made with other settings ({have}); choose another --out")
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a BG-Digits folder; choose another --out")
     paths = write_dataset(root, seed=cfg.data_seed, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
-                          mask=cfg.mask, image_size=cfg.image_size)
+                          mask=cfg.mask, image_size=cfg.image_size, placement=cfg.placement, cue=cfg.cue,
+                          train_mask=train_mask)
     return {"train": paths["train"], "val": paths["val"]}
 
 
@@ -76,7 +95,7 @@ class BiasTestSet:
     images: Tensor  # (N, 3, H, W) in [0, 1]
     masks: Tensor  # (N, 1, H, W)
     labels: Tensor  # (N,)
-    patches: Tensor  # (N, 1, H, W), the bias patch pixels
+    patches: Tensor  # (N, 1, H, W), the bias patch pixels (none with the tint cue)
 
 
 def occlude_patches(images: Tensor, patches: Tensor, masks: Tensor) -> Tensor:
@@ -110,13 +129,16 @@ def occlude_patches(images: Tensor, patches: Tensor, masks: Tensor) -> Tensor:
 
 
 def make_test_sets(cfg: BiasBenchConfig) -> dict[str, BiasTestSet]:
-    """The test sets in memory (identical to the files under DATA/test), plus the occluded set."""
+    """The test sets in memory (identical to the files under DATA/test), plus, with the patch cue,
+    the occluded set."""
     sets: dict[str, BiasTestSet] = {}
     for bias in TEST_SETS:
         d = generate(cfg.n_test, split="test", seed=cfg.data_seed, bias=bias, mask=cfg.mask,
-                     image_size=cfg.image_size)
+                     image_size=cfg.image_size, placement=cfg.placement, cue=cfg.cue)
         images, masks, labels = to_tensors(d)
         sets[bias] = BiasTestSet(images, masks, labels, torch.from_numpy(d.patch_masks).float()[:, None])
+    if cfg.cue != "patch":
+        return sets
     b = sets["biased"]
     sets[OCCLUDED] = BiasTestSet(occlude_patches(b.images, b.patches, b.masks), b.masks, b.labels,
                              torch.zeros_like(b.patches))
@@ -152,8 +174,17 @@ def evaluate_classifier(model: nn.Module, config: Mapping[str, Any], test: BiasT
     }
 
 
-def _evaluate_run(tests: Mapping[str, BiasTestSet], model: nn.Module, config: dict) -> dict[str, Any]:
+def measured_lrp(cfg: BiasBenchConfig) -> dict[str, Any]:
+    """The LRP options every method's relevance is measured with: the benchmark's, not a method's own
+    (``gxi+swap`` trains on gradient x input heatmaps, yet is measured like the others)."""
+    defaults = TrainConfig()
+    return {key: cfg.train_options.get(key, getattr(defaults, key)) for key in ("epsilon", "zb")}
+
+
+def _evaluate_run(tests: Mapping[str, BiasTestSet], lrp: Mapping[str, Any], model: nn.Module,
+                  config: dict) -> dict[str, Any]:
     """A run's record entries: every test set, and for masked-input methods also the raw images."""
+    config = {**config, **lrp}
     results = {name: evaluate_classifier(model, config, test) for name, test in tests.items()}
     raw = {}
     if get_objective(config["variant"]).masked_input:
@@ -163,9 +194,23 @@ def _evaluate_run(tests: Mapping[str, BiasTestSet], model: nn.Module, config: di
 
 def _describe(record: Mapping[str, Any]) -> str:
     r = record["results"]
+    occluded = f" occluded {100 * r[OCCLUDED]['accuracy']:.1f}%" if OCCLUDED in r else ""
     return (f"accuracy biased {100 * r['biased']['accuracy']:.1f}% unbiased {100 * r['unbiased']['accuracy']:.1f}% "
-            f"deceiving {100 * r['deceiving']['accuracy']:.1f}% occluded {100 * r[OCCLUDED]['accuracy']:.1f}%; "
+            f"deceiving {100 * r['deceiving']['accuracy']:.1f}%{occluded}; "
             f"background relevance {100 * r['biased']['background_relevance']:.1f}%")
+
+
+def bench_grid(cfg: BiasBenchConfig, runs: Path, methods: Mapping[str, Mapping[str, Any]], data: Mapping[str, Path],
+               tests: Mapping[str, BiasTestSet], *, cost: Mapping[str, float] = RELATIVE_COST,
+               method_data: Mapping[str, Mapping[str, Path]] | None = None) -> Grid:
+    """The grid that trains ``methods`` (name -> training options) with ``cfg``'s settings into ``runs``."""
+    return Grid(
+        methods=methods, seeds=cfg.seeds, arch=cfg.arch,
+        options={**cfg.train_options, **({"epochs": cfg.epochs} if cfg.epochs is not None else {})},
+        data=data, runs=runs, evaluate=functools.partial(_evaluate_run, tests, measured_lrp(cfg)),
+        test_key={"n": cfg.n_test, "data_seed": cfg.data_seed, "placement": cfg.placement, "cue": cfg.cue},
+        describe=_describe, name=_NAME, cost=cost, jobs=cfg.jobs, threads=cfg.threads,
+        progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
 
 
 def _heatmap_grid(cfg: BiasBenchConfig, tests: Mapping[str, BiasTestSet], runs: Path) -> Figure | None:
@@ -177,8 +222,9 @@ def _heatmap_grid(cfg: BiasBenchConfig, tests: Mapping[str, BiasTestSet], runs: 
     masks = torch.stack([tests[n].masks[i] for n, i in picks])
     labels = [int(tests[n].labels[i]) for n, i in picks]
     maps, preds = {}, {}
-    for method in cfg.methods:
+    for method in sorted(cfg.methods, key=method_order):
         model, config = load_classifier(run_dir(runs, method, 0))
+        config = {**config, **measured_lrp(cfg)}
         logits, maps[method] = predict_batch(model, explainer(model, config), config, images, masks)
         preds[method] = logits.argmax(1)
     fig = heatmap_grid(images, maps, col_titles=[f"{n}, label {y}" for (n, _), y in zip(picks, labels)])
@@ -198,29 +244,26 @@ def run_benchmark(cfg: BiasBenchConfig, out: str | Path, *, log: Log = _log) -> 
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     log(f"{len(cfg.methods)} method(s) x {cfg.seeds} seed(s): {', '.join(cfg.methods)}; output {out}", None)
-    data = _prepare_data(out / "data", cfg)
+    data = prepare_data(out / "data", cfg)
     tests = make_test_sets(cfg)
-    log(f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test set) in {out / 'data'}", start)
-    grid = Grid(
-        methods={m: METHODS[m] for m in cfg.methods}, seeds=cfg.seeds, arch=cfg.arch,
-        options={**cfg.train_options, **({"epochs": cfg.epochs} if cfg.epochs is not None else {})},
-        data=data, runs=out / "runs", evaluate=functools.partial(_evaluate_run, tests),
-        test_key={"n": cfg.n_test, "data_seed": cfg.data_seed}, describe=_describe, name=_NAME,
-        cost=RELATIVE_COST, jobs=cfg.jobs, threads=cfg.threads, progress_bar=cfg.progress_bar)
+    log(f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test set; {cfg.placement}, "
+        f"{cfg.cue} cue) in {out / 'data'}", start)
+    methods = {m: METHODS[m] for m in sorted(cfg.methods, key=method_order)}
+    grid = bench_grid(cfg, out / "runs", methods, data, tests)
     records = run_grid(grid, start, log)
-    methods, train_time, step_time = aggregate(records)
-    given_swap = cfg.train_options.get("background_swap")
+    aggregated, train_time, step_time = aggregate(records)
     results: dict[str, Any] = {
-        "methods": methods,
+        "methods": aggregated,
         "train_time_s": train_time,
         "step_time_s": step_time,
+        "paired": paired_comparisons(records),
         "config": {
             "bench": dataclasses.asdict(cfg),
             "train": listed_train_options(cfg),
             "method_options": dict(grid.methods),
-            "background_swap": {m: get_objective(METHODS[m]["variant"]).swap_probability(given_swap)
-                                for m in cfg.methods},
-            "test_sets": [*TEST_SETS, OCCLUDED],
+            "background_swap": {m: swap_setting(m) for m in methods},
+            "measured_lrp": measured_lrp(cfg),
+            "test_sets": [*TEST_SETS, *([OCCLUDED] if OCCLUDED in tests else [])],
             "calibration": {m: [r.get("calibration") for r in recs] for m, recs in records.items()},
             "host": f"{platform.platform()}, {platform.processor() or platform.machine()}",
             "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else threads_per_job(cfg.jobs, cfg.threads),

@@ -52,8 +52,9 @@ class Grid:
     """What to train and how to judge it.
 
     ``methods``: method -> its training options (with its ``variant``); ``options``: training
-    options of every run; ``data``: the ``train`` and ``val`` dataset roots (``method_data``: other
-    roots for some methods, e.g. training masks of another quality); ``evaluate(model, config)`` scores a trained classifier (eval mode, resolved config) and returns the entries
+    options of every run; ``data``: the ``train`` and ``val`` dataset roots (``method_data``:
+    other roots for some methods, e.g. training masks of another quality); ``evaluate(model,
+    config)`` scores a trained classifier (eval mode, resolved config) and returns the entries
     it adds to the run's record; ``test_key`` identifies its test data in the settings key;
     ``describe(record)`` summarises a finished run's evaluation in its progress line; ``cost``: a
     method's relative training time (default 1), for scheduling; ``name`` prefixes the progress

@@ -13,47 +13,74 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CUES",
     "DEMO",
     "FULL",
+    "MASK_QUALITIES",
+    "MASK_QUALITY_METHODS",
     "METHODS",
     "OCCLUDED",
+    "PLACEMENTS",
     "QUICK",
     "RAW_INPUT",
     "RELATIVE_COST",
     "RUN_OPTIONS",
+    "SWAP",
+    "SWAP_DOSE_METHODS",
+    "SWAP_PROBABILITIES",
+    "SWEEP",
     "TEST_SETS",
     "BiasBenchConfig",
+    "comparison_pairs",
+    "method_order",
+    "swap_setting",
 ]
 
 TEST_SETS = ("biased", "unbiased", "deceiving")
-"""BG-Digits test sets: the bias patch as in training, absent, or pointing to another class."""
+"""BG-Digits test sets: the bias cue as in training, absent, or pointing to another class."""
 OCCLUDED = "biased_occluded"
-"""Biased test images with the bias patch replaced by neighbouring background."""
+"""Biased test images with the bias patch replaced by neighbouring background (patch cue only)."""
 RAW_INPUT = "@unmasked"
 """Suffix of the extra row of masked-input methods evaluated on the original images."""
+SWAP = "+swap"
+"""Suffix of the methods trained with the mask-based background swap (probability 1)."""
+PLACEMENTS = ("centre", "anywhere")
+"""BG-Digits digit placements (:data:`isnet.data.bg_digits.PLACEMENTS`)."""
+CUES = ("patch", "tint")
+"""BG-Digits bias cues (:data:`isnet.data.bg_digits.CUES`)."""
+MASK_QUALITIES = ("exact", "dilated", "eroded", "bbox", "shifted")
+"""Training-mask degradations (:data:`isnet.data.bg_digits.MASK_DEGRADATIONS`)."""
 
 METHODS: dict[str, dict[str, Any]] = {
-    "standard": {"variant": "standard"},
-    "original": {"variant": "original"},
-    "selective": {"variant": "selective"},
-    "stochastic": {"variant": "stochastic"},
-    "selective+ds": {"variant": "selective", "deep_supervision": True},
-    "stochastic+ds": {"variant": "stochastic", "deep_supervision": True},
-    "rrr": {"variant": "rrr"},
-    "gradcam": {"variant": "gradcam"},
-    "masked": {"variant": "masked"},
-    "swap": {"variant": "swap"},
+    "standard": {"variant": "standard", "background_swap": 0.0},
+    "standard+swap": {"variant": "swap", "background_swap": 1.0},
+    "rrr": {"variant": "rrr", "background_swap": 0.0},
+    "rrr+swap": {"variant": "rrr", "background_swap": 1.0},
+    "gradcam": {"variant": "gradcam", "background_swap": 0.0},
+    "gradcam+swap": {"variant": "gradcam", "background_swap": 1.0},
+    "selective": {"variant": "selective", "background_swap": 0.0},
+    "selective+swap": {"variant": "selective", "background_swap": 1.0},
+    "stochastic": {"variant": "stochastic", "background_swap": 0.0},
+    "stochastic+swap": {"variant": "stochastic", "background_swap": 1.0},
+    "original+swap": {"variant": "original", "background_swap": 1.0},
+    "selective+ds+swap": {"variant": "selective", "deep_supervision": True, "background_swap": 1.0},
+    "stochastic+ds+swap": {"variant": "stochastic", "deep_supervision": True, "background_swap": 1.0},
+    "gxi+swap": {"variant": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0},
+    "masked": {"variant": "masked", "background_swap": 0.0},
 }
-"""Benchmark method -> training options (``+ds``: LRP deep supervision at the architecture's
-default layers, :func:`isnet.variants.default_supervised_layers`).
-
-``swap`` is the standard classifier trained with the mask-based background swap that the ISNet
-variants use by default (``TrainConfig.background_swap``): the control that tells what the
-swap alone achieves."""
+"""Benchmark method -> training options. Every method states its background swap: names ending
+in ``+swap`` train with the mask-based swap (each training image gets another image's
+background, the donor's own object removed), the others without, so each method can be read
+next to ``standard`` or ``standard+swap``, its equal. ``+ds``: LRP deep supervision at the
+architecture's default layers (:func:`isnet.variants.default_supervised_layers`). ``gxi+swap``:
+the selective ISNet loss on gradient x input heatmaps (``epsilon=0``, no Z^B), the papers'
+ablation. ``masked`` classifies background-zeroed images, so a swap would change nothing.
+``standard+swap`` uses the ``swap`` objective: the standard loss, with masks loaded."""
 
 RELATIVE_COST: dict[str, float] = {
-    "standard": 1, "masked": 1, "swap": 1, "rrr": 2, "gradcam": 2, "selective": 4, "stochastic": 4,
-    "selective+ds": 5, "stochastic+ds": 5, "original": 16,
+    "standard": 1, "standard+swap": 1, "masked": 1, "gradcam": 1.1, "gradcam+swap": 1.1, "rrr": 2.5,
+    "rrr+swap": 2.5, "selective": 3, "selective+swap": 3, "stochastic": 3, "stochastic+swap": 3, "gxi+swap": 3,
+    "selective+ds+swap": 3.5, "stochastic+ds+swap": 3.5, "original+swap": 15,
 }
 """Rough training cost of each method relative to ``standard``: parallel runs start with the
 most expensive, so the last ones to finish are short."""
@@ -62,13 +89,64 @@ RUN_OPTIONS = ("variant", "arch", "train", "val", "out", "seed", "resume")
 """Training options the grid sets for every run: the method's objective, the architecture, the
 data, the run's folder and seed, and a fresh start. ``train_options`` cannot set them."""
 
+SWEEP: dict[str, tuple[str, tuple[float, ...]]] = {
+    "rrr": ("rrr_lambda", (1.0, 10.0, 100.0, 1e3, 1e4)),
+    "gradcam": ("gradcam_weight", (0.1, 1.0, 10.0)),
+    "selective": ("P", (0.5, 0.7, 0.9)),
+    "stochastic": ("P", (0.5, 0.7, 0.9)),
+}
+"""``--sweep``: method -> the hyper-parameter swept and its values; each value is trained
+without and with the swap (``rrr`` and ``rrr+swap``, ...). The value selected per method is the
+one with the best accuracy on the biased validation split."""
+SWAP_DOSE_METHODS = ("standard", "selective", "stochastic", "rrr", "gradcam")
+"""``--swap-dose``: methods trained at every swap probability."""
+SWAP_PROBABILITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""``--swap-dose``: the background-swap probabilities."""
+MASK_QUALITY_METHODS = ("standard+swap", "selective+swap", "stochastic+swap", "rrr+swap", "gradcam+swap", "masked")
+"""``--mask-quality``: methods trained with every training-mask quality (default list)."""
+
+
+def swap_setting(method: str) -> float | None:
+    """The swap probability a benchmark method trains with; None where it is irrelevant (masked input)."""
+    options = METHODS[method.removesuffix(RAW_INPUT)]
+    return None if options["variant"] == "masked" else options["background_swap"]
+
+
+def method_order(name: str) -> tuple[int, int]:
+    """Sort key that puts benchmark rows in :data:`METHODS` order (each ``@unmasked`` row after
+    its method, unknown names last), so every method sits next to its swap counterpart."""
+    base = name.removesuffix(RAW_INPUT)
+    return (list(METHODS).index(base) if base in METHODS else len(METHODS), int(name != base))
+
+
+def comparison_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """(method, reference) pairs to compare among ``methods``, each on equal terms.
+
+    Every method with the swap against ``standard+swap``, every one without against
+    ``standard``, then what the swap changes: ``X+swap`` against ``X`` (``standard+swap``
+    against ``standard`` first). Masked-input methods are left out (swap is irrelevant to them).
+    """
+    present = set(methods)
+    same, swap = [], []
+    for method in sorted(present, key=method_order):
+        if swap_setting(method) is None:
+            continue
+        reference = "standard+swap" if swap_setting(method) else "standard"
+        if method != reference and reference in present:
+            same.append((method, reference))
+        if method.endswith(SWAP) and method.removesuffix(SWAP) in present:
+            swap.append((method, method.removesuffix(SWAP)))
+    return same + swap
+
 
 @dataclass
 class BiasBenchConfig:
     """Sizes and methods of one benchmark run.
 
     ``epochs=None`` takes :class:`isnet.config.TrainConfig`'s default. ``train_options``
-    override any other training option for every method (e.g. ``{"P": 0.9}``).
+    override any other training option for every method (e.g. ``{"P": 0.9}``), except those a
+    selected method sets itself (its swap, for one). ``placement`` and ``cue`` choose the
+    BG-Digits variant (:func:`isnet.data.bg_digits.generate`).
     ``jobs``: training processes at a time (each trains one method/seed; evaluation stays in
     this process). ``threads``: torch CPU threads per process (None: torch's default with one
     job, else the CPU count divided by ``jobs``).
@@ -84,6 +162,8 @@ class BiasBenchConfig:
     arch: str = "small_cnn"
     image_size: int = 32
     mask: str = "box"
+    placement: str = "centre"
+    cue: str = "patch"
     train_options: dict[str, Any] = field(default_factory=dict)
     n_examples: int = 3
     jobs: int = 1
@@ -109,17 +189,29 @@ class BiasBenchConfig:
         clash = sorted(set(RUN_OPTIONS) & set(self.train_options))
         if clash:
             raise ValueError(f"train_options cannot set {clash}; the benchmark sets them")
+        own = sorted({key for m in self.methods for key in METHODS[m]} & set(self.train_options))
+        if own:
+            raise ValueError(f"train_options cannot set {own}: the selected methods set them (the swap is part of "
+                             "a method's name; --swap-dose trains other swap probabilities)")
+        if self.placement not in PLACEMENTS or self.cue not in CUES:
+            raise ValueError(f"placement must be one of {PLACEMENTS} and cue one of {CUES}, "
+                             f"got {self.placement!r}, {self.cue!r}")
 
 
 QUICK: dict[str, Any] = dict(
-    methods=["standard", "selective", "stochastic", "rrr", "gradcam", "masked", "swap"],
+    methods=["standard", "standard+swap", "rrr", "rrr+swap", "gradcam", "gradcam+swap", "selective",
+             "selective+swap", "stochastic", "stochastic+swap", "masked"],
     seeds=1, n_train=2000, n_val=200, n_test=300, epochs=12, n_examples=2, jobs=2,
 )
-"""``--quick``: seven methods, one seed, 2,000 training images, 12 epochs, two training processes."""
+"""``--quick``: the five base methods without and with the swap, and masked input; one seed,
+2,000 training images, 12 epochs, two training processes."""
 FULL: dict[str, Any] = dict(methods=list(METHODS), seeds=3, n_train=3300, n_val=500, n_test=500, epochs=15, jobs=2)
 """The full grid: every method, three seeds, two training processes."""
 DEMO: dict[str, Any] = dict(
-    methods=["standard", "selective"], seeds=1, n_train=2000, n_val=200, n_test=300, epochs=12, n_examples=3,
-    title="isnet demo: standard classifier vs selective ISNet on BG-Digits",
+    methods=["standard", "standard+swap", "selective+swap"], seeds=1, n_train=2000, n_val=200, n_test=300,
+    epochs=12, n_examples=3,
+    title="isnet demo: standard classifier, with and without background swap, vs selective ISNet on BG-Digits",
 )
-"""``isnet demo``: methods and sizes (the benchmark's other settings keep their defaults)."""
+"""``isnet demo``: methods and sizes (the benchmark's other settings keep their defaults). The
+selective ISNet trains with the swap, so it is shown next to the standard classifier with the
+swap as well as without."""

@@ -2,9 +2,13 @@
 
 Per method and test set, each metric is the mean over seeds with its sample standard deviation
 (None with one seed). The results dict (``methods``, ``train_time_s``, ``step_time_s``,
-``config``) is written as ``results.json``, as tables (``results.md``, ``results.csv``), as
-figures (``figures/*.png``) and as a self-contained ``report.html`` that puts the accuracies,
-the occlusion check and the relevance shares side by side, with one plain sentence per method.
+``paired``, ``config``) is written as ``results.json``, as tables (``results.md``,
+``results.csv``), as figures (``figures/*.png``) and as a self-contained ``report.html`` that
+puts the accuracies, the occlusion check and the relevance shares side by side. Rows follow
+:data:`~isnet.bench.presets.METHODS`, so each method sits next to its swap counterpart, and
+each row states its swap. The verdicts are one plain sentence per method, then the paired
+comparisons (:mod:`isnet.bench.paired`): each method against the standard classifier with the
+same swap setting, so that what the swap does is not credited to a method's loss.
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ from ..config import TrainConfig
 from ..figures import accuracy_bars, bar_plot, save_figure
 from ..report_html import write_html_report
 from ..tables import markdown_table, percent
+from .paired import comparison_sentence
 from .presets import METHODS, OCCLUDED, RAW_INPUT, RUN_OPTIONS, TEST_SETS, BiasBenchConfig
 
-__all__ = ["METRICS", "aggregate", "findings", "format_table", "listed_train_options", "write_results"]
+__all__ = [
+    "METRICS", "aggregate", "comparisons", "findings", "format_table", "listed_train_options", "results_markdown",
+    "swap_label", "write_results",
+]
 
 METRICS = ("accuracy", "background_relevance", "patch_relevance")
 """What :func:`isnet.bench.bias.evaluate_classifier` measures on each test set."""
@@ -70,11 +78,11 @@ def listed_train_options(cfg: BiasBenchConfig) -> dict[str, Any]:
     """The training options every method shares: TrainConfig's defaults with the benchmark's overrides.
 
     Left out, from the field metadata and the presets: the options the grid sets per run
-    (:data:`~isnet.bench.presets.RUN_OPTIONS`) and those of the methods, the fields training
+    (:data:`~isnet.bench.presets.RUN_OPTIONS`) and those the selected methods set, the fields training
     resolves, bookkeeping, and the run-time options (the ``run`` group's options that a resumed
     run may change: hardware, precision, logging).
     """
-    hidden = {*RUN_OPTIONS, *(key for options in METHODS.values() for key in options)}
+    hidden = {*RUN_OPTIONS, *(key for method in cfg.methods for key in METHODS[method])}
     hidden |= {f.name for f in dataclasses.fields(TrainConfig)
                if f.metadata.get("resolved") or f.metadata.get("bookkeeping")
                or (f.metadata.get("resumable") and f.metadata.get("group") == "run")}
@@ -86,11 +94,19 @@ def listed_train_options(cfg: BiasBenchConfig) -> dict[str, Any]:
     return shown
 
 
+def swap_label(probability: float | None) -> str:
+    """A row's swap: ``yes`` (probability 1), ``no`` (0), the probability, or ``-`` where it is irrelevant."""
+    if probability is None:
+        return "-"
+    return {0.0: "no", 1.0: "yes"}.get(float(probability), f"{probability:g}")
+
+
 def _table_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
+    swaps = results["config"].get("background_swap", {})
     for method, sets in results["methods"].items():
         base = method.removesuffix(RAW_INPUT)
-        row = {"method": method}
+        row = {"method": method, "swap": swap_label(swaps.get(base))}
         for test in (*TEST_SETS, OCCLUDED):
             if test in sets:
                 row[f"acc {_SET_TITLES[test]} (%)"] = percent(sets[test]["accuracy"], sets[test]["accuracy_std"])
@@ -113,18 +129,37 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def _write_csv(results: Mapping[str, Any], path: Path) -> None:
-    header = ["method", "test_set", *[f"{m}{s}" for m in METRICS for s in ("", "_std")], "seeds",
-              "train_time_s", "step_time_s"]
+    header = ["method", "background_swap", "test_set", *[f"{m}{s}" for m in METRICS for s in ("", "_std")],
+              "seeds", "train_time_s", "step_time_s"]
+    swaps = results["config"].get("background_swap", {})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for method, sets in results["methods"].items():
         base = method.removesuffix(RAW_INPUT)
+        swap = "" if swaps.get(base) is None else f"{swaps[base]:g}"
         for test, entry in sets.items():
-            writer.writerow([method, test, *["" if entry[f"{m}{s}"] is None else f"{entry[f'{m}{s}']:.6g}"
-                                             for m in METRICS for s in ("", "_std")], entry["seeds"],
-                             f"{results['train_time_s'][base]:.2f}", f"{results['step_time_s'][base]:.2f}"])
+            values = ["" if entry[f"{m}{s}"] is None else f"{entry[f'{m}{s}']:.6g}"
+                      for m in METRICS for s in ("", "_std")]
+            writer.writerow([method, swap, test, *values, entry["seeds"], f"{results['train_time_s'][base]:.2f}",
+                             f"{results['step_time_s'][base]:.2f}"])
     path.write_text(buffer.getvalue())
+
+
+def comparisons(results: Mapping[str, Any]) -> list[str]:
+    """One sentence per compared pair of ``results["paired"]``."""
+    pairs: dict[tuple[str, str], list[dict]] = {}
+    for entry in results.get("paired", []):
+        pairs.setdefault((entry["method"], entry["reference"]), []).append(entry)
+    return [comparison_sentence(entries) for entries in pairs.values()]
+
+
+_PAIRED = (
+    "Paired comparisons: differences in percentage points, method minus reference, mean over seeds with a "
+    "95% t-interval over the per-seed differences. Each method is compared with the standard classifier "
+    "trained with the same swap setting (X+swap vs standard+swap, X vs standard), so the difference is what "
+    "the method's own loss adds; X+swap vs X is what the background swap adds to X."
+)
 
 
 def findings(results: Mapping[str, Any]) -> list[str]:
@@ -179,55 +214,78 @@ def _figures(results: Mapping[str, Any], heatmaps: Figure | None) -> dict[str, F
 
 _READING = (
     "How to read this. A classifier that learned the background shortcut keeps its accuracy on the "
-    "biased test set and collapses on the deceiving one (whose patch points to another class). "
+    "biased test set and collapses on the deceiving one (whose cue points to another class). "
     "A low share of relevance on the background alone proves nothing: a network can learn to hide "
     "the shortcut from its heatmap while still using it (measured with the reference ISNet code on a "
     "task like this one: 0.5-3% of the relevance on the patch, yet occluding the patch dropped accuracy "
     "from 99% to 28%). Judge a method by its unbiased and deceiving accuracies and by the occlusion "
     "check (biased test images whose patch is replaced by neighbouring background), read next to the "
-    "relevance shares, never by the heatmaps alone."
+    "relevance shares, never by the heatmaps alone. Compare a method with the row of its own swap setting: "
+    "the swap alone can remove a background shortcut."
 )
+_CUES = {
+    "patch": "a white 4x4 patch on the border whose position encodes the class",
+    "tint": "a class-coded colour tint of the whole background",
+}
+_PLACEMENTS = {"centre": "the digit inside the central 24x24 area", "anywhere": "the digit anywhere on the canvas"}
+
+
+def _setup(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
+    c = results["config"]
+    lrp = ", ".join(f"{k} = {v}" for k, v in c.get("measured_lrp", {}).items())
+    return (
+        "BG-Digits (scikit-learn handwritten digits on textured, noisy 32x32 backgrounds, "
+        f"{_PLACEMENTS[cfg.placement]}; {_CUES[cfg.cue]}, 100% correlated in training). {cfg.n_train} training, "
+        f"{cfg.n_val} validation and {cfg.n_test} images per test set (data seed {cfg.data_seed}, mask: digit "
+        f"{cfg.mask}). Architecture {cfg.arch}; {c['train']['epochs']} epochs; {cfg.seeds} seed(s) per method "
+        "(mean ± standard deviation over seeds where there are several). Every method is trained by "
+        "isnet.training.fit, the pipeline behind `isnet train`. The background swap is part of each method's name "
+        "and of its row: methods ending in +swap trained with the mask-based swap (each training image gets the "
+        "background of another image, whose own object is removed first), the others without; masked classifies "
+        "background-zeroed images, so the swap is irrelevant to it. Relevance shares are measured with the same "
+        f"LRP-Flex rule for every method ({lrp})."
+    )
 
 
 def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], figures: Mapping[str, Figure]) -> Path:
     for name, fig in figures.items():
         save_figure(fig, out / "figures" / f"{name}.png", dpi=110)
-    occlusion = [
-        {"method": m, "biased (%)": percent(s["biased"]["accuracy"]),
-         "patch occluded (%)": percent(s.get(OCCLUDED, {}).get("accuracy")),
-         "deceiving (%)": percent(s["deceiving"]["accuracy"]),
-         "relevance on patch, biased (%)": percent(s["biased"]["patch_relevance"]),
-         "relevance on background, biased (%)": percent(s["biased"]["background_relevance"])}
-        for m, s in results["methods"].items()
-    ]
     c = results["config"]
-    setup = (
-        f"BG-Digits (scikit-learn handwritten digits on textured, noisy 32x32 backgrounds; a white 4x4 patch on "
-        f"the border whose position encodes the class, 100% correlated in training). {cfg.n_train} training, "
-        f"{cfg.n_val} validation and {cfg.n_test} images per test set (data seed {cfg.data_seed}, mask: digit "
-        f"{cfg.mask}). Architecture {cfg.arch}; {c['train']['epochs']} epochs; {cfg.seeds} seed(s) per method "
-        f"(mean ± standard deviation over seeds where there are several). Every method is trained by "
-        f"isnet.training.fit, the pipeline behind `isnet train`."
-    )
-    swapped = [f"{m} ({p:g})" for m, p in c["background_swap"].items() if p > 0]
-    setup += (" Trained with mask-based background swap (probability that an image gets another image's "
-              f"background): {', '.join(swapped)}; the other methods without." if swapped else
-              " No method was trained with background swap.")
     options = "\n".join(f"{k} = {v}" for k, v in c["train"].items())
+    methods = "\n".join(f"{m}: " + ", ".join(f"{k} = {v}" for k, v in opts.items())
+                        for m, opts in c["method_options"].items())
     timing = [{"method": m, "fit wall time (s)": f"{results['train_time_s'][m]:.1f}",
                "training steps only (s)": f"{results['step_time_s'][m]:.1f}"} for m in results["train_time_s"]]
     sections = [
-        ("Setup", [setup, "Training options (isnet.config.TrainConfig defaults plus benchmark overrides):\n"
-                   + options + "\n", f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
+        ("Setup", [_setup(cfg, results), "Training options (isnet.config.TrainConfig defaults plus benchmark "
+                   "overrides):\n" + options + "\n", "Each method's own options:\n" + methods + "\n",
+                   f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
                    f"{c['torch_threads']} torch thread(s) each; total time {c['total_time_s']:.0f} s."]),
         ("Results", [_READING, _table_rows(results), figures["accuracy"]]),
-        ("Occlusion check", [
+    ]
+    if any(OCCLUDED in sets for sets in results["methods"].values()):
+        swaps = c.get("background_swap", {})
+        occlusion = [
+            {"method": m, "swap": swap_label(swaps.get(m.removesuffix(RAW_INPUT))),
+             "biased (%)": percent(s["biased"]["accuracy"]),
+             "patch occluded (%)": percent(s.get(OCCLUDED, {}).get("accuracy")),
+             "deceiving (%)": percent(s["deceiving"]["accuracy"]),
+             "relevance on patch, biased (%)": percent(s["biased"]["patch_relevance"]),
+             "relevance on background, biased (%)": percent(s["biased"]["background_relevance"])}
+            for m, s in results["methods"].items()
+        ]
+        sections.append(("Occlusion check", [
             "Accuracy on the biased test images with their bias patch replaced by neighbouring background, next to "
             "the biased and deceiving accuracies and the relevance shares. A model that does not use the patch "
-            "keeps its biased accuracy when the patch is occluded.", occlusion,
-            figures["background_relevance"]]),
-        ("What the numbers say", ["\n".join(findings(results)) + "\n"]),
-    ]
+            "keeps its biased accuracy when the patch is occluded.", occlusion, figures["background_relevance"]]))
+    else:
+        sections.append(("Background relevance", [
+            f"No occlusion check: the {cfg.cue} cue has no patch to paint over.", figures["background_relevance"]]))
+    said = ["\n".join(findings(results)) + "\n"]
+    paired = comparisons(results)
+    if paired:
+        said += [_PAIRED, "\n".join(paired) + "\n"]
+    sections.append(("What the numbers say", said))
     if "heatmaps" in figures:
         sections.append(("Heatmaps", [
             "LRP-Flex heatmaps of the predicted class (seed-0 model of each method; red positive, blue negative), "
@@ -237,9 +295,18 @@ def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], f
     return write_html_report(out / "report.html", cfg.title, sections)
 
 
+def results_markdown(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
+    """``results.md``: the table (rows grouped by method, each with its swap) and the paired comparisons."""
+    text = f"# {cfg.title}\n\n{format_table(results)}\n"
+    paired = comparisons(results)
+    if paired:
+        text += "\n" + _PAIRED + "\n\n" + "\n".join(f"* {line}" for line in paired) + "\n"
+    return text
+
+
 def write_results(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], heatmaps: Figure | None) -> None:
     """Write results.json, results.md, results.csv, figures/*.png and report.html into ``out``."""
     write_json(out / "results.json", results)
-    (out / "results.md").write_text(f"# {cfg.title}\n\n{format_table(results)}\n")
+    (out / "results.md").write_text(results_markdown(cfg, results))
     _write_csv(results, out / "results.csv")
     _write_report(out, cfg, results, _figures(results, heatmaps))

@@ -1,14 +1,19 @@
 """BG-Digits: a procedural, offline background-bias benchmark.
 
 Real handwritten digits (scikit-learn ``load_digits``, 8x8, upsampled 2x to 16x16) are
-placed at a random position inside the central 24x24 area of a 32x32 RGB canvas whose
-background is a dimmed random crop of a scikit-image sample picture plus Gaussian noise.
-The bias is a white 4x4 patch in the 4-pixel border ring, at one of 10 positions that
-encodes a class (``PATCH_POSITIONS``); it never touches the digit box.
+placed on a 32x32 RGB canvas whose background is a dimmed random crop of a scikit-image
+sample picture plus Gaussian noise: inside the central 24x24 area (``placement="centre"``)
+or anywhere, the border ring included (``"anywhere"``). The bias *cue* encodes the class in
+the background: a white 4x4 patch in the border ring at one of 10 class positions
+(``cue="patch"``, ``PATCH_POSITIONS``; the digit box hides the part of it that it covers),
+or a class-coded colour tint of the whole background (``cue="tint"``, ``TINTS``), a diffuse
+cue with no single place to look at.
 
 Digits for train / val / test come from disjoint, stratified pools of ``load_digits``
 (:func:`digit_pools`); within a pool digits are drawn with replacement, each draw with a
 fresh position and background. Everything is a deterministic function of the seed.
+Training masks can be degraded on purpose (:func:`degrade_masks`) to study what imperfect
+masks cost.
 """
 
 from __future__ import annotations
@@ -23,21 +28,26 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .bg_digits_parts import CANVAS, MASK_DEGRADATIONS, TEXTURES, TINTS, backgrounds, degrade_masks
+
 __all__ = [
     "BGDigits",
     "BIASES",
     "CANVAS",
+    "CUES",
+    "MASK_DEGRADATIONS",
     "PATCH_POSITIONS",
     "PATCH_SIZE",
+    "PLACEMENTS",
     "TEXTURES",
+    "TINTS",
+    "degrade_masks",
     "digit_pools",
     "generate",
     "to_tensors",
     "write_dataset",
 ]
 
-CANVAS = 32
-"""Side of the canvas the images are built on (before scaling to ``image_size``)."""
 DIGIT = 16
 """Side of the upsampled digit box."""
 PATCH_SIZE = 4
@@ -48,22 +58,18 @@ PATCH_POSITIONS: tuple[tuple[int, int], ...] = (
 )  # fmt: skip
 """(row, col) of the top-left corner of class k's patch on the 32x32 canvas (clockwise)."""
 BIASES = ("biased", "unbiased", "deceiving", "foreground", "background")
-"""Bias modes: class patch / no patch / another class's patch / digit on a plain black
-background / background and class patch without the digit."""
+"""Bias modes: the class's cue / no cue / another class's cue / digit on a plain black
+background / background and class cue without the digit."""
+PLACEMENTS = ("centre", "anywhere")
+"""Where the digit box may lie: inside the central 24x24 area, or anywhere on the canvas."""
+CUES = ("patch", "tint")
+"""The class-coded bias: a white patch at a class position, or a colour tint of the background."""
 SPLITS = ("train", "val", "test")
 POOL_FRACTIONS = (0.6, 0.2, 0.2)
 """Share of each class's ``load_digits`` images in the train / val / test pools."""
-TEXTURES = (
-    "brick", "grass", "gravel", "camera", "coins",
-    "moon", "rocket", "astronaut", "coffee", "chelsea",
-)  # fmt: skip
-"""``skimage.data`` pictures (bundled with scikit-image, no download) used as backgrounds."""
 
 _N_CLASSES = 10
-_MARGIN = PATCH_SIZE  # the digit stays inside [_MARGIN, CANVAS - _MARGIN)
-_TEXTURE_SIDE = 128  # textures are resized so their shorter side has this many pixels
-_DIM = (0.25, 0.55)  # background brightness factor range
-_NOISE_STD = 0.06
+_MARGIN = PATCH_SIZE  # placement="centre": the digit stays inside [_MARGIN, CANVAS - _MARGIN)
 _DIGIT_COLOUR = (0.7, 1.0)  # per-channel range of the digit colour
 
 
@@ -78,11 +84,11 @@ class BGDigits:
     masks
         bool (N, H, W), foreground (digit box or dilated strokes).
     labels
-        int64 (N,), the digit class (the patch class for the ``background`` mode).
+        int64 (N,), the digit class (the cue's class for the ``background`` mode).
     patch_masks
-        bool (N, H, W), the inserted bias pixels (all false without a patch).
+        bool (N, H, W), the inserted patch pixels (all false without a patch, and with a tint).
     patch_classes
-        int64 (N,), the class whose patch was inserted, -1 for none.
+        int64 (N,), the class whose cue (patch or tint) was inserted, -1 for none.
     digit_indices
         int64 (N,), index into ``sklearn.datasets.load_digits`` of each drawn digit.
     """
@@ -130,41 +136,6 @@ def digit_pools(seed: int) -> dict[str, np.ndarray]:
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-def _load_textures() -> list[np.ndarray]:
-    """The background pictures as float32 RGB in [0, 1], shorter side ``_TEXTURE_SIDE``."""
-    from skimage import data
-
-    textures = []
-    for name in TEXTURES:
-        img = Image.fromarray(getattr(data, name)()).convert("RGB")
-        scale = _TEXTURE_SIDE / min(img.size)
-        size = (round(img.width * scale), round(img.height * scale))
-        small = img.resize(size, Image.Resampling.LANCZOS)
-        textures.append(np.asarray(small, dtype=np.float32) / 255.0)
-    return textures
-
-
-def _backgrounds(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n float32 (CANVAS, CANVAS, 3) backgrounds: dimmed random texture crops plus noise."""
-    textures = _load_textures()
-    which = rng.integers(len(textures), size=n)
-    corner = rng.random((n, 2))
-    flips = rng.integers(2, size=(n, 2)).astype(bool)
-    dims = rng.uniform(*_DIM, size=n).astype(np.float32)
-    out = rng.normal(0.0, _NOISE_STD, size=(n, CANVAS, CANVAS, 3)).astype(np.float32)
-    for i in range(n):
-        tex = textures[which[i]]
-        r = int(corner[i, 0] * (tex.shape[0] - CANVAS + 1))
-        c = int(corner[i, 1] * (tex.shape[1] - CANVAS + 1))
-        crop = tex[r : r + CANVAS, c : c + CANVAS]
-        if flips[i, 0]:
-            crop = crop[::-1]
-        if flips[i, 1]:
-            crop = crop[:, ::-1]
-        out[i] += dims[i] * crop
-    return np.clip(out, 0.0, 1.0)
-
-
 def _stroke_masks(alphas: np.ndarray) -> np.ndarray:
     """Digit strokes (nonzero pixels) dilated by one pixel, clipped to the digit box."""
     from scipy.ndimage import binary_dilation
@@ -182,6 +153,8 @@ def generate(
     bias: str = "biased",
     mask: str = "box",
     image_size: int = CANVAS,
+    placement: str = "centre",
+    cue: str = "patch",
 ) -> BGDigits:
     """Generate ``n`` BG-Digits images in memory.
 
@@ -195,9 +168,9 @@ def generate(
         Non-negative seed; pools and every random draw derive from it. Each
         ``(split, bias)`` pair uses its own random stream.
     bias
-        ``"biased"`` (patch of the true class), ``"unbiased"`` (no patch), ``"deceiving"``
-        (patch of a random other class), ``"foreground"`` (digit on plain black, no patch)
-        or ``"background"`` (no digit; label = the patch class; the mask marks where the
+        ``"biased"`` (cue of the true class), ``"unbiased"`` (no cue), ``"deceiving"``
+        (cue of a random other class), ``"foreground"`` (digit on plain black, no cue)
+        or ``"background"`` (no digit; label = the cue's class; the mask marks where the
         digit would have been).
     mask
         ``"box"`` (the digit's 16x16 box) or ``"strokes"`` (the digit's strokes dilated by
@@ -205,6 +178,12 @@ def generate(
     image_size
         Output side, a multiple of 32; larger sizes repeat pixels (nearest neighbour), so
         masks and patches stay exact.
+    placement
+        ``"centre"`` (the digit box inside the central 24x24 area, clear of every patch) or
+        ``"anywhere"`` (anywhere on the canvas; the box hides what it covers of a patch).
+    cue
+        ``"patch"`` (white 4x4 patch at the class's position) or ``"tint"`` (the background,
+        everything outside the mask, multiplied by the class's :data:`TINTS` factors).
 
     Returns
     -------
@@ -216,6 +195,8 @@ def generate(
         raise ValueError(f"bias must be one of {BIASES}, got {bias!r}")
     if mask not in ("box", "strokes"):
         raise ValueError(f"mask must be 'box' or 'strokes', got {mask!r}")
+    if placement not in PLACEMENTS or cue not in CUES:
+        raise ValueError(f"placement must be one of {PLACEMENTS} and cue one of {CUES}, got {placement!r}, {cue!r}")
     if image_size < CANVAS or image_size % CANVAS:
         raise ValueError(f"image_size must be a positive multiple of {CANVAS}, got {image_size}")
     if n < 0 or seed < 0:
@@ -231,7 +212,8 @@ def generate(
     for cls in range(_N_CLASSES):
         slots = np.flatnonzero(labels == cls)
         chosen[slots] = rng.choice(pool[targets[pool] == cls], size=len(slots))
-    offsets = rng.integers(_MARGIN, CANVAS - _MARGIN - DIGIT + 1, size=(n, 2))
+    margin = _MARGIN if placement == "centre" else 0
+    offsets = rng.integers(margin, CANVAS - margin - DIGIT + 1, size=(n, 2))
     colours = rng.uniform(*_DIGIT_COLOUR, size=(n, 1, 1, 3)).astype(np.float32)
     if bias == "deceiving":
         patch_classes = (labels + rng.integers(1, _N_CLASSES, size=n)) % _N_CLASSES
@@ -243,7 +225,7 @@ def generate(
     if bias == "foreground":
         canvas = np.zeros((n, CANVAS, CANVAS, 3), dtype=np.float32)
     else:
-        canvas = _backgrounds(rng, n)
+        canvas = backgrounds(rng, n)
     alphas = np.kron(digits[chosen], np.ones((1, 2, 2), dtype=np.float32))  # (n, 16, 16)
     inner = _stroke_masks(alphas) if mask == "strokes" else np.ones_like(alphas, dtype=bool)
     if bias == "background":
@@ -254,12 +236,15 @@ def generate(
     for i in range(n):
         r, c = offsets[i]
         box = (slice(r, r + DIGIT), slice(c, c + DIGIT))
+        masks[i][box] = inner[i]
+        if patch_classes[i] >= 0 and cue == "tint":
+            canvas[i][~masks[i]] = np.clip(canvas[i][~masks[i]] * TINTS[patch_classes[i]], 0.0, 1.0)
         a = alphas[i][..., None]
         canvas[i][box] = canvas[i][box] * (1.0 - a) + a * colours[i]
-        masks[i][box] = inner[i]
-        if patch_classes[i] >= 0:
+        if patch_classes[i] >= 0 and cue == "patch":
             pr, pc = PATCH_POSITIONS[patch_classes[i]]
             patch_masks[i, pr : pr + PATCH_SIZE, pc : pc + PATCH_SIZE] = True
+            patch_masks[i][box] = False  # the digit box lies in front of the patch
     canvas[patch_masks] = 1.0
     images = np.round(canvas * 255.0).astype(np.uint8)
 
@@ -297,6 +282,9 @@ def write_dataset(
     n_test: int = 500,
     mask: str = "box",
     image_size: int = CANVAS,
+    placement: str = "centre",
+    cue: str = "patch",
+    train_mask: str = "exact",
     extra_tests: bool = False,
     progress: bool = False,
 ) -> dict[str, Path]:
@@ -313,8 +301,11 @@ def write_dataset(
     ----------
     out
         Output directory; must not exist or be empty.
-    seed, mask, image_size
+    seed, mask, image_size, placement, cue
         See :func:`generate`.
+    train_mask
+        Quality of the training split's masks (:func:`degrade_masks`); every other split
+        keeps the exact masks.
     n_train, n_val, n_test
         Images in the training split, the validation split and each test split.
     extra_tests
@@ -336,7 +327,11 @@ def write_dataset(
 
     paths: dict[str, Path] = {}
     for name, pool, bias, count in plan:
-        d = generate(count, split=pool, seed=seed, bias=bias, mask=mask, image_size=image_size)
+        d = generate(count, split=pool, seed=seed, bias=bias, mask=mask, image_size=image_size,
+                     placement=placement, cue=cue)
+        masks = d.masks
+        if name == "train":
+            masks = degrade_masks(masks, train_mask, seed=seed, scale=image_size // CANVAS)
         root = out / name
         for sub in ("images", "masks", "patches"):
             for cls in range(_N_CLASSES):
@@ -344,7 +339,7 @@ def write_dataset(
         for i in range(count):
             rel = Path(str(d.labels[i])) / f"{i:05d}.png"
             _save_png(d.images[i], root / "images" / rel)
-            _save_png(d.masks[i].astype(np.uint8) * 255, root / "masks" / rel)
+            _save_png(masks[i].astype(np.uint8) * 255, root / "masks" / rel)
             _save_png(d.patch_masks[i].astype(np.uint8) * 255, root / "patches" / rel)
         paths[name] = root
         if progress:
@@ -356,6 +351,9 @@ def write_dataset(
         "seed": seed,
         "image_size": image_size,
         "mask": mask,
+        "placement": placement,
+        "cue": cue,
+        "train_mask": train_mask,
         "classes": [str(c) for c in range(_N_CLASSES)],
         "splits": {
             name: {"path": name, "digit_pool": pool, "bias": bias, "n": count}
@@ -366,6 +364,7 @@ def write_dataset(
         "canvas": CANVAS,
         "patch_size": PATCH_SIZE,
         "patch_positions": {str(k): list(pos) for k, pos in enumerate(PATCH_POSITIONS)},
+        "tints": {str(k): [round(float(v), 4) for v in tint] for k, tint in enumerate(TINTS)},
         "textures": [f"skimage.data.{t}" for t in TEXTURES],
     }
     (out / "bg-digits.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -13,6 +13,7 @@ alpha channel is ignored; palette masks use the palette index).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,14 +27,16 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["DatasetError", "MaskedImageFolder", "make_transform"]
+from ..errors import UserError
+
+__all__ = ["DatasetError", "MaskedImageFolder", "make_transform", "mask_warnings"]
 
 _MAX_LISTED = 20
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset on disk is malformed (missing, orphan, unreadable or mismatched files)."""
 
 
@@ -306,3 +309,38 @@ class MaskedImageFolder(Dataset):
         image = F.to_dtype(image, torch.float32, scale=True).as_subclass(Tensor)
         mask = mask.to(torch.float32).as_subclass(Tensor)
         return image, mask, label
+
+
+def _coverage(path: Path) -> str:
+    """``"empty"`` (no foreground pixel), ``"full"`` (no background pixel) or ``""``, for one mask file."""
+    try:
+        fg = _read_mask(path)
+    except _PIL_ERRORS:
+        return ""  # unreadable files are reported when they are loaded
+    total = int(fg.sum())
+    return "empty" if total == 0 else "full" if total == fg.numel() else ""
+
+
+def mask_warnings(dataset: MaskedImageFolder, *, threads: int = 4) -> list[str]:
+    """Why the masks of ``dataset`` may not mean what the user intends: one message per kind of problem.
+
+    Every mask is read once: masks without foreground (the heatmap loss then pushes all relevance
+    away), masks without background (nothing to keep relevance off), and JPEG masks (lossy: the
+    compression noise around edges is nonzero, hence foreground).
+    """
+    masks = [m for _, m, _ in dataset.samples if m is not None]
+    if not masks:
+        return []
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL decodes without the GIL
+        kinds = list(pool.map(_coverage, masks))
+    found = []
+    for kind, meaning in (("empty", "no foreground (all zero)"), ("full", "no background (all foreground)")):
+        paths = [m for m, k in zip(masks, kinds) if k == kind]
+        if paths:
+            found.append(f"{len(paths)} of {len(masks)} masks in {dataset.root} have {meaning}, e.g. "
+                         f"{', '.join(str(p) for p in paths[:3])}")
+    jpeg = [m for m in masks if m.suffix.lower() in (".jpg", ".jpeg")]
+    if jpeg:
+        found.append(f"{len(jpeg)} of {len(masks)} masks in {dataset.root} are JPEG files, e.g. {jpeg[0]}: JPEG "
+                     "noise around edges is nonzero and counts as foreground; save masks as PNG")
+    return found

@@ -90,9 +90,9 @@ class Trace:
                 heat = self.x * grads[0]
             layers = {n: t * g for n, t, g in zip(names, wrt[1:], grads[1:])}
         if self.lrp.check_finite:
-            _check_finite(heat, "input")
+            _check_finite(heat, "input", self.x)
             for name, rel in layers.items():
-                _check_finite(rel, name)
+                _check_finite(rel, name, self.x)
         return Relevance(heat, layers)
 
     def class_relevances(self, *, create_graph: bool = False, retain_graph: bool | None = None) -> list[Relevance]:
@@ -117,14 +117,33 @@ class Trace:
         return self.relevance(quantity, create_graph=create_graph, retain_graph=retain_graph).input
 
 
-def _check_finite(relevance: Tensor, where: str) -> None:
+def _check_finite(relevance: Tensor, where: str, x: Tensor) -> None:
     if not torch.isfinite(relevance).all():
         bad = (~torch.isfinite(relevance)).sum().item()
+        bad_input = (~torch.isfinite(x.detach())).sum().item()
+        if bad_input:  # only looked at once something is wrong: no extra cost on the normal path
+            raise FloatingPointError(
+                f"the input holds {bad_input} NaN or infinite values, so the relevance is undefined; clean "
+                "the input first (e.g. torch.nan_to_num)")
         raise FloatingPointError(
             f"{bad} non-finite relevance values at {where}: the model output or an activation "
             "overflowed, or epsilon is 0 where a pre-activation is 0. Check the input range, use "
             "epsilon > 0, or run in float32."
         )
+
+
+def _check_bounds(bounds: Bounds) -> None:
+    """Z^B bounds: a (low, high) pair, floats or per-channel tensors, with low <= high everywhere."""
+    try:
+        low, high = bounds
+        low_t, high_t = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
+        wrong = bool((low_t > high_t).any())
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"bounds must be a (low, high) pair of floats or per-channel tensors; "
+                         f"got {bounds!r}") from None
+    if wrong:
+        raise ValueError(f"bounds: low must be <= high (the lowest and highest input values); got low={low}, "
+                         f"high={high}")
 
 
 class LRPFlex:
@@ -151,6 +170,7 @@ class LRPFlex:
                  bounds: Bounds = (0.0, 1.0), layers: Sequence[str] = (), check_finite: bool = True) -> None:
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        _check_bounds(bounds)
         check_activations(model)
         named_submodules(model, layers)
         self.model, self.epsilon, self.zb = model, float(epsilon), zb
@@ -158,6 +178,10 @@ class LRPFlex:
 
     def trace(self, x: Tensor) -> Trace:
         """Run the model on ``x`` and keep what the relevance pass needs."""
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            found = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"LRP-Flex explains floating-point inputs; got {found}. Convert images first, "
+                            "e.g. x.float() / 255 for pixels in [0, 1] (the default Z^B bounds)")
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         switch = BackwardSwitch(self.epsilon)
         mode = LRPMode(switch, x_in if self.zb else None)

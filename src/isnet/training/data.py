@@ -6,6 +6,8 @@ so a resumed run sees exactly the batches (and augmentations) an uninterrupted r
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,9 +15,12 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import MaskedImageFolder, make_transform
+from ..data.folder import DatasetError, mask_warnings
+from ..errors import IsnetWarning, UserError
 
 __all__ = ["MaskedDataModule", "epoch_seed"]
 
@@ -47,8 +52,8 @@ def _probe_image_size(dataset: MaskedImageFolder) -> int:
     with Image.open(path) as im:
         width, height = im.size
     if width != height:
-        raise ValueError(f"image {path} is {width}x{height}; pass an image size (--image-size) to resize "
-                         "images to a square")
+        raise UserError(f"image {path} is {width}x{height}; pass an image size (--image-size) to resize "
+                        "images to a square")
     return width
 
 
@@ -90,14 +95,17 @@ class MaskedDataModule(L.LightningDataModule):
         if train is not None:
             probe = MaskedImageFolder(train, masks=train_masks, classes=classes)
             if len(probe) == 0:
-                raise ValueError(f"dataset {train} holds no images")
+                raise DatasetError(f"dataset {train} holds no images")
+            if train_masks and rank_zero_only.rank == 0:  # under DDP, one process reports
+                for message in mask_warnings(probe, threads=min(8, os.cpu_count() or 1)):
+                    warnings.warn(message, IsnetWarning, stacklevel=2)
             self.image_size = image_size or _probe_image_size(probe)
             self.classes = list(probe.classes)
             probe.transform = make_transform(self.image_size, train=True, hflip=hflip)
             self.train_set = probe
         else:
             if classes is None or image_size is None:
-                raise ValueError("without a training set, give classes and image_size")
+                raise UserError("without a training set, give classes and image_size")
             self.image_size, self.classes = image_size, list(classes)
         eval_transform = make_transform(self.image_size, train=False)
         if val is not None:

@@ -1,17 +1,19 @@
 """``fit``: one training run from a configuration to a run folder.
 
-Steps: scan the datasets (errors name the files, nothing is trained); calibrate C1/C2 with a
-short standard run when a heatmap-loss objective has none; train from a fresh initialisation
-with the same seed; write the run folder (:mod:`isnet.checkpoints`). A run killed at any
-point resumes from its last checkpoint and ends where an uninterrupted run would.
+Steps: check everything that can be checked before writing (options, run folder, resume
+rules, hardware, datasets, architecture and objective); calibrate C1/C2 with a short standard
+run when a heatmap-loss objective has none; train from a fresh initialisation with the same
+seed; write the run folder (:mod:`isnet.checkpoints`). A run killed at any point resumes from
+its last checkpoint and ends where an uninterrupted run would; a run that failed is started
+again with ``overwrite`` (:mod:`isnet.paths` says what may be replaced).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,16 +22,24 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..checkpoints import CHECKPOINTS, CONFIG, MODEL, write_json
-from ..config import RESUMABLE, TrainConfig
-from ..objectives import get_objective
+from ..config import TrainConfig
+from ..data.folder import DatasetError
+from ..errors import UserError
+from ..objectives import Objective, get_objective
+from ..paths import check_run_folder, clear_run
 from .data import MaskedDataModule
 from .module import ISNetModule, TrainingDiverged
+from .resume import explicit_options, resume_config
 
 __all__ = ["fit"]
+
+_log = logging.getLogger("isnet.training")
 
 
 class _RunFiles(Callback):
@@ -110,20 +120,78 @@ def _trainer(cfg: TrainConfig, *, max_epochs: int, logger, callbacks: Sequence[C
     )
 
 
-def _resume_config(given: Mapping[str, Any], run: Path) -> TrainConfig:
-    path = run / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
-    saved = TrainConfig.from_dict(json.loads(path.read_text()))
-    for name in RESUMABLE:
-        if name in given:
-            setattr(saved, name, given[name])
-    saved.out, saved.resume = str(run), True
-    return saved
+_LAUNCHERS = ("MASTER_ADDR", "NODE_RANK", "WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID",
+              "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def _launching_process() -> bool:
+    """Whether this is the process that checks and prepares the run folder (global rank 0).
+
+    Lightning relaunches ``isnet train`` once per device; those processes (and the other nodes)
+    trust the checks of the first one, which has already started writing.
+    """
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
+
+
+def _check_hardware(cfg: TrainConfig) -> None:
+    """Refuse hardware options that cannot work here, before anything is written."""
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"--accelerator {cfg.accelerator}: no CUDA GPU is available here "
+                        "(torch.cuda.is_available() is False); use --accelerator cpu or auto")
+    if cfg.num_nodes > 1 and not any(os.environ.get(name) for name in _LAUNCHERS):
+        raise UserError(f"--num-nodes {cfg.num_nodes} needs a multi-node launch, or the run waits forever for the "
+                        "other nodes: start the command on every node with MASTER_ADDR, MASTER_PORT and NODE_RANK "
+                        "set, or under SLURM or torchrun (WORLD_SIZE)")
+    try:
+        with _quiet_lightning(True):
+            _trainer(cfg, max_epochs=1, logger=False, callbacks=[], checkpointing=False)
+    except (MisconfigurationException, ValueError, TypeError) as err:  # Lightning's words for bad values
+        options = (f"--accelerator {cfg.accelerator} --devices {cfg.devices} --num-nodes {cfg.num_nodes} "
+                   f"--strategy {cfg.strategy} --precision {cfg.precision}")
+        raise UserError(f"the hardware options ({options}) do not work here: {err}") from None
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """Build the module once (architecture, deep-supervision layers, the objective's own checks)."""
+    probe = TrainConfig.from_dict(cfg.to_dict())
+    if probe.C1 is None:
+        probe.C1, probe.C2 = 1.0, 25.0  # placeholders: only the construction is checked
+    ISNetModule.from_config(probe)
+
+
+def _objective(name: str) -> Objective:
+    try:
+        return get_objective(name)
+    except ValueError as err:
+        raise UserError(f"--variant: {err}") from None
+
+
+def _short(error: Exception) -> str:
+    """The message of an error, without the traceback text a DataLoader worker puts around it."""
+    text = str(error)
+    if "Traceback (most recent call last)" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(f"{type(error).__name__}: ", 1)[-1]
+    return text
+
+
+@contextlib.contextmanager
+def _unfinished_run_hints(run: Path) -> Iterator[None]:
+    """Errors after the run folder was written say how to continue or start again."""
+    try:
+        yield
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{err} To train with other options, run the command again with --overwrite "
+                               "(this unfinished run is replaced) or another --out.") from None
+    except DatasetError as err:
+        raise DatasetError(f"{_short(err)}\n{run} now holds an unfinished run: fix the file, then continue with "
+                           "--resume, or start again with --overwrite.") from None
 
 
 def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dict[str, float]:
     """Train a standard classifier for ``calibrate_epochs``; C1/C2 from its last epoch's heatmaps."""
+    _log.info(f"calibrating C1 and C2: a standard classifier trains for {cfg.calibrate_epochs} epoch(s); its "
+              f"last epoch records the total relevance of the {cfg.variant} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ISNetModule.from_config(cfg, calibrate=True)
     logger = CSVLogger(run, name="calibration", version="")
@@ -135,66 +203,105 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dic
     result = {key: float(metrics[f"calibration/{key}"]) for key in ("C1", "C2", "mean", "std", "n")}
     result["n"] = int(result["n"])
     result["epochs"] = cfg.calibrate_epochs
+    _log.info(f"calibrated C1 = {result['C1']:.4g}, C2 = {result['C2']:.4g} (relevance totals of {result['n']} "
+              f"heatmaps: mean {result['mean']:.4g}, std {result['std']:.4g})")
     return result
+
+
+def _checkpoints(run: Path, monitored: bool) -> list[ModelCheckpoint]:
+    """``best.ckpt`` (best monitored accuracy) and ``last.ckpt``, written at the end of every epoch.
+
+    ``last`` is a callback of its own: Lightning's ``save_last`` skips epochs that did not
+    improve the monitored metric, and a resume from such a ``last.ckpt`` would repeat them.
+    """
+    metric = "val/acc" if monitored else "train/acc_epoch"
+    best = ModelCheckpoint(dirpath=run / CHECKPOINTS, filename="best", monitor=metric, mode="max", save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=run / CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+    return [best, last]
 
 
 def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback] = ()) -> Path:
     """Train a classifier as configured and return the run folder.
 
-    Steps: scan the datasets (errors name the files, nothing is trained); calibrate C1/C2 with
-    a ``standard`` run of ``calibrate_epochs`` when they are not given and the variant uses the
-    heatmap loss; train from a fresh initialisation (same seed); write ``config.json``,
-    checkpoints, ``metrics.csv`` and ``model.pt`` to ``config.out``.
+    Steps: check the options, the run folder, the hardware, the datasets (errors name the
+    files), the architecture and the objective, all before anything is written; calibrate
+    C1/C2 with a ``standard`` run of ``calibrate_epochs`` when they are not given and the
+    variant uses the heatmap loss; train from a fresh initialisation (same seed); write
+    ``config.json`` (the resolved configuration, with the background-swap probability used),
+    checkpoints, ``metrics.csv`` and ``model.pt`` to ``config.out``. Progress lines (calibration
+    and its values, resume, overwrite) go to the ``isnet.training`` logger at INFO level; the
+    command prints them.
 
-    With ``resume=True`` the run folder's ``config.json`` is reused (only the
-    :data:`isnet.config.RESUMABLE` present in a ``config`` mapping replace the saved ones, e.g. a larger
-    ``epochs``) and training continues from ``checkpoints/last.ckpt``, written at the end of
-    every epoch (a run killed mid-epoch repeats that epoch from its start).
+    A folder that already holds a run is refused unless ``resume`` or ``overwrite``
+    (:func:`isnet.paths.check_run_folder`). With ``resume=True`` the run folder's
+    ``config.json`` is reused and training continues from ``checkpoints/last.ckpt``, written at
+    the end of every epoch (a run killed mid-epoch repeats that epoch from its start); only the
+    :data:`isnet.config.RESUMABLE` options may differ from the saved ones, and ``epochs`` may
+    not fall below the epochs completed (:mod:`isnet.training.resume`).
 
     Raises
     ------
+    isnet.errors.UserError
+        An option, folder or file that cannot work (the run folder is left as it was).
     isnet.data.DatasetError
         A malformed dataset (missing mask, unreadable image, ...), before training.
     TrainingDiverged
         NaN / infinite loss; the last good checkpoint stays in ``checkpoints/last.ckpt``.
     """
-    given = dict(config) if isinstance(config, Mapping) else config.to_dict()
-    cfg = TrainConfig.from_dict(given)
+    given = explicit_options(config)
+    cfg = TrainConfig.from_dict(config if isinstance(config, Mapping) else config.to_dict())
     run = Path(cfg.out).expanduser()
+    checks = _launching_process()  # the other processes of a DDP run trust its checks
+    clear: list[str] = []
+    ckpt_path = None
+    if cfg.resume and cfg.overwrite:
+        raise UserError("--resume continues a run and --overwrite starts it again; give one of them")
     if cfg.resume:
-        cfg = _resume_config(given, run)
-    elif (run / CONFIG).exists() or (run / CHECKPOINTS).exists():
-        raise FileExistsError(f"{run} already holds a run; pass resume (--resume) or choose another output folder")
-    cfg.validate()
-    objective = get_objective(cfg.variant)
+        cfg, ckpt_path = resume_config(given, run, check=checks)
+    else:
+        cfg.validate()
+        if checks:
+            clear = check_run_folder(run, overwrite=cfg.overwrite, datasets=[d for d in (cfg.train, cfg.val) if d])
+    objective = _objective(cfg.variant)
+    cfg.background_swap = objective.swap_probability(cfg.background_swap)  # config.json records the value used
+    _check_hardware(cfg)
     with _quiet_lightning(cfg.quiet):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = MaskedDataModule(
             cfg.train, cfg.val, image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers,
-            seed=cfg.seed, hflip=cfg.hflip, classes=cfg.classes, train_masks=objective.needs_masks)
+            seed=cfg.seed, hflip=cfg.hflip, classes=cfg.classes,
+            train_masks=objective.needs_masks or cfg.background_swap > 0)  # the swap reads the masks too
         if len(datamodule.classes) < 2:
-            raise ValueError(f"dataset {cfg.train} has {len(datamodule.classes)} class folder(s); need at least 2")
-        cfg.classes, cfg.num_classes, cfg.image_size = datamodule.classes, len(datamodule.classes), datamodule.image_size
+            raise DatasetError(f"dataset {cfg.train} has {len(datamodule.classes)} class folder(s); need at least 2")
+        cfg.classes, cfg.num_classes = datamodule.classes, len(datamodule.classes)
+        cfg.image_size = datamodule.image_size
+        _check_model(cfg)
+        # every check passed: from here on the run folder is written
+        if clear:
+            clear_run(run, clear)
+            _log.info(f"--overwrite: removed the unfinished run's {', '.join(clear)} from {run}")
+        if ckpt_path is not None:
+            _log.info(f"resuming {run} from {ckpt_path.name}, to {cfg.epochs} epochs")
         run.mkdir(parents=True, exist_ok=True)
-        if objective.heatmap_loss and cfg.C1 is None:
-            cfg.calibration = _calibrate(cfg, datamodule, run)
-            cfg.C1, cfg.C2 = cfg.calibration["C1"], cfg.calibration["C2"]
+        with _unfinished_run_hints(run):
+            if objective.heatmap_loss and cfg.C1 is None:
+                cfg.calibration = _calibrate(cfg, datamodule, run)
+                cfg.C1, cfg.C2 = cfg.calibration["C1"], cfg.calibration["C2"]
 
-        L.seed_everything(cfg.seed, workers=True, verbose=False)  # the ISNet starts from a fresh init
-        resolved = cfg.to_dict()
-        module = ISNetModule.from_config(cfg)
-        monitor = ("val/acc", "best") if cfg.val is not None else ("train/acc_epoch", "best")
-        checkpoint = ModelCheckpoint(dirpath=run / CHECKPOINTS, filename=monitor[1], monitor=monitor[0],
-                                     mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False)
-        logger = _RunLogger(run)
-        trainer = _trainer(cfg, max_epochs=cfg.epochs, logger=logger,
-                           callbacks=[checkpoint, _RunFiles(run, resolved), *callbacks], checkpointing=True)
-        last = run / CHECKPOINTS / "last.ckpt"
-        ckpt_path = str(last) if cfg.resume and last.is_file() else None
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        except TrainingDiverged as err:
-            kept = (f"the last good checkpoint is {last}" if last.is_file()
-                    else "no checkpoint had been written yet")
-            raise TrainingDiverged(f"{err} Nothing was saved from the diverged epoch; {kept}.") from None
+            L.seed_everything(cfg.seed, workers=True, verbose=False)  # the ISNet starts from a fresh init
+            resolved = cfg.to_dict()
+            module = ISNetModule.from_config(cfg)
+            logger = _RunLogger(run)
+            trainer = _trainer(cfg, max_epochs=cfg.epochs, logger=logger, checkpointing=True,
+                               callbacks=[*_checkpoints(run, cfg.val is not None), _RunFiles(run, resolved),
+                                          *callbacks])
+            last = run / CHECKPOINTS / "last.ckpt"
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            except TrainingDiverged as err:
+                kept = (f"the last good checkpoint is {last}" if last.is_file()
+                        else "no checkpoint had been written yet")
+                raise TrainingDiverged(f"{err} Nothing was saved from the diverged epoch; {kept}.") from None
     return run

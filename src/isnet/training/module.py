@@ -97,9 +97,8 @@ class ISNetModule(L.LightningModule):
         if not calibrate:
             net = ISNet(model, objective.explains, deep_supervision=cfg.deep_supervision, **lrp)
             return cls(net, criterion, objective, cfg)
-        swap = objective.swap_probability(cfg.background_swap)
         plain = TrainConfig.from_dict(cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None,
-                                                        "p_warmup": 0.0, "background_swap": swap})
+                                                        "p_warmup": 0.0, "background_swap": cfg.calibration_swap})
         return cls(ISNet(model, "standard", **lrp), criterion, get_objective("standard"), plain,
                    calibrate_for=ISNet(model, objective.explains, **lrp))
 

@@ -1,0 +1,221 @@
+"""Grid modes of the background-bias benchmark: a hyper-parameter sweep, a swap dose and mask quality.
+
+Each mode is a list of named runs (a benchmark method with some options changed) trained by the
+resumable grid (:mod:`isnet.bench.grid`) on the benchmark's data, sizes and seeds, and evaluated
+like the main grid (:mod:`isnet.bench.bias`); an interrupted mode continues where it stopped.
+
+* ``--sweep`` (:func:`run_sweep`): every value of :data:`~isnet.bench.presets.SWEEP` for each
+  method, without and with the swap. The value *selected* for a method is the one with the best
+  accuracy on the biased validation split (what a practitioner without unbiased data would pick,
+  last epoch, mean over seeds); the *oracle* pick is the best on the unbiased test set, an upper
+  bound that peeks at the test data. Writes ``sweep.json`` and ``sweep.md``.
+* ``--swap-dose`` (:func:`run_swap_dose`): each method at every swap probability of
+  :data:`~isnet.bench.presets.SWAP_PROBABILITIES`. Writes ``swap_dose.json``, ``swap_dose.md``
+  and ``figures/swap_dose.png`` (deceiving and unbiased accuracy against the probability).
+* ``--mask-quality`` (:func:`run_mask_quality`): each method trained with degraded training
+  masks (:func:`isnet.data.bg_digits.degrade_masks`; validation and test masks stay exact).
+  Writes ``mask_quality.json`` and ``mask_quality.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..checkpoints import write_json
+from ..figures import save_figure
+from ..tables import markdown_table, percent
+from .bias import BiasTestSet, bench_grid, make_test_sets, measured_lrp, prepare_data
+from .grid import Log, clock, console_log, run_grid
+from .presets import (
+    MASK_QUALITIES, MASK_QUALITY_METHODS, METHODS, OCCLUDED, RELATIVE_COST, SWAP, SWAP_DOSE_METHODS,
+    SWAP_PROBABILITIES, SWEEP, TEST_SETS, BiasBenchConfig,
+)
+from .report import aggregate, swap_label
+
+__all__ = ["run_mask_quality", "run_swap_dose", "run_sweep"]
+
+_log = console_log("bench bias")
+Runs = dict[str, dict[str, Any]]
+
+
+def _check(methods: Sequence[str], allowed: Sequence[str], mode: str) -> list[str]:
+    unknown = [m for m in methods if m not in allowed]
+    if unknown or not methods:
+        raise ValueError(f"{mode}: unknown or no methods {unknown}; choose from {list(allowed)}")
+    return list(methods)
+
+
+def _setup(cfg: BiasBenchConfig, out: str | Path, used: Sequence[str], log: Log
+           ) -> tuple[Path, dict[str, Path], dict[str, BiasTestSet], float]:
+    """Validate ``cfg`` for the methods whose options the runs use; BG-Digits on disk and the test sets."""
+    dataclasses.replace(cfg, methods=list(used)).validate()
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads and cfg.jobs == 1:
+        torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    data = prepare_data(out / "data", cfg)
+    log(f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test set; {cfg.placement}, "
+        f"{cfg.cue} cue) in {out / 'data'}", start)
+    return out, data, make_test_sets(cfg), start
+
+
+def _train(cfg: BiasBenchConfig, out: Path, folder: str, runs: Runs, data: dict[str, Path],
+           tests: dict[str, BiasTestSet], start: float, log: Log,
+           method_data: Mapping[str, Mapping[str, Path]] | None = None) -> dict[str, dict[str, Any]]:
+    """Train and evaluate ``runs`` into ``out/folder``; per run: val accuracy, test accuracies, relevance."""
+    cost = {name: RELATIVE_COST.get(name.partition(":")[0], 1) for name in runs}
+    log(f"{len(runs)} run(s) x {cfg.seeds} seed(s) into {out / folder}", start)
+    records = run_grid(bench_grid(cfg, out / folder, runs, data, tests, cost=cost, method_data=method_data),
+                       start, log)
+    aggregated, train_time, _ = aggregate(records)
+    summary = {}
+    for name, recs in records.items():
+        sets = aggregated[name]
+        vals = [r["val_accuracy"] for r in recs if r.get("val_accuracy") is not None]
+        summary[name] = {
+            "val_accuracy": float(np.mean(vals)) if vals else None,
+            **{test: sets[test]["accuracy"] for test in (*TEST_SETS, OCCLUDED) if test in sets},
+            "background_relevance": sets["deceiving"]["background_relevance"],
+            "seeds": len(recs), "train_time_s": train_time[name],
+        }
+    return summary
+
+
+def _row(summary: Mapping[str, Any]) -> dict[str, str]:
+    return {"val acc (%)": percent(summary["val_accuracy"]),
+            **{f"{test} (%)": percent(summary.get(test)) for test in TEST_SETS},
+            "bg rel. deceiving (%)": percent(summary["background_relevance"])}
+
+
+def _config(cfg: BiasBenchConfig, runs: Runs, start: float) -> dict[str, Any]:
+    return {"bench": dataclasses.asdict(cfg), "runs": runs, "measured_lrp": measured_lrp(cfg),
+            "total_time_s": time.perf_counter() - start}
+
+
+def _best(values: Mapping[str, Mapping[str, Any]], key: str) -> str | None:
+    """The value whose run scores highest on ``key`` (the first of equals)."""
+    scored = [(v, s[key]) for v, s in values.items() if s.get(key) is not None]
+    return max(scored, key=lambda item: item[1])[0] if scored else None
+
+
+def _pair(summary: Mapping[str, Any] | None) -> str:
+    if summary is None:
+        return "-"
+    return f"{percent(summary['unbiased'])} / {percent(summary['deceiving'])}"
+
+
+def run_sweep(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] | None = None,
+              sweep: Mapping[str, tuple[str, Sequence[float]]] = SWEEP, log: Log = _log) -> dict[str, Any]:
+    """The hyper-parameter sweep (module docstring); returns what ``sweep.json`` holds."""
+    bases = _check(methods or list(sweep), list(sweep), "sweep")
+    swept = sorted({sweep[b][0] for b in bases} & set(cfg.train_options))
+    if swept:
+        raise ValueError(f"sweep: train_options set {swept}, which the sweep varies")
+    variants = [m for b in bases for m in (b, b + SWAP)]
+    out, data, tests, start = _setup(cfg, out, variants, log)
+    runs: Runs = {}
+    for method in variants:
+        option, values = sweep[method.removesuffix(SWAP)]
+        for value in values:
+            runs[f"{method}:{option}={value:g}"] = {**METHODS[method], option: value}
+    summary = _train(cfg, out, "runs-sweep", runs, data, tests, start, log)
+    picks: dict[str, Any] = {}
+    rows, chosen = [], []
+    for method in variants:
+        option, values = sweep[method.removesuffix(SWAP)]
+        by_value = {f"{v:g}": summary[f"{method}:{option}={v:g}"] for v in values}
+        selected, oracle = _best(by_value, "val_accuracy"), _best(by_value, "unbiased")
+        picks[method] = {"option": option, "values": by_value, "selected": selected, "oracle": oracle,
+                         "background_swap": METHODS[method]["background_swap"]}
+        for value, s in by_value.items():
+            pick = ", ".join(name for name, v in (("selected", selected), ("oracle", oracle)) if v == value)
+            rows.append({"method": method, "swap": swap_label(METHODS[method]["background_swap"]),
+                         "option": option, "value": value, **_row(s), "pick": pick})
+        chosen.append({"method": method, "option": option,
+                       "selected (val)": str(selected), "its unbiased / deceiving (%)": _pair(by_value.get(selected)),
+                       "oracle (unbiased test)": str(oracle),
+                       "oracle's unbiased / deceiving (%)": _pair(by_value.get(oracle))})
+    result = {"sweep": picks, "config": _config(cfg, runs, start)}
+    write_json(out / "sweep.json", result)
+    (out / "sweep.md").write_text(
+        "# Hyper-parameter sweep\n\nSelected: best accuracy on the biased validation split (last epoch). Oracle: best "
+        "accuracy on the unbiased test set (peeks at the test data).\n\n"
+        f"{markdown_table(chosen)}\n\n{markdown_table(rows)}\n")
+    log(f"wrote {out / 'sweep.json'} and sweep.md (total {clock(time.perf_counter() - start)})", start)
+    return result
+
+
+def _dose_figure(curves: Mapping[str, Mapping[str, list]]) -> Figure:
+    """Deceiving and unbiased accuracy against the swap probability, one line per method."""
+    figure = Figure(figsize=(9.0, 3.6), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, test in zip(axes, ("deceiving", "unbiased")):
+        for method, curve in curves.items():
+            ax.plot(curve["probabilities"], [100 * v for v in curve[test]], marker="o", label=method)
+        ax.set_title(f"{test} test set")
+        ax.set_xlabel("background-swap probability")
+        ax.set_ylim(0.0, 102.0)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].legend(fontsize=8)
+    return figure
+
+
+def run_swap_dose(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] | None = None,
+                  probabilities: Sequence[float] = SWAP_PROBABILITIES, log: Log = _log) -> dict[str, Any]:
+    """Each method at every swap probability (module docstring); returns what ``swap_dose.json`` holds."""
+    bases = _check(methods or list(SWAP_DOSE_METHODS), SWAP_DOSE_METHODS, "swap dose")
+    out, data, tests, start = _setup(cfg, out, [b + SWAP for b in bases], log)
+    runs = {f"{b}:swap={p:g}": {**METHODS[b + SWAP], "background_swap": float(p)} for b in bases for p in probabilities}
+    summary = _train(cfg, out, "runs-swap-dose", runs, data, tests, start, log)
+    curves = {b: {"probabilities": [float(p) for p in probabilities],
+                  **{key: [summary[f"{b}:swap={p:g}"][key] for p in probabilities]
+                     for key in ("val_accuracy", *TEST_SETS, "background_relevance")}} for b in bases}
+    rows = [{"method": b, "swap probability": f"{p:g}", **_row(summary[f"{b}:swap={p:g}"])}
+            for b in bases for p in probabilities]
+    save_figure(_dose_figure(curves), out / "figures" / "swap_dose.png", dpi=110)
+    result = {"methods": curves, "config": _config(cfg, runs, start)}
+    write_json(out / "swap_dose.json", result)
+    (out / "swap_dose.md").write_text("# Background-swap dose\n\n" + markdown_table(rows) + "\n")
+    log(f"wrote {out / 'swap_dose.json'}, swap_dose.md and figures/swap_dose.png "
+        f"(total {clock(time.perf_counter() - start)})", start)
+    return result
+
+
+def run_mask_quality(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] | None = None,
+                     qualities: Sequence[str] = MASK_QUALITIES, log: Log = _log) -> dict[str, Any]:
+    """Each method trained with each training-mask quality (module docstring); returns ``mask_quality.json``'s content.
+
+    ``bbox`` equals ``exact`` for box masks and is then skipped (say ``mask="strokes"`` to study it).
+    """
+    chosen = _check(methods or list(MASK_QUALITY_METHODS), list(METHODS), "mask quality")
+    unknown = [q for q in qualities if q not in MASK_QUALITIES]
+    if unknown:
+        raise ValueError(f"mask quality: unknown qualities {unknown}; choose from {list(MASK_QUALITIES)}")
+    skipped = ["bbox"] if cfg.mask == "box" and "bbox" in qualities else []
+    kept = [q for q in qualities if q not in skipped]
+    out, data, tests, start = _setup(cfg, out, chosen, log)
+    if skipped:
+        log("mask quality: bbox skipped, the bounding box of a box mask is the box itself", start)
+    roots = {q: data if q == "exact" else prepare_data(out / "data-masks" / q, cfg, train_mask=q) for q in kept}
+    runs = {f"{m}:{q}": dict(METHODS[m]) for m in chosen for q in kept}
+    method_data = {f"{m}:{q}": roots[q] for m in chosen for q in kept}
+    summary = _train(cfg, out, "runs-mask-quality", runs, data, tests, start, log, method_data=method_data)
+    table = {m: {q: summary[f"{m}:{q}"] for q in kept} for m in chosen}
+    rows = [{"method": m, "training masks": q, **_row(table[m][q])} for m in chosen for q in kept]
+    result = {"methods": table, "skipped": skipped, "config": _config(cfg, runs, start)}
+    write_json(out / "mask_quality.json", result)
+    (out / "mask_quality.md").write_text(
+        "# Training-mask quality\n\nTraining masks degraded as named (validation and test masks exact).\n\n"
+        + markdown_table(rows) + "\n")
+    log(f"wrote {out / 'mask_quality.json'} and mask_quality.md (total {clock(time.perf_counter() - start)})", start)
+    return result

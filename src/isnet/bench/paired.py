@@ -1,0 +1,77 @@
+"""Paired comparisons between benchmark methods, seed by seed.
+
+Two methods trained with the same seed share their data order and initialisation, so the
+per-seed difference of a metric removes much of the seed-to-seed spread. The comparison of a
+method with its reference is the mean of these differences with a paired 95% t-interval
+(mean ± t(0.975, n - 1) · s / sqrt(n), s the sample standard deviation of the n
+differences); one seed gives a difference and no interval. Which pairs are compared is
+:func:`isnet.bench.presets.comparison_pairs`: every method against the standard classifier
+trained with the same swap setting, and every ``X+swap`` against ``X``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .presets import comparison_pairs
+
+__all__ = ["COMPARED", "comparison_sentence", "paired_comparisons", "paired_interval"]
+
+COMPARED = (("deceiving", "accuracy"), ("unbiased", "accuracy"), ("deceiving", "background_relevance"))
+"""(test set, metric) pairs compared: the accuracies that expose a shortcut, and where the relevance lies."""
+_NAMES = {"accuracy": "{test} accuracy", "background_relevance": "background relevance ({test})"}
+
+
+def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The t-interval of the mean of paired differences; None with fewer than two."""
+    from scipy.stats import t
+
+    n = len(differences)
+    if n < 2:
+        return None
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_comparisons(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Per pair and compared metric: per-seed differences (method minus reference), their mean and 95% interval.
+
+    ``records`` maps a method to its runs' records (``seed`` and ``results[test][metric]``);
+    only seeds both methods ran are paired.
+    """
+    out = []
+    for method, reference in comparison_pairs(list(records)):
+        mine = {r["seed"]: r["results"] for r in records[method]}
+        theirs = {r["seed"]: r["results"] for r in records[reference]}
+        seeds = sorted(set(mine) & set(theirs))
+        for test, metric in COMPARED:
+            diffs = [mine[s][test][metric] - theirs[s][test][metric] for s in seeds
+                     if mine[s][test][metric] is not None and theirs[s][test][metric] is not None]
+            if not diffs:
+                continue
+            interval = paired_interval(diffs)
+            out.append({"method": method, "reference": reference, "test_set": test, "metric": metric,
+                        "seeds": len(diffs), "differences": diffs, "mean": sum(diffs) / len(diffs),
+                        "ci95": list(interval) if interval else None})
+    return out
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def comparison_sentence(entries: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence for the compared metrics of one pair (differences in percentage points)."""
+    first = entries[0]
+    parts = []
+    for e in entries:
+        what = f"{_NAMES[e['metric']].format(test=e['test_set'])} {_points(e['mean'])} points"
+        if e["ci95"] is not None:
+            what += f" (95% CI {_points(e['ci95'][0])} to {_points(e['ci95'][1])})"
+        parts.append(what)
+    seeds = "one seed, no interval" if first["seeds"] == 1 else f"{first['seeds']} seeds, paired by seed"
+    return f"{first['method']} vs {first['reference']}: {', '.join(parts)}; {seeds}."

@@ -1,0 +1,60 @@
+"""What counts as a user's mistake, and how isnet reports it.
+
+A :class:`UserError` is raised when what the user asked for cannot be done as asked: an
+option out of range, a file that is not what it should be, an output that would overwrite
+something. Its message names the option or file and says what to do. The ``isnet`` command
+prints it as one line (``isnet CMD: error: ...``) and exits with status 2; any other
+exception is a bug and keeps its traceback.
+
+``UserError`` is a ``ValueError``, so code that catches ``ValueError`` keeps working. The
+subclasses that are also ``FileExistsError`` / ``FileNotFoundError`` keep the standard
+meaning for callers that test for those.
+
+:class:`IsnetWarning` marks warnings about suspicious but usable input (empty masks, random
+weights); the command prints them as ``isnet CMD: warning: ...``.
+
+This module imports only the standard library, so every other module may import it.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["IsnetWarning", "OutputExistsError", "UserError", "UserFileNotFoundError", "command_warnings"]
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message says which option or file, and what to do."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output would overwrite a file or run folder that isnet may not replace."""
+
+
+class UserFileNotFoundError(UserError, FileNotFoundError):
+    """An input file or folder the user named does not exist."""
+
+
+class IsnetWarning(UserWarning):
+    """Input that isnet can use, but probably not as the user meant (the command shows it as a warning)."""
+
+
+@contextmanager
+def command_warnings(command: str) -> Iterator[None]:
+    """Show :class:`IsnetWarning` as ``isnet COMMAND: warning: ...`` on stderr; other warnings as usual."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, IsnetWarning):
+            print(f"isnet {command}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
