@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
+from .layout import check_empty_output, write_split
 from .cxr_anatomy import CLASSES, render_chest
 from .cxr_hospitals import HOSPITALS, acquire
 from .cxr_lungs import POOL_FRACTIONS, REJECT_REASONS, archive_path, lung_catalogue, lung_pools
@@ -203,10 +202,6 @@ def to_tensors(d: BGCXR) -> tuple[Tensor, Tensor, Tensor]:
     return gray.expand(-1, 3, -1, -1).contiguous(), masks, torch.from_numpy(d.labels.copy())
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path, format="PNG")  # uint8 (H, W): mode L
-
-
 def write_dataset(
     out: str | Path,
     *,
@@ -245,9 +240,7 @@ def write_dataset(
     dict
         Split name (``"train"``, ``"val"``, ``"test/biased"``, ...) -> its directory.
     """
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty directory")
+    out = check_empty_output(out)
     unknown = [t for t in tests if t not in BIASES]
     if unknown:
         raise ValueError(f"tests must be among {BIASES}, got {unknown}")
@@ -259,23 +252,16 @@ def write_dataset(
     for name, pool, bias, count in plan:
         d = generate(count, split=pool, seed=seed, bias=bias, image_size=image_size, correlation=correlation)
         root = out / name
-        for sub in ("images", "masks", "shortcuts"):
-            for cls in CLASSES:
-                (root / sub / cls).mkdir(parents=True, exist_ok=True)
+        files = write_split(root, CLASSES, d.labels, d.images, d.masks, {"shortcuts": d.shortcut_masks},
+                            progress="bg-cxr" if progress else None)
         rows = [("file", "label", "class", "hospital", "hospital_name", "lung_mask")]
-        for i in range(count):
-            rel = Path(CLASSES[d.labels[i]]) / f"{i:05d}.png"
-            _save_png(d.images[i], root / "images" / rel)
-            _save_png(d.masks[i].astype(np.uint8) * 255, root / "masks" / rel)
-            _save_png(d.shortcut_masks[i].astype(np.uint8) * 255, root / "shortcuts" / rel)
+        for i, rel in enumerate(files):
             lung = catalogue.names[d.lung_ids[i]].rsplit("/", 1)[-1]
             rows.append((rel.as_posix(), int(d.labels[i]), CLASSES[d.labels[i]], int(d.hospitals[i]),
                          HOSPITALS[d.hospitals[i]].name, lung))  # fmt: skip
         with open(root / "index.csv", "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle, lineterminator="\n").writerows(rows)
         paths[name] = root
-        if progress:
-            print(f"bg-cxr: wrote {count} images to {root}", file=sys.stderr)
 
     pools = lung_pools(seed)
     meta = {

@@ -19,15 +19,14 @@ masks cost.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
+from .layout import check_empty_output, write_split
 from .bg_digits_parts import CANVAS, MASK_DEGRADATIONS, TEXTURES, TINTS, backgrounds, degrade_masks
 
 __all__ = [
@@ -269,10 +268,6 @@ def to_tensors(d: BGDigits) -> tuple[Tensor, Tensor, Tensor]:
     return images.contiguous(), masks, torch.from_numpy(d.labels.copy())
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path, format="PNG")
-
-
 def write_dataset(
     out: str | Path,
     *,
@@ -318,9 +313,7 @@ def write_dataset(
     dict
         Split name (``"train"``, ``"val"``, ``"test/biased"``, ...) -> its directory.
     """
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty directory")
+    out = check_empty_output(out)
     tests = BIASES if extra_tests else BIASES[:3]
     plan = [("train", "train", "biased", n_train), ("val", "val", "biased", n_val)]
     plan += [(f"test/{bias}", "test", bias, n_test) for bias in tests]
@@ -333,17 +326,9 @@ def write_dataset(
         if name == "train":
             masks = degrade_masks(masks, train_mask, seed=seed, scale=image_size // CANVAS)
         root = out / name
-        for sub in ("images", "masks", "patches"):
-            for cls in range(_N_CLASSES):
-                (root / sub / str(cls)).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            rel = Path(str(d.labels[i])) / f"{i:05d}.png"
-            _save_png(d.images[i], root / "images" / rel)
-            _save_png(masks[i].astype(np.uint8) * 255, root / "masks" / rel)
-            _save_png(d.patch_masks[i].astype(np.uint8) * 255, root / "patches" / rel)
+        write_split(root, [str(c) for c in range(_N_CLASSES)], d.labels, d.images, masks,
+                    {"patches": d.patch_masks}, progress="bg-digits" if progress else None)
         paths[name] = root
-        if progress:
-            print(f"bg-digits: wrote {count} images to {root}", file=sys.stderr)
 
     meta = {
         "name": "BG-Digits",
