@@ -1,26 +1,34 @@
-"""LRP-Flex: Layer-wise Relevance Propagation for any ReLU network.
+"""LRP-Flex: Layer-wise Relevance Propagation for any network built from supported operations.
 
-The heatmap pass is ordinary autograd with one change: the backward of every
-piecewise-linear activation ``a = f(z)`` multiplies the incoming gradient by
-``f(z) / (z + eps * sign(z))`` (``a / (a + eps)`` for a ReLU) instead of ``f'(z)``.
-Relevance of a tensor ``t`` is ``t * g_t``, with ``g_t`` that modified gradient.
-This is LRP-epsilon on layers feeding an activation and LRP-0 elsewhere; with
-``eps = 0`` it is gradient x input. The first conv/linear -> [batch norm] -> ReLU
-block can use the Z^B rule instead (pixel bounds ``low``/``high``).
+The heatmap pass is ordinary autograd with a rule per operation. Relevance of a tensor
+``t`` is ``t * g_t``, with ``g_t`` the modified gradient. ReLU-type activations multiply
+the incoming gradient by ``f(z) / (z + eps * sign(z))`` (``a / (a + eps)`` for a ReLU),
+which makes layers feeding them LRP-epsilon (LRP-0 elsewhere; ``eps = 0`` gives gradient
+x input on ReLU networks). Smooth activations pass relevance unchanged (identity rule),
+normalisations hold their statistics constant, products of two activations split
+relevance half and half (AttnLRP's uniform rule, also inside attention). The first
+conv/linear layer can use the Z^B rule instead (pixel bounds ``low``/``high``), and
+convolutions and linear layers can use LRP-z+.
 
-Activations are intercepted with a thread-local :class:`~torch.overrides.TorchFunctionMode`
+Calls are intercepted with a thread-local :class:`~torch.overrides.TorchFunctionMode`
 that is active only while a :class:`LRPFlex` traces a forward pass. Modules,
-functional calls, tensor methods, reused and in-place ReLUs are all covered, and
+functional calls, tensor methods, reused and in-place calls are all covered, and
 the model is never modified: no hooks stay, no flag is changed.
 
 Modules
 -------
 rules
-    The rules: the modified activation backward and the Z^B rule of the first block.
+    The ReLU-type rules and the Z^B rule of the first block; the switch between the
+    relevance backward and the ordinary one.
+activations, normalisation, attention, zplus
+    The identity rule; normalisations with constant statistics; the uniform rule for
+    products and attention; LRP-z+ on convolutions and linear layers.
+first_block
+    Follows the input through the first layer, for Z^B.
 tracing
-    The traced forward pass: activation interception, first-block tracking, module outputs.
+    The traced forward pass: call interception, module outputs.
 explainer
-    :class:`LRPFlex`, :class:`Trace` and :func:`explain`, built on the two above.
+    :class:`LRPFlex`, :class:`Trace` and :func:`explain`, built on the above.
 """
 
 from .explainer import LRPFlex, Relevance, Target, Trace, explain, select_logits

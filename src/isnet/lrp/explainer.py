@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .rules import BackwardSwitch, Bounds, FirstBlock, ZBRule
-from .tracing import LRPMode, UnsupportedModelError, check_activations, named_submodules, record_outputs
+from .tracing import LRPMode, check_activations, named_submodules, record_outputs
 
 Target = Tensor | int | str
 
@@ -152,24 +152,31 @@ class LRPFlex:
     Parameters
     ----------
     model
-        Any ReLU network (ReLU, ReLU6, LeakyReLU as modules, functions or methods,
-        reused or in place). It is never modified.
+        Any network of the operations listed in docs/lrp-flex.md (activations as modules,
+        functions or methods, reused or in place; normalisations; attention). It is never modified.
     epsilon
-        LRP-epsilon stabiliser; ``0`` gives gradient x input.
+        LRP-epsilon stabiliser; ``0`` gives gradient x input on ReLU networks.
     zb
-        Use the Z^B rule on the first conv/linear -> [batch norm] -> ReLU block.
+        Use the Z^B rule on the first conv/linear layer (see :mod:`isnet.lrp.first_block`).
     bounds
         Lowest and highest input values for Z^B: floats, or one value per channel.
     layers
         Names of modules (``model.named_modules()``) whose output relevance is also returned.
     check_finite
         Raise :class:`FloatingPointError` on NaN/inf relevance (one device sync per call).
+    rule
+        ``"epsilon"`` (LRP-epsilon on conv/linear layers) or ``"z+"`` (LRP-z+, stabilised by
+        ``epsilon``; see :mod:`isnet.lrp.zplus`). The first block keeps Z^B either way.
     """
 
     def __init__(self, model: nn.Module, *, epsilon: float = 0.01, zb: bool = True,
-                 bounds: Bounds = (0.0, 1.0), layers: Sequence[str] = (), check_finite: bool = True) -> None:
+                 bounds: Bounds = (0.0, 1.0), layers: Sequence[str] = (), check_finite: bool = True,
+                 rule: str = "epsilon") -> None:
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        if rule not in ("epsilon", "z+"):
+            raise ValueError(f"rule must be 'epsilon' or 'z+', got {rule!r}")
+        self.rule = rule
         _check_bounds(bounds)
         check_activations(model)
         named_submodules(model, layers)
@@ -183,24 +190,15 @@ class LRPFlex:
             raise TypeError(f"LRP-Flex explains floating-point inputs; got {found}. Convert images first, "
                             "e.g. x.float() / 255 for pixels in [0, 1] (the default Z^B bounds)")
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-        switch = BackwardSwitch(self.epsilon)
-        mode = LRPMode(switch, x_in if self.zb else None)
+        zplus = self.rule == "z+"  # then activations pass relevance unchanged, the layers divide by z+
+        switch = BackwardSwitch(0.0 if zplus else self.epsilon)
+        mode = LRPMode(switch, x_in, first_block=self.zb, zplus=self.epsilon if zplus else None)
         with torch.enable_grad(), record_outputs(self.model, self.layers) as layer_outputs, mode:
             output = self.model(x_in)
         if not isinstance(output, Tensor) or output.dim() != 2:
             raise TypeError("LRP-Flex explains models whose output is a (batch, classes) tensor; "
                             f"got {type(output).__name__}{tuple(getattr(output, 'shape', ()))}")
-        block = None
-        if self.zb:
-            tracker = mode.tracker
-            block = tracker.block
-            if block is None or block.relu_out is None:
-                found = tracker.failure or "no ReLU after the first layer"
-                raise UnsupportedModelError(
-                    "zb=True needs the model to start with a conv or linear layer, optionally batch "
-                    f"norm, then a ReLU; found {found}. Pass zb=False to propagate LRP-epsilon "
-                    "down to the input instead."
-                )
+        block = mode.tracker.result() if self.zb else None
         return Trace(self, x_in, output, switch, block, layer_outputs)
 
     def explain(self, x: Tensor, target: Target, *, create_graph: bool = False) -> Tensor:
@@ -220,10 +218,11 @@ class LRPFlex:
 
 
 def explain(model: nn.Module, x: Tensor, target: Target, *, epsilon: float = 0.01, zb: bool = True,
-            bounds: Bounds = (0.0, 1.0), create_graph: bool = False) -> Tensor:
+            bounds: Bounds = (0.0, 1.0), create_graph: bool = False, rule: str = "epsilon") -> Tensor:
     """LRP-Flex heatmap of ``model`` at ``x``; see :class:`LRPFlex`.
 
     ``target``: a class per sample (LongTensor), an int, ``"argmax"`` or ``"all"``
     (one map per class, shape (B, K, C, H, W)). The model's train/eval mode is respected.
     """
-    return LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds).explain(x, target, create_graph=create_graph)
+    return LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, rule=rule).explain(x, target,
+                                                                                  create_graph=create_graph)

@@ -13,7 +13,7 @@ pass, between that factor (the heatmap pass) and the ordinary derivative (traini
 
 Z^B
 ---
-The first conv/linear -> [batch norm] -> ReLU block sees pixels, which live in
+The first conv/linear -> [batch norm] -> [activation] block sees pixels, which live in
 ``[low, high]`` rather than being non-negative. Z^B splits the folded weight
 ``W = W+ + W-`` and redistributes ``R`` as
 ``R_x = x W^T s - (low W+ + high W-)^T s`` with ``s = R / z`` and
@@ -23,6 +23,7 @@ measured against the least activating input within the bounds.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Bounds = tuple[float | Tensor, float | Tensor]
+
+
+class UnsupportedModelError(ValueError):
+    """The model contains an operation LRP-Flex cannot propagate relevance through."""
 
 
 class BackwardSwitch:
@@ -45,8 +50,31 @@ class BackwardSwitch:
 
 
 def stabilise(z: Tensor, eps: float) -> Tensor:
-    """``z + eps * sign(z)`` with ``sign(0) = +1``."""
-    return z + torch.where(z >= 0, eps, -eps)
+    """``z + eps * sign(z)`` with ``sign(0) = +1``, in the dtype of ``z``."""
+    return z + torch.where(z >= 0, eps, -eps).to(z.dtype)
+
+
+def ordinary_vjp(fn: Callable[..., Tensor], inputs: Sequence[Tensor | None], needs: Sequence[bool],
+                 grad: Tensor) -> list[Tensor | None]:
+    """The ordinary backward of ``fn`` at ``inputs`` (gradients for those ``needs`` marks), by re-running ``fn``.
+
+    Used by the rule functions outside the relevance pass. When the backward itself
+    is recorded (``create_graph``), the inputs keep their history, so the result is
+    differentiable again.
+    """
+    wanted = [i for i, t in enumerate(inputs) if i < len(needs) and needs[i] and t is not None]
+    result: list[Tensor | None] = [None] * len(inputs)
+    if not wanted:
+        return result
+    if torch.is_grad_enabled():
+        grads = torch.autograd.grad(fn(*inputs), [inputs[i] for i in wanted], grad, create_graph=True)
+    else:
+        with torch.enable_grad():
+            fresh = [None if t is None else t.detach().requires_grad_(i in wanted) for i, t in enumerate(inputs)]
+            grads = torch.autograd.grad(fn(*fresh), [fresh[i] for i in wanted], grad)
+    for i, g in zip(wanted, grads):
+        result[i] = g
+    return result
 
 
 class ReLURule(torch.autograd.Function):
@@ -144,7 +172,12 @@ class PiecewiseLinearRule(torch.autograd.Function):
 
 @dataclass
 class FirstBlock:
-    """The first conv/linear -> [batch norm] -> ReLU block, as traced (inputs of Z^B)."""
+    """The first conv/linear -> [batch norm] -> [activation] block, as traced (inputs of Z^B).
+
+    ``relu_out`` is the tensor whose relevance Z^B redistributes: the output of the
+    block's element-wise activation (a ReLU or any other), or the layer's (batch
+    norm's) own output when a normalisation or a reshape follows instead.
+    """
 
     dims: int  # 0 for linear, else the conv's spatial dims
     input: Tensor

@@ -1,21 +1,32 @@
 """Tracing: the forward pass of a model, seen from outside the model.
 
-Activation interception
------------------------
+Call interception
+-----------------
 :class:`LRPMode` is a :class:`~torch.overrides.TorchFunctionMode`, active only while
-a forward pass is traced and only in the thread that traces it. Every ReLU, ReLU6 and
-LeakyReLU call, whether a module, a functional call, a tensor method, reused or in
-place, is routed through the rule functions of :mod:`isnet.lrp.rules`, bound to the
-trace's :class:`~isnet.lrp.rules.BackwardSwitch`. Activations through which no LRP rule
-propagates relevance raise :class:`UnsupportedModelError`. The model itself is never
-modified.
+a forward pass is traced and only in the thread that traces it. It routes each call,
+whether a module, a functional call, a tensor method, reused or in place, to its rule,
+bound to the trace's :class:`~isnet.lrp.rules.BackwardSwitch`:
+
+* ReLU, ReLU6, LeakyReLU: :mod:`isnet.lrp.rules`;
+* other element-wise activations (GELU, SiLU, sigmoid, ...): the identity rule,
+  :mod:`isnet.lrp.activations`;
+* LayerNorm, GroupNorm, InstanceNorm, RMSNorm, ``F.normalize``: statistics held
+  constant, :mod:`isnet.lrp.normalisation`;
+* products of two input-dependent tensors, ``einsum``, ``scaled_dot_product_attention``,
+  ``multi_head_attention_forward``, GLU: the uniform rule, :mod:`isnet.lrp.attention`;
+* convolutions and linear layers, only for explainers using LRP-z+: :mod:`isnet.lrp.zplus`.
+
+Every other call keeps its ordinary derivative (linear maps, pooling, softmax,
+reshapes). Non-linear arithmetic that has no rule (``exp``, ``log``, ``sqrt``, powers,
+division by an input-dependent tensor) applied to a tensor computed from the input
+raises :class:`UnsupportedModelError` naming the function; so do modules known to hide
+such arithmetic (recurrent layers, local response norm) when the explainer is built.
+The model itself is never modified.
 
 First block
 -----------
-Z^B needs the first conv/linear -> [batch norm] -> ReLU block. The mode follows the
-input through the first operations (a flattening is allowed before a linear layer)
-and records the block's arguments in a :class:`~isnet.lrp.rules.FirstBlock`; any
-other operation on the way is remembered as the reason Z^B cannot be used.
+The mode also feeds a :class:`~isnet.lrp.first_block.FirstBlockTracker`, which follows
+the input through the first layer for Z^B.
 
 Module outputs
 --------------
@@ -28,7 +39,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,40 +46,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .rules import BackwardSwitch, FirstBlock, PiecewiseLinearRule, ReLURule
+from .activations import ACTIVATIONS, apply_activation
+from .attention import ATTENTION, PRODUCTS, Dependence, apply_glu, apply_mha, apply_product, apply_sdpa
+from .first_block import FirstBlockTracker, qualname
+from .normalisation import NORMALISATIONS, apply_normalisation
+from .rules import BackwardSwitch, PiecewiseLinearRule, ReLURule, UnsupportedModelError
+from .zplus import ZPLUS_LAYERS, apply_zplus
 
 _RELU_FUNCS = {F.relu, torch.relu, Tensor.relu}
 _RELU_INPLACE_FUNCS = {torch.relu_, F.relu_, Tensor.relu_}
 _LEAKY_FUNCS = {F.leaky_relu, torch._C._nn.leaky_relu, F.leaky_relu_, torch._C._nn.leaky_relu_}
 _HARDTANH_FUNCS = {F.hardtanh, torch._C._nn.hardtanh, F.hardtanh_, torch._C._nn.hardtanh_, F.relu6}
-_CONV_FUNCS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
-_RESHAPE_FUNCS = {torch.flatten, Tensor.flatten, Tensor.view, Tensor.reshape, torch.reshape}
-_UNSUPPORTED_FUNCS = {
-    F.gelu: "gelu", F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
-    F.elu: "elu", F.selu: "selu", F.celu: "celu", F.mish: "mish", F.softplus: "softplus",
-    F.prelu: "prelu", F.glu: "glu", F.rrelu: "rrelu", F.logsigmoid: "logsigmoid",
-    torch.sigmoid: "sigmoid", Tensor.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-    torch.tanh: "tanh", Tensor.tanh: "tanh", F.tanh: "tanh", torch.prelu: "prelu",
+_NO_RULE_FUNCS = {  # non-linear arithmetic without an LRP rule, when applied to input-dependent tensors
+    torch.exp, Tensor.exp, Tensor.exp_, torch.log, Tensor.log, torch.sqrt, Tensor.sqrt, torch.rsqrt, Tensor.rsqrt,
+    torch.reciprocal, Tensor.reciprocal, torch.square, Tensor.square, torch.pow, Tensor.pow, Tensor.__pow__,
+    Tensor.__rpow__, F.local_response_norm,
+}
+_DIVISIONS = {torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__, Tensor.__itruediv__, torch.true_divide,
+              Tensor.true_divide}
+_KINDS: dict[Callable, str] = {
+    **{f: "relu" for f in _RELU_FUNCS | _RELU_INPLACE_FUNCS}, **{f: "leaky" for f in _LEAKY_FUNCS},
+    **{f: "hardtanh" for f in _HARDTANH_FUNCS}, **{f: "activation" for f in ACTIVATIONS},
+    **{f: "norm" for f in NORMALISATIONS}, **{f: "product" for f in PRODUCTS}, **ATTENTION,
+    **{f: "no_rule" for f in _NO_RULE_FUNCS}, **{f: "division" for f in _DIVISIONS}, Tensor.__rdiv__: "rdivision",
 }
 UNSUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.ELU, nn.SELU, nn.CELU, nn.Mish,
-    nn.Softplus, nn.PReLU, nn.GLU, nn.RReLU, nn.Sigmoid, nn.Tanh, nn.LogSigmoid, nn.Softsign,
-    nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold,
+    nn.RNNBase, nn.RNNCellBase, nn.LocalResponseNorm, nn.CrossMapLRN2d,
 )
 
 
-class UnsupportedModelError(ValueError):
-    """The model contains an operation LRP-Flex cannot propagate relevance through."""
-
-
 def check_activations(model: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` naming the first unsupported activation module."""
+    """Raise :class:`UnsupportedModelError` naming the first module LRP-Flex has no rule for."""
     for name, module in model.named_modules():
         if isinstance(module, UNSUPPORTED_MODULES):
             raise UnsupportedModelError(
-                f"module '{name}' ({type(module).__name__}) is an activation LRP-Flex cannot "
-                "propagate relevance through; LRP-Flex covers ReLU, ReLU6 and LeakyReLU networks. "
-                f"Replace '{name}' with nn.ReLU (and retrain) to explain this model."
+                f"module '{name}' ({type(module).__name__}) computes non-linear arithmetic LRP-Flex has no rule "
+                "for (recurrent gates, cross-channel normalisation). LRP-Flex covers element-wise activations, "
+                "normalisation layers, attention and gating; replace this module to explain the model."
             )
 
 
@@ -143,144 +156,99 @@ def record_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str,
             handle.remove()
 
 
-@dataclass
-class _Tracker:
-    """Follows the input through the first block, for Z^B."""
-
-    block: FirstBlock | None = None
-    failure: str | None = None
-    done: bool = False
-    watched: list[Tensor] = field(default_factory=list)
-    source_shape: torch.Size | None = None
-
-
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
-
-
-def _qualname(func: Callable) -> str:
-    module = getattr(func, "__module__", None) or ""
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
-    if "<locals>" in name:  # e.g. F.max_pool2d, a boolean_dispatch wrapper
-        name = getattr(func, "__name__", name)
-    name = name.removeprefix("_VariableFunctionsClass.")
-    if module == "torch._C._nn":
-        module = "torch.nn.functional"
-    elif module.startswith("torch._C") or not module:
-        module = "torch"
-    return f"{module}.{name}"
-
-
 class LRPMode(TorchFunctionMode):
-    """Routes activations through the LRP rule functions and records the first block."""
+    """Routes calls to the LRP rule functions and follows the first block.
 
-    def __init__(self, switch: BackwardSwitch, x: Tensor | None) -> None:
+    Parameters
+    ----------
+    switch
+        The trace's switch between the LRP backward and the ordinary one.
+    x
+        The traced input (products and attention depend on what is computed from it).
+    first_block
+        Follow ``x`` through the first block (for Z^B).
+    zplus
+        If given, convolutions and linear layers use LRP-z+ with this stabiliser.
+    """
+
+    def __init__(self, switch: BackwardSwitch, x: Tensor, *, first_block: bool = True,
+                 zplus: float | None = None) -> None:
         super().__init__()
-        self.switch = switch
-        self.tracker = _Tracker(watched=[x]) if x is not None else _Tracker(done=True)
+        self.switch, self.zplus = switch, zplus
+        self.depends = Dependence(x)
+        self.tracker = FirstBlockTracker(x if first_block else None)
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in _RELU_FUNCS or func in _RELU_INPLACE_FUNCS:
-            inplace = func in _RELU_INPLACE_FUNCS or bool(kwargs.get("inplace", False))
-            z = args[0]
-            closes_block = self._closes_first_block(z)
-            if closes_block and inplace and z is self.tracker.block.conv_out:
-                self.tracker.block.conv_out = z.clone()  # Z^B needs the pre-activations this ReLU overwrites
-            out = ReLURule.apply(z, self.switch, inplace)
-            if closes_block:
-                self.tracker.block.relu_out = out
-                self.tracker.done = True
-            elif not self.tracker.done and any(z is w for w in self.tracker.watched):
-                self._fail("a ReLU applied directly to the input")
-            return out
-        if func in _LEAKY_FUNCS:
-            z = args[0]
-            out = PiecewiseLinearRule.apply(z, self.switch, "leaky", (float(_arg(args, kwargs, 1, "negative_slope", 0.01)),))
-            self._track_other(func, args, kwargs, out)
-            return out
-        if func in _HARDTANH_FUNCS:
-            z = args[0]
-            if func is F.relu6:
-                params = (0.0, 6.0)
+        kind = _KINDS.get(func)
+        if kind is None:
+            if self.zplus is not None and func in ZPLUS_LAYERS:
+                out = apply_zplus(func, args, kwargs, self.switch, self.zplus)
             else:
-                params = (float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0)))
+                out = func(*args, **kwargs)
+        elif kind == "relu":
+            return self._relu(func, args, kwargs)
+        elif kind in ("leaky", "hardtanh"):
+            return self._piecewise(func, kind, args, kwargs)
+        elif kind == "activation":
+            out, pre = apply_activation(func, args, kwargs, self.switch)
+            self.tracker.activation(qualname(func), args[0], out, pre)
+            return out
+        elif kind == "norm":
+            out = apply_normalisation(func, args, kwargs, self.switch)
+        elif kind == "product":
+            out = apply_product(func, args, kwargs, self.switch, self.depends)
+        elif kind == "sdpa":
+            out = apply_sdpa(args, kwargs, self.switch, self.depends)
+        elif kind == "mha":
+            out = apply_mha(func, args, kwargs, self.switch, self.depends)
+        elif kind == "glu":
+            out = apply_glu(args, kwargs, self.switch, self._sigmoid, self.depends)
+        else:
+            self._check_rule(func, kind, args)
+            out = func(*args, **kwargs)
+        if not self.tracker.done:
+            self.tracker.other(func, args, kwargs, out)
+        return out
+
+    def _relu(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
+        inplace = func in _RELU_INPLACE_FUNCS or bool(kwargs.get("inplace", False))
+        z = args[0]
+        pre = z.clone() if inplace and self.tracker.closes(z) and z is self.tracker.block.conv_out else None
+        out = ReLURule.apply(z, self.switch, inplace)
+        self.tracker.activation("a ReLU", z, out, pre)
+        return out
+
+    def _piecewise(self, func: Callable, kind: str, args: tuple, kwargs: dict) -> Tensor:
+        z = args[0]
+        if kind == "leaky":
+            params: tuple = (float(args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)),)
+        elif func is F.relu6:
+            params = (0.0, 6.0)
+        else:
+            params = (float(args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)),
+                      float(args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)))
             if params[0] > 0 or params[1] < 0:
                 raise UnsupportedModelError(
                     f"hardtanh with range {params} does not map 0 to 0; LRP-Flex supports "
-                    "activations with f(0) = 0 (ReLU, ReLU6, LeakyReLU)."
+                    "piecewise-linear activations with f(0) = 0 (ReLU, ReLU6, LeakyReLU)."
                 )
-            out = PiecewiseLinearRule.apply(z, self.switch, "hardtanh", params)
-            self._track_other(func, args, kwargs, out)
-            return out
-        if func in _UNSUPPORTED_FUNCS:
-            raise UnsupportedModelError(
-                f"the model calls {_UNSUPPORTED_FUNCS[func]} ({_qualname(func)}), which LRP-Flex "
-                "cannot propagate relevance through; LRP-Flex covers ReLU, ReLU6 and LeakyReLU "
-                "networks. Replace the activation with nn.ReLU (and retrain) to explain this model."
-            )
-        out = func(*args, **kwargs)
-        if not self.tracker.done:
-            self._track_other(func, args, kwargs, out)
+        out = PiecewiseLinearRule.apply(z, self.switch, "leaky" if kind == "leaky" else "hardtanh", params)
+        self.tracker.activation(qualname(func), z, out)
         return out
 
-    # --- first-block tracking (only until the first ReLU after the input) ---
-    def _consumes_watched(self, args: tuple, kwargs: dict) -> bool:
-        watched = self.tracker.watched
-        for value in (*args, *kwargs.values()):
-            if isinstance(value, Tensor) and any(value is w for w in watched):
-                return True
-            if isinstance(value, (list, tuple)) and any(
-                isinstance(v, Tensor) and any(v is w for w in watched) for v in value
-            ):
-                return True
-        return False
+    def _sigmoid(self, t: Tensor) -> Tensor:
+        return apply_activation(torch.sigmoid, (t,), {}, self.switch)[0]
 
-    def _fail(self, what: str) -> None:
-        self.tracker.failure = what
-        self.tracker.done = True
-
-    def _closes_first_block(self, z: Tensor) -> bool:
-        """Whether a ReLU of ``z`` is the first block's activation (the end of Z^B tracking)."""
-        block = self.tracker.block
-        return not self.tracker.done and block is not None and (z is block.conv_out or z is block.bn_out)
-
-    def _track_other(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
-        tr = self.tracker
-        if tr.done or not isinstance(out, Tensor) or not self._consumes_watched(args, kwargs):
-            return
-        block = tr.block
-        first = args[0] if args else None
-        if block is None and func in _CONV_FUNCS and first is tr.watched[0]:
-            tr.block = FirstBlock(
-                dims=_CONV_FUNCS[func], input=first, weight=_arg(args, kwargs, 1, "weight"),
-                bias=_arg(args, kwargs, 2, "bias"),
-                conv_args=tuple(_arg(args, kwargs, i, n, d) for i, n, d in
-                                ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1), (6, "groups", 1))),
-                conv_out=out,
+    def _check_rule(self, func: Callable, kind: str, args: tuple) -> None:
+        """Reject non-linear arithmetic without a rule on input-dependent tensors."""
+        if kind == "no_rule":
+            operands = [a for a in args if isinstance(a, Tensor)]
+        else:  # a division: only an input-dependent divisor is non-linear
+            operands = args[:1] if kind == "rdivision" else args[1:2]
+        if any(self.depends(t) for t in operands):
+            raise UnsupportedModelError(
+                f"the model applies {qualname(func)} to a tensor computed from the input; LRP-Flex has no rule "
+                "for this non-linearity. Express it with a supported operation (an activation module, "
+                "nn.LayerNorm, F.normalize, F.softmax, attention) to explain this model."
             )
-            tr.watched = [out]
-        elif (block is None and func in _RESHAPE_FUNCS and first is tr.watched[0] and out.dim() == 2
-              and out.shape[0] == first.shape[0]):  # flattening the input for a first linear layer
-            if tr.source_shape is None:
-                tr.source_shape = first.shape
-            tr.watched = [out]
-        elif block is None and func is F.linear and first is tr.watched[0]:
-            tr.block = FirstBlock(dims=0, input=first, weight=_arg(args, kwargs, 1, "weight"),
-                                  bias=_arg(args, kwargs, 2, "bias"), conv_out=out,
-                                  source_shape=tr.source_shape if tr.source_shape != first.shape else None)
-            tr.watched = [out]
-        elif block is not None and block.bn is None and func is F.batch_norm and first is block.conv_out:
-            running_mean = _arg(args, kwargs, 1, "running_mean")
-            running_var = _arg(args, kwargs, 2, "running_var")
-            training = bool(_arg(args, kwargs, 5, "training", False)) or running_mean is None
-            block.bn = (running_mean, running_var, _arg(args, kwargs, 3, "weight"),
-                        _arg(args, kwargs, 4, "bias"), training, float(_arg(args, kwargs, 7, "eps", 1e-5)))
-            block.bn_out = out
-            tr.watched = [out]
-        else:
-            where = "the input" if block is None else (
-                "the first layer's output" if block.bn is None else "the first batch norm's output")
-            self._fail(f"{_qualname(func)} applied to {where}")
