@@ -137,3 +137,25 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2  # 64 images / (2 processes x 16) per epoch
     assert "val/bg_share" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("logger", ["tensorboard", "mlflow"])
+def test_loggers_keep_metrics_csv_and_receive_heatmap_pictures(data, tmp_path, logger):
+    """``--logger tensorboard|mlflow``: metrics.csv is still written; each epoch logs a picture of val heatmaps."""
+    pytest.importorskip(logger)
+    run = tmp_path / "run"
+    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", "standard",
+                 "--logger", logger, "--log-images", "3", "--out", str(run), *FAST]) == 0
+    assert "val/acc" in (run / "metrics.csv").read_text().splitlines()[0]
+    if logger == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        assert "val/heatmaps" in events.Tags()["images"] and "val/acc" in events.Tags()["scalars"]
+        picture = events.Images("val/heatmaps")[0]
+        assert (picture.width, picture.height) == (3 * 32, 2 * 32)  # 3 images above their heatmaps
+    else:
+        pictures = list((run / "mlruns").rglob("heatmaps/epoch_000.png"))
+        assert len(pictures) == 1 and list((run / "mlruns").rglob("metrics/val/acc"))

@@ -2,7 +2,8 @@
 
 A run folder written by ``isnet train`` holds:
 
-* ``config.json``: the resolved :class:`isnet.config.TrainConfig` (class list, image size, C1/C2);
+* ``config.json``: the resolved :class:`isnet.config.TrainConfig` (class list, image size, C1/C2,
+  the pretrained weights, normalisation and input channels the model was built with);
 * ``checkpoints/last.ckpt`` (every epoch, for resuming) and ``checkpoints/best.ckpt``;
 * ``metrics.csv`` (and ``calibration/metrics.csv`` when C1/C2 were calibrated), ``hparams.yaml``;
 * ``model.pt``: the classifier's state dict, written when training ends.
@@ -26,9 +27,11 @@ from torch import Tensor, nn
 from .config import TrainConfig
 from .errors import UserError, UserFileNotFoundError
 from .lrp import LRPFlex
+from .masks import mask_background
 from .models import build_model, check_state_dict, read_torch_file
 from .objectives import get_objective
 from .paths import CHECKPOINTS, CONFIG, MODEL, read_run_config
+from .segment.predict import predicted_masks
 
 __all__ = ["CHECKPOINTS", "CONFIG", "MODEL", "classifier_input", "explainer", "load_classifier", "read_checkpoint",
            "write_json"]
@@ -93,7 +96,10 @@ def load_classifier(path: str | Path, *, map_location: str | torch.device = "cpu
     lacking = [key for key in _REQUIRED if config.get(key) is None]
     if lacking:
         raise UserError(f"the configuration of {path} lacks {lacking}: is it a run written by isnet train?")
-    model = build_model(config["arch"], config["num_classes"], image_size=config["image_size"])
+    # the architecture only: a pretrained run's state dict replaces its starting weights, so the weights file is
+    # not needed; the folded normalisation and the input channels change the first layer's shape
+    model = build_model(config["arch"], config["num_classes"], image_size=config["image_size"],
+                        normalize=config.get("normalize") or "none", in_channels=config.get("in_channels") or 3)
     check_state_dict(model, state, source=str(path))
     model.load_state_dict(state)
     return model.to(map_location).eval(), config
@@ -105,5 +111,10 @@ def explainer(model: nn.Module, config: Mapping[str, Any]) -> LRPFlex:
 
 
 def classifier_input(images: Tensor, masks: Tensor | None, config: Mapping[str, Any]) -> Tensor:
-    """What a run's classifier sees: the images, or, for masked-input variants, the masked images."""
+    """What a run's classifier sees: the images, or, for masked-input variants, the masked images.
+
+    With a ``segmenter`` in the config (``seg-classify``), the masks are the segmenter's predictions.
+    """
+    if config.get("segmenter"):
+        return mask_background(images, predicted_masks(config["segmenter"], images))
     return get_objective(config["variant"]).classifier_input(images, masks)

@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 
 from .errors import command_warnings
@@ -26,7 +27,9 @@ def _add_explain(sub) -> None:
                        description="Explain a classifier's decisions with LRP-Flex heatmaps. OUT must not be or "
                                    "contain the input, and files in it that isnet did not write are never replaced.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", type=Path, help="state dict (.pt) of --arch")
+    src.add_argument("--weights", metavar="NAME|FILE",
+                     help="state dict (.pt) of --arch, or a torchvision weights name (DEFAULT, IMAGENET1K_V1) read "
+                          "from the torch hub cache ($TORCH_HOME/hub/checkpoints; never downloaded)")
     src.add_argument("--checkpoint", type=Path, help="a run folder or checkpoint written by `isnet train`")
     p.add_argument("--arch", help="small_cnn or a torchvision model name (not needed with --checkpoint)")
     p.add_argument("--num-classes", type=number(int, at_least=1), default=None,
@@ -38,9 +41,9 @@ def _add_explain(sub) -> None:
     p.add_argument("--image-size", type=number(int, at_least=1), default=None,
                    help="resize images to this square side (default: a checkpoint's training size, else the "
                         "images' own size, which must then be the same for all)")
-    p.add_argument("--normalize", choices=["none", "imagenet"], default="none",
-                   help="input normalisation the model expects (Z^B bounds follow it); not with --checkpoint, "
-                        "whose models see pixels in [0, 1]")
+    p.add_argument("--normalize", choices=["auto", "none", "imagenet"], default=None,
+                   help="input normalisation the model expects (Z^B bounds follow it); default auto: imagenet for a "
+                        "torchvision weights name, else none; not with --checkpoint, whose models see pixels in [0, 1]")
     p.add_argument("--epsilon", type=number(float, at_least=0), default=0.01)
     p.add_argument("--no-zb", action="store_true", help="LRP-epsilon down to the input instead of Z^B")
     p.add_argument("--batch-size", type=number(int, at_least=1), default=16)
@@ -77,14 +80,30 @@ def _add_data(sub) -> None:
                     help="degrade the training split's masks (dilated / eroded by 2 px, bounding box, shifted by up "
                          "to 3 px); the other splits keep exact masks (default exact)")
     bg.add_argument("--extra-tests", action="store_true", help="also foreground-only and background-only tests")
+    cxr = data_sub.add_parser("bg-cxr", help="write BG-CXR, chest-X-ray-like images with hospital shortcuts "
+                              "(dataset layout; needs torchxrayvision for its lung masks)")
+    cxr.add_argument("--out", type=Path, required=True)
+    for flag, kind, default, text in (
+            ("--seed", int, 0, None), ("--n-train", int, 3000, None), ("--n-val", int, 500, None),
+            ("--n-test", int, 500, "images per test set"), ("--image-size", int, 128, "image side, 64 to 512"),
+            ("--correlation", float, 0.95, "share of each class from its own hospitals in train, val and test/biased")):
+        cxr.add_argument(flag, type=kind, default=default, help=text and f"{text} (default {default})")
+    cxr.add_argument("--unbiased", action="store_true", help="also test/unbiased (hospital independent of the class)")
 
 
 def _run_data(args: argparse.Namespace) -> None:
-    from .data.bg_digits import write_dataset
+    if args.dataset == "bg-cxr":
+        from .data.bg_cxr import write_dataset as write_cxr
 
-    paths = write_dataset(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                          mask=args.mask, placement=args.placement, cue=args.cue, train_mask=args.train_mask,
-                          extra_tests=args.extra_tests, progress=True)
+        tests = ("biased", *(("unbiased",) if args.unbiased else ()), "external", "deceiving")
+        paths = write_cxr(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                          image_size=args.image_size, correlation=args.correlation, tests=tests, progress=True)
+    else:
+        from .data.bg_digits import write_dataset
+
+        paths = write_dataset(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                              mask=args.mask, placement=args.placement, cue=args.cue, train_mask=args.train_mask,
+                              extra_tests=args.extra_tests, progress=True)
     for split, path in paths.items():
         print(f"{split:>12}: {path}")
 
@@ -167,20 +186,33 @@ def _run_eval(args: argparse.Namespace) -> None:
         print(f"wrote {write_json(args.json.expanduser(), results)}")
 
 
-def _parse_option(item: str) -> tuple[str, object]:
-    import json
+def _add_grid_options(b: argparse.ArgumentParser, dataset: str, methods_note: str = "") -> None:
+    """The options of the background-bias benchmarks (``bench bias``, ``bench cxr``)."""
+    from .bench.presets import FULL, METHODS
 
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--quick", action="store_true", help="fewer methods, images and epochs, one seed")
+    b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                   help=f"methods to run (choices: {', '.join(METHODS)}){methods_note}")
+    b.add_argument("--seeds", type=int, help="training seeds per method")
+    b.add_argument("--epochs", type=int, help="training epochs of every method")
+    b.add_argument("--n-train", type=int, help="training images")
+    b.add_argument("--n-val", type=int, help="validation images")
+    b.add_argument("--n-test", type=int, help="images per test set")
+    b.add_argument("--data-seed", type=int, help=f"{dataset} seed (default 0)")
+    b.add_argument("--examples", dest="n_examples", type=int, help="heatmap examples per test set")
+    b.add_argument("--set", dest="train_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9; "
+                        "not one a method sets itself, such as background_swap")
+    b.add_argument("--jobs", type=int,
+                   help=f"training processes at a time (default {FULL['jobs']}; each gets cores / jobs torch threads)")
+    b.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice with one "
+                   "job, else cores / jobs)")
+    b.add_argument("--progress-bar", action="store_true", default=None, help="Lightning progress bars")
 
 
 def _add_bench_bias(bench) -> None:
-    from .bench.presets import CUES, FULL, METHODS, PLACEMENTS, QUICK
+    from .bench.presets import CUES, FULL, PLACEMENTS, QUICK
 
     b = bench.add_parser(
         "bias", help="background-bias benchmark on BG-Digits: ISNets and baselines, three test sets, report",
@@ -193,10 +225,7 @@ def _add_bench_bias(bench) -> None:
                     f"{FULL['epochs']} epochs; --quick: {', '.join(QUICK['methods'])}, {QUICK['seeds']} seed, "
                     f"{QUICK['n_train']} images, {QUICK['epochs']} epochs. --sweep, --swap-dose and --mask-quality "
                     "train other grids at the same sizes. Finished runs in OUT are reused.")
-    b.add_argument("--out", type=Path, required=True)
-    b.add_argument("--quick", action="store_true", help="fewer methods, images and epochs, one seed")
-    b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
-                   help=f"methods to run (choices: {', '.join(METHODS)}); with a grid mode, the methods of that mode")
+    _add_grid_options(b, "BG-Digits", "; with a grid mode, the methods of that mode")
     mode = b.add_mutually_exclusive_group()
     mode.add_argument("--sweep", action="store_true",
                       help="hyper-parameter sweep (RRR lambda, Grad-CAM weight, ISNet P; each without and with swap): "
@@ -208,66 +237,59 @@ def _add_bench_bias(bench) -> None:
     mode.add_argument("--mask-quality", action="store_true",
                       help="train with degraded masks (dilated, eroded, bounding box, shifted; test masks exact): "
                            "mask_quality.json / .md")
-    b.add_argument("--seeds", type=int, help="training seeds per method")
-    b.add_argument("--epochs", type=int, help="training epochs of every method")
-    b.add_argument("--n-train", type=int, help="training images")
-    b.add_argument("--n-val", type=int, help="validation images")
-    b.add_argument("--n-test", type=int, help="images per test set")
-    b.add_argument("--data-seed", type=int, help="BG-Digits seed (default 0)")
     b.add_argument("--mask", choices=["box", "strokes"], help="foreground masks: the digit's box (default) or strokes")
     b.add_argument("--placement", choices=list(PLACEMENTS),
                    help="digit box inside the central 24x24 area (centre, default) or anywhere on the canvas")
     b.add_argument("--cue", choices=list(CUES),
                    help="class-coded bias: a white border patch (patch, default) or a colour tint of the background "
                         "(tint: no patch, so no occlusion check)")
-    b.add_argument("--examples", dest="n_examples", type=int, help="heatmap examples per test set")
-    b.add_argument("--set", dest="train_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9; "
-                        "not one a method sets itself, such as background_swap")
-    b.add_argument("--jobs", type=int, help=f"training processes at a time (default {FULL['jobs']}; each gets cores / jobs torch threads)")
-    b.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice with one "
-                   "job, else cores / jobs)")
-    b.add_argument("--progress-bar", action="store_true", default=None, help="Lightning progress bars")
 
 
-def _bench_bias_config(args: argparse.Namespace, base: dict):
-    from .bench.bias import BiasBenchConfig
+def _add_bench_cxr(bench) -> None:
+    from .bench.cxr_presets import CXR_FULL, CXR_SIZES
 
-    values = dict(base)
-    for key in ("methods", "seeds", "epochs", "n_train", "n_val", "n_test", "data_seed", "mask", "placement", "cue",
-                "n_examples", "jobs", "threads", "progress_bar"):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    options = dict(_parse_option(item) for item in getattr(args, "train_options", []) or [])
-    if options:
-        values["train_options"] = options
-    return BiasBenchConfig(**values)
+    b = bench.add_parser(
+        "cxr", help="background-bias benchmark on BG-CXR (chest-X-ray-like, hospital shortcuts), four test sets",
+        description="`bench bias` on BG-CXR (real lung shapes, anatomy around them, hospital shortcuts): evaluate on "
+                    "biased / unbiased / external (unseen hospitals) / deceiving test sets (accuracy, AUROC, abnormal-"
+                    "vs-normal AUROC with DeLong interval, relevance outside the lungs and on marker and label box); "
+                    f"write results.json, results.md, results.csv, figures/ and report.html. {CXR_SIZES}")
+    _add_grid_options(b, "BG-CXR")
+    b.add_argument("--arch", help=f"small_cnn or a torchvision model name (default: {CXR_FULL['arch']}, see above)")
+    b.add_argument("--image-size", type=int, help=f"side, 64 to 512 (default: {CXR_FULL['image_size']}, see above)")
+    b.add_argument("--correlation", type=float, help="share of each class from its own hospitals in training (0.95)")
 
 
 def _run_bench_bias(args: argparse.Namespace) -> None:
     from .bench.bias import run_benchmark
-    from .bench.grid import RunFailed
-    from .bench.presets import FULL, QUICK
+    from .bench.modes import run_mask_quality, run_swap_dose, run_sweep
+    from .bench.presets import FULL, QUICK, BiasBenchConfig, bench_config
     from .bench.report import format_table
 
-    from .bench.modes import run_mask_quality, run_swap_dose, run_sweep
-
-    cfg = _bench_bias_config(args, QUICK if args.quick else FULL)
+    cfg = bench_config(BiasBenchConfig, QUICK if args.quick else FULL, vars(args), args.train_options)
     modes = {"sweep": (run_sweep, "sweep.md"), "swap_dose": (run_swap_dose, "swap_dose.md"),
              "mask_quality": (run_mask_quality, "mask_quality.md")}
     chosen = next((modes[m] for m in modes if getattr(args, m, False)), None)
-    try:
-        if chosen is None:
-            print(format_table(run_benchmark(cfg, args.out)))
-            return
-        chosen[0](cfg, args.out, methods=args.methods)
-    except RunFailed as err:
-        raise ValueError(str(err)) from None
+    if chosen is None:
+        print(format_table(run_benchmark(cfg, args.out)))
+        return
+    chosen[0](cfg, args.out, methods=args.methods)
     print((args.out.expanduser() / chosen[1]).read_text())
 
 
+def _run_bench_cxr(args: argparse.Namespace) -> None:
+    from .bench.cxr import run_benchmark
+    from .bench.cxr_presets import CXR_FULL, CXR_QUICK, CxrBenchConfig
+    from .bench.cxr_report import format_table
+    from .bench.presets import bench_config
+
+    cfg = bench_config(CxrBenchConfig, CXR_QUICK if args.quick else CXR_FULL, vars(args), args.train_options)
+    print(format_table(run_benchmark(cfg, args.out)))
+
+
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: training speed and memory, explain time, background bias",
+    p = sub.add_parser("bench", help="benchmarks: training speed and memory, explain time, background bias "
+                       "(BG-Digits, BG-CXR)",
                        description="Benchmarks; each writes JSON, Markdown tables and plots to --out.")
     bench = p.add_subparsers(dest="bench", required=True)
     speed = bench.add_parser("speed", help="training-step time and peak memory of every variant vs the class "
@@ -279,11 +301,17 @@ def _add_bench(sub) -> None:
         b.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
         b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     _add_bench_bias(bench)
+    _add_bench_cxr(bench)
 
 
 def _run_bench(args: argparse.Namespace) -> None:
-    if args.bench == "bias":
-        _run_bench_bias(args)
+    if args.bench in ("bias", "cxr"):
+        from .bench.grid import RunFailed
+
+        try:
+            (_run_bench_bias if args.bench == "bias" else _run_bench_cxr)(args)
+        except RunFailed as err:
+            raise ValueError(str(err)) from None
         return
     from .bench import speed
 
@@ -312,11 +340,17 @@ def _run_demo(args: argparse.Namespace) -> None:
              threads=args.threads)
 
 
+def _segment(name: str):
+    """``isnet segment``: its parser and runner live in :mod:`isnet.segment.command`, imported when used."""
+    return lambda arg: getattr(import_module("isnet.segment.command"), name)(arg)
+
+
 COMMANDS = {
     "explain": (_add_explain, _run_explain),
     "data": (_add_data, _run_data),
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
+    "segment": (_segment("add_parser"), _segment("run")),
     "bench": (_add_bench, _run_bench),
     "demo": (_add_demo, _run_demo),
 }

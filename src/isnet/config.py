@@ -90,8 +90,19 @@ class TrainConfig:
                           at_least=0)
     # model
     arch: str = option("small_cnn", "small_cnn or a torchvision classification model name", "model")
+    weights: str | None = option(
+        None, "start from pretrained weights: a torchvision weights name (DEFAULT, IMAGENET1K_V1), read from the "
+              "torch hub cache ($TORCH_HOME/hub/checkpoints, never downloaded), or a state-dict file; the last "
+              "linear layer is replaced when the class count differs", "model", metavar="NAME|FILE")
+    normalize: str = option("auto", "input normalisation the weights expect, folded into the first convolution "
+                                    "(the model still takes pixels in [0, 1]); auto: imagenet for a torchvision "
+                                    "weights name, else none", "model", choices=("auto", "none", "imagenet"))
+    in_channels: int = option(3, "image channels the model reads: 3 (RGB; grayscale is replicated) or 1 "
+                                 "(grayscale; colour images are converted; a pretrained first convolution is summed "
+                                 "over its colour channels)", "model", choices=(1, 3))
     variant: str = option("selective", "training objective: an ISNet variant (standard, original, selective, "
-                                       "stochastic), the swap control or a baseline (rrr, gradcam, masked)", "model")
+                                       "stochastic), the swap control or a baseline (rrr, gradcam, masked, "
+                                       "seg-classify with --segmenter)", "model")
     deep_supervision: bool | list[str] = option(
         False, "LRP deep supervision: without names the default layers (ResNet stages, DenseNet transitions, "
                "VGG stages, else the max-pool outputs), or these module names", "model", metavar="LAYER")
@@ -133,6 +144,9 @@ class TrainConfig:
     gradcam_weight: float = option(1.0, "gradcam: weight of the background Grad-CAM share", "baselines", at_least=0)
     gradcam_layer: str | None = option(None, "gradcam: module whose output is the Grad-CAM feature map "
                                              "(default: the last convolutional feature map)", "baselines")
+    segmenter: str | None = option(None, "seg-classify: the `isnet segment train` run whose predicted masks "
+                                         "zero the background of the classifier's input (training and test)",
+                                   "baselines", metavar="RUN")
     # optimisation
     epochs: int = option(30, "training epochs", "optimisation", resumable=True, at_least=1)
     batch_size: int = option(64, "batch size per process", "optimisation", at_least=1)
@@ -164,6 +178,11 @@ class TrainConfig:
                            resumable=True)
     precision: str = option("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed, ...", "run",
                             resumable=True)
+    logger: str = option("csv", "experiment tracking besides RUN/metrics.csv (always written): tensorboard "
+                                "(RUN/tensorboard) or mlflow (RUN/mlruns)", "run",
+                         choices=("csv", "tensorboard", "mlflow"), resumable=True, bookkeeping=True)
+    log_images: int = option(4, "validation images whose heatmaps are logged as pictures each epoch "
+                                "(tensorboard, mlflow; 0: none)", "run", resumable=True, bookkeeping=True, at_least=0)
     # resolved by training
     classes: list[str] | None = resolved()
     num_classes: int | None = resolved()

@@ -117,7 +117,8 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
     model, config = load_classifier(checkpoint, map_location=dev)
     classes, image_size = config["classes"], config["image_size"]
     transform = make_transform(image_size, train=False)
-    datasets = {name: MaskedImageFolder(root, transform=transform, masks=None, classes=classes)
+    datasets = {name: MaskedImageFolder(root, transform=transform, masks=None, classes=classes,
+                                        channels=config.get("in_channels", 3))
                 for name, root in tests.items()}  # scanned first: errors before any work
     lrp = explainer(model, config)
     masked_input = get_objective(config["variant"]).masked_input

@@ -22,21 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
-from .checkpoints import load_classifier
+from .checkpoints import classifier_input, load_classifier
+from .data.imageio import IMAGE_EXTENSIONS, READ_ERRORS, probe_size, read_image
 from .errors import IsnetWarning, OutputExistsError, UserError, UserFileNotFoundError
 from .lrp import LRPFlex
-from .models import build_model
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, is_weights_name, resolve_normalize, weights_categories
 from .paths import check_new_files, check_separate
 
 __all__ = ["MANIFEST", "explain_files", "find_images", "load_image", "output_stems"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MANIFEST = "heatmaps.json"
 
 
@@ -52,9 +49,9 @@ def find_images(path: Path) -> list[tuple[Path, Path, str | None]]:
         return [(path, Path(path.name), None)]
     labelled = (path / "images").is_dir()
     root = path / "images" if labelled else path
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise UserFileNotFoundError(f"--images: no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
+        raise UserFileNotFoundError(f"--images: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return [(f, f.relative_to(root), f.relative_to(root).parts[0] if labelled else None) for f in files]
 
 
@@ -79,12 +76,12 @@ def output_stems(relative: Sequence[Path]) -> list[Path]:
     return stems
 
 
-def load_image(path: Path, image_size: int | None) -> torch.Tensor:
-    """An RGB image as float (3, H, W) in [0, 1], optionally resized to ``image_size`` x ``image_size``."""
+def load_image(path: Path, image_size: int | None, channels: int = 3) -> torch.Tensor:
+    """An image as float (``channels``, H, W) in [0, 1] (also 16-bit and DICOM files, :mod:`isnet.data.imageio`),
+    optionally resized to ``image_size`` x ``image_size``."""
     try:
-        with Image.open(path) as img:
-            tensor = TF.to_dtype(TF.to_image(img.convert("RGB")), torch.float32, scale=True)
-    except (OSError, ValueError, SyntaxError) as error:
+        tensor = TF.to_dtype(read_image(path, channels), torch.float32, scale=True)
+    except READ_ERRORS as error:
         raise UserError(f"cannot read image {path}: {error}") from None
     if image_size is not None:
         tensor = TF.resize(tensor, [image_size, image_size], antialias=True)
@@ -93,9 +90,8 @@ def load_image(path: Path, image_size: int | None) -> torch.Tensor:
 
 def _header_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, ValueError, SyntaxError) as error:
+        return probe_size(path)
+    except READ_ERRORS as error:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 
@@ -119,10 +115,10 @@ def _previous_outputs(out: Path) -> list[Path]:
     return found
 
 
-def _load_model(*, checkpoint: Path | None, arch: str | None, weights: Path | None, num_classes: int | None,
-                image_size: int | None, normalize: str, sizes: set[tuple[int, int]]
-                ) -> tuple[nn.Module, list[str] | None, int | None, int | None]:
-    """The model, its class names (checkpoints), the image size to resize to, and the trained size (checkpoints)."""
+def _load_model(*, checkpoint: Path | None, arch: str | None, weights: str | Path | None, num_classes: int | None,
+                image_size: int | None, normalize: str | None, sizes: set[tuple[int, int]]
+                ) -> tuple[nn.Module, list[str] | None, int | None, int | None, dict | None]:
+    """The model, its class names, the image size to resize to, the trained size and the run config (checkpoints)."""
     if checkpoint is not None:
         model, config = load_classifier(checkpoint)
         if arch is not None and arch != config["arch"]:
@@ -131,10 +127,11 @@ def _load_model(*, checkpoint: Path | None, arch: str | None, weights: Path | No
         if num_classes is not None and num_classes != config["num_classes"]:
             raise UserError(f"--num-classes {num_classes} differs from the checkpoint's {config['num_classes']} "
                             "classes; --checkpoint needs no --num-classes")
-        if normalize != "none":
+        if normalize not in (None, "none", "auto"):
             raise UserError(f"--normalize {normalize} does not apply to --checkpoint: models trained by isnet train "
-                            "see pixels in [0, 1], and explain gives them the same")
-        return model, config.get("classes"), image_size or config["image_size"], config["image_size"]
+                            "see pixels in [0, 1] (a pretrained run's normalisation is folded into its first layer), "
+                            "and explain gives them the same")
+        return model, config.get("classes"), image_size or config["image_size"], config["image_size"], config
     if arch is None:
         raise UserError("give --checkpoint, or --arch (with --weights for a trained model)")
     if image_size is None and len(sizes) > 1:
@@ -143,10 +140,14 @@ def _load_model(*, checkpoint: Path | None, arch: str | None, weights: Path | No
                         "them all to N x N")
     if weights is None:
         warnings.warn(f"--arch {arch} without --weights explains a randomly initialised network; pass --weights "
-                      "FILE (a state dict) to explain a trained one", IsnetWarning, stacklevel=3)
-    probe_size = image_size or (min(next(iter(sizes))) if sizes else 224)  # small_cnn's lazy layer needs a size
-    model = build_model(arch, num_classes or 1000, image_size=probe_size, weights=weights)
-    return model, None, image_size, None
+                      "FILE (a state dict) or a torchvision weights name to explain a trained one", IsnetWarning,
+                      stacklevel=3)
+    categories = weights_categories(arch, weights)  # the ImageNet class names of a weights name
+    side = image_size or (min(next(iter(sizes))) if sizes else 224)  # small_cnn's lazy layer needs a size
+    # the model as torchvision defines it: explain normalises its input (and Z^B bounds) outside
+    model = build_model(arch, num_classes or (len(categories) if categories else 1000), image_size=side,
+                        weights=weights)
+    return model, categories, image_size, None, None
 
 
 def _check_model_input(model: nn.Module, shape: tuple[int, int], x_in: torch.Tensor, trained: int | None) -> int:
@@ -186,15 +187,18 @@ def _targets(target: str, files: list[tuple[Path, Path, str | None]], names: lis
     return names
 
 
-def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: Path | None = None,
+def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: str | Path | None = None,
                   checkpoint: Path | None = None, num_classes: int | None = None, target: str = "pred",
-                  image_size: int | None = None, normalize: str = "none", epsilon: float = 0.01,
+                  image_size: int | None = None, normalize: str | None = None, epsilon: float = 0.01,
                   zb: bool = True, batch_size: int = 16) -> list[Path]:
     """Write a heatmap figure and a relevance array per image (see the module docstring); returns the PNGs.
 
-    ``target``: ``"pred"``, ``"label"`` (class folders of a dataset root) or a class index. With
-    ``normalize="imagenet"`` the model sees normalised inputs and Z^B uses the matching
-    per-channel bounds; relevance is per input pixel either way.
+    ``target``: ``"pred"``, ``"label"`` (class folders of a dataset root) or a class index.
+    ``weights``: a state-dict file or a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``;
+    read from the torch hub cache, never downloaded). With ``normalize="imagenet"`` (the default
+    for a weights name) the model sees normalised inputs and Z^B uses the matching per-channel
+    bounds; relevance is per input pixel either way. A ``seg-classify`` run explains the image
+    masked by its segmenter, as it classifies it.
     """
     from .figures import plot_heatmap, save_figure  # matplotlib only when pictures are written
 
@@ -210,16 +214,19 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     check_new_files(out, [out / s.with_suffix(e) for s in stems for e in (".png", ".npy")], _previous_outputs(out),
                     out_option="--out")
     sizes = {_header_size(f) for f, _, _ in files}  # every file readable before the first is written
-    model, class_names, image_size, trained = _load_model(
+    if weights is not None and not is_weights_name(str(weights)):
+        weights = Path(weights)
+    model, class_names, image_size, trained, config = _load_model(
         checkpoint=checkpoint, arch=arch, weights=weights, num_classes=num_classes, image_size=image_size,
         normalize=normalize, sizes=sizes)
     model.eval()
+    channels = (config or {}).get("in_channels") or 3
     mean, std, bounds = torch.zeros(1), torch.ones(1), (0.0, 1.0)
-    if normalize == "imagenet":
+    if config is None and resolve_normalize(normalize, weights, arch or "") == "imagenet":
         mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         bounds = ((0.0 - mean) / std).flatten(), ((1.0 - mean) / std).flatten()
     w, h = (image_size, image_size) if image_size else next(iter(sizes))
-    outputs = _check_model_input(model, (h, w), (torch.zeros(1, 3, h, w) - mean) / std, trained)
+    outputs = _check_model_input(model, (h, w), (torch.zeros(1, channels, h, w) - mean) / std, trained)
     names = _targets(target, files, class_names, outputs)
     lrp = LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds)
 
@@ -228,7 +235,9 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     try:
         for start in range(0, len(files), batch_size):
             chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
-            x = torch.stack([load_image(f, image_size) for (f, _, _), _ in chunk])
+            x = torch.stack([load_image(f, image_size, channels) for (f, _, _), _ in chunk])
+            if config is not None and config.get("segmenter"):
+                x = classifier_input(x, None, config)  # what a seg-classify run classifies
             trace = lrp.trace((x - mean) / std)
             predicted = trace.output.detach().argmax(1)
             if target == "pred":

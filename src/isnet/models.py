@@ -1,23 +1,51 @@
 """Classifier builders: any torchvision classification model by name, and ``small_cnn``.
 
-Weights are read with ``torch.load(weights_only=True)``: tensors only, so a file can never run
-code. A file that is not a state dict, is truncated or belongs to another architecture is a
-:class:`isnet.errors.UserError` that names the file and the first mismatching entries.
+**Weights.** ``weights`` is None (random initialisation), a torchvision weights name
+(``DEFAULT``, ``IMAGENET1K_V1``, ``ResNet18_Weights.IMAGENET1K_V1``) or a state-dict file. A
+weights name is read from the local torch hub cache, ``$TORCH_HOME/hub/checkpoints/<file name
+of the weights' URL>`` (:func:`torch.hub.get_dir`), and never downloaded: when the file is
+missing, the error names it and the path to place it. Every file is read with
+``torch.load(weights_only=True)``: tensors only, so a file can never run code. A file that is
+not a state dict, is truncated or belongs to another architecture is a
+:class:`isnet.errors.UserError` naming the file and the first mismatching entries.
+
+**A new head.** With ``new_head=True`` (training), weights whose class count differs from
+``num_classes`` are loaded into everything but the model's last ``nn.Linear`` (``fc``,
+``classifier[-1]``, ``heads.head``, ...), which keeps its fresh initialisation.
+
+**Input normalisation, folded.** Every isnet model takes pixels in [0, 1]. A network trained
+on ImageNet expects ``(x - mean) / std``; ``normalize="imagenet"`` folds that affine map into
+the first convolution (``W' = W / std``, ``b' = b - sum W mean / std``), which then gains a
+bias. The data pipeline, the masks, the background swap and the Z^B bounds (0, 1) stay as they
+are. The one difference from normalising outside is the first convolution's zero padding: the
+folded model pads the [0, 1] image with black where the original padded the normalised image
+with the mean colour, which changes only the border outputs of that layer (fine-tuning absorbs
+it). ``in_channels=1`` sums the first convolution over the colour channels, which is exact for
+a grayscale image replicated to RGB, so an ImageNet model reads one-channel X-rays directly.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from .errors import UserError, UserFileNotFoundError
 
-__all__ = ["BUILTIN", "build_model", "check_state_dict", "read_torch_file", "small_cnn"]
+__all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "build_model", "check_state_dict",
+           "first_conv", "fold_input", "hub_checkpoints", "is_weights_name", "last_linear", "read_torch_file",
+           "resolve_normalize", "small_cnn", "torchvision_weights", "weights_categories"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = {"none": None, "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+_WEIGHTS_NAME = re.compile(r"([A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
 
 
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -49,10 +77,11 @@ def read_torch_file(path: str | Path, *, what: str = "weights file") -> Any:
         raise UserError(f"{what} {path} is a folder; give the file")
     if not path.is_file():
         hint = ""
-        if re.fullmatch(r"[A-Z0-9_]+(\.[A-Z0-9_]+)?", path.name) and not path.suffix.lower() in (".pt", ".pth"):
-            hint = (f"; {path.name} looks like a torchvision weights name, but isnet downloads nothing: save them "
-                    "once with torch.save(torchvision.models.get_model(ARCH, weights=NAME).state_dict(), "
-                    "'ARCH.pt') and pass that file")
+        if is_weights_name(str(path)):
+            hint = (f"; {path.name} looks like a torchvision weights name: give it with a torchvision --arch "
+                    "(read from the torch hub cache, never downloaded), or save the weights once with "
+                    "torch.save(torchvision.models.get_model(ARCH, weights=NAME).state_dict(), 'ARCH.pt') and "
+                    "pass that file")
         raise UserFileNotFoundError(f"{what} {path} does not exist{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -68,19 +97,29 @@ def read_torch_file(path: str | Path, *, what: str = "weights file") -> Any:
         raise UserError(f"cannot read {what} {path}: {reason}") from None
 
 
-def check_state_dict(model: nn.Module, state: Any, *, source: str) -> None:
-    """Raise a :class:`UserError` when ``state`` does not fit ``model`` (keys or shapes), naming a few entries."""
+def _mismatches(model: nn.Module, state: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, shapes
+
+
+def check_state_dict(model: nn.Module, state: Any, *, source: str, skip: tuple[str, ...] = ()) -> None:
+    """Raise a :class:`UserError` when ``state`` does not fit ``model`` (keys or shapes), naming a few entries.
+
+    Keys in ``skip`` (a head being replaced) are not compared.
+    """
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         hint = (" (it looks like a Lightning checkpoint: pass it as --checkpoint)"
                 if isinstance(state, Mapping) and "state_dict" in state else "")
         raise UserError(f"{source} is not a state dict (a mapping of parameter names to tensors){hint}")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
+    missing, unexpected, shapes = (
+        [k for k in keys if k not in skip] for keys in _mismatches(model, state))
     if not (missing or unexpected or shapes):
         return
+    own = model.state_dict()
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes]
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
         if items:
@@ -89,14 +128,183 @@ def check_state_dict(model: nn.Module, state: Any, *, source: str) -> None:
                     "count and, for small_cnn, the image size the weights were trained with")
 
 
-def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: str | Path | None = None) -> nn.Module:
-    """A freshly initialised classifier, optionally loading a state dict from ``weights``.
+# ------------------------------------------------------------------------------------------
+# pretrained weights
 
-    Lazy layers are materialised with a dummy ``image_size`` input, so the model's
-    parameters exist before an optimiser or a checkpoint sees them.
+
+def hub_checkpoints() -> Path:
+    """The folder torchvision's weights are cached in: ``torch.hub.get_dir()/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def is_weights_name(text: str) -> bool:
+    """Whether ``text`` reads as a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``) rather than a file."""
+    return bool(_WEIGHTS_NAME.fullmatch(Path(text).name)) and Path(text).name == text and not Path(text).exists()
+
+
+def torchvision_weights(arch: str, name: str) -> Any:
+    """The ``torchvision.models.WeightsEnum`` member ``name`` of ``arch`` (``DEFAULT`` resolves to the best)."""
+    from torchvision import models
+
+    try:
+        enum = models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise UserError(f"--weights {name}: torchvision has no pretrained weights for --arch {arch}; give a "
+                        "state-dict file") from None
+    prefix, _, key = name.rpartition(".")
+    if prefix and prefix != enum.__name__:
+        raise UserError(f"--weights {name} belongs to another architecture: --arch {arch} has {enum.__name__}")
+    if key == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[key]
+    except KeyError:
+        raise UserError(f"--weights {name} is not a weights name of {arch}; choose DEFAULT or one of "
+                        f"{[w.name for w in enum]}, or give a state-dict file") from None
+
+
+def weights_categories(arch: str, weights: str | Path | None) -> list[str] | None:
+    """The class names of a torchvision weights name (e.g. the 1,000 ImageNet classes), else None."""
+    if weights is None or arch in BUILTIN or not is_weights_name(str(weights)):
+        return None
+    return list(torchvision_weights(arch, str(weights)).meta.get("categories") or []) or None
+
+
+def _cached_file(arch: str, name: str) -> tuple[Path, str]:
+    entry = torchvision_weights(arch, name)
+    path = hub_checkpoints() / os.path.basename(urlparse(entry.url).path)
+    label = f"{type(entry).__name__}.{entry.name}"
+    if not path.is_file():
+        raise UserFileNotFoundError(
+            f"--weights {name}: the torchvision weights name {label} is read from the torch hub cache and isnet "
+            f"downloads nothing, but {path.name} is not there. Place the file at {path} (download {entry.url} on a "
+            "machine with internet access; the folder is $TORCH_HOME/hub/checkpoints, see torch.hub.get_dir()), "
+            "or pass a state-dict file as --weights")
+    return path, f"--weights {name} ({label}, {path})"
+
+
+# torchvision's DenseNet files use the old key names (norm.1 for norm1); torchvision renames them the same way
+_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                           r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _read_weights(arch: str, weights: str | Path) -> tuple[dict, str]:
+    if is_weights_name(str(weights)):
+        path, source = _cached_file(arch, str(weights))
+    else:
+        path, source = Path(weights).expanduser(), f"weights file {weights}"
+    state = read_torch_file(path)
+    if isinstance(state, Mapping):
+        state = {(_DENSENET_KEY.sub(r"\1\2", k) if isinstance(k, str) else k): v for k, v in state.items()}
+    return state, source
+
+
+def last_linear(model: nn.Module) -> str:
+    """The name of the model's last ``nn.Linear`` (its classifier head)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise UserError("the model has no nn.Linear layer to use as its classifier head; pass --num-classes with "
+                        "the weights' class count, or choose another --arch")
+    return names[-1]
+
+
+def _load_weights(model: nn.Module, arch: str, weights: str | Path, new_head: bool) -> None:
+    state, source = _read_weights(arch, weights)
+    skip: tuple[str, ...] = ()
+    if new_head and isinstance(state, Mapping):
+        head = last_linear(model)
+        keys = (f"{head}.weight", f"{head}.bias")
+        own = model.state_dict()
+        if any(k in state and k in own and state[k].shape != own[k].shape for k in keys):
+            skip = keys  # another class count: the fresh head stays
+    check_state_dict(model, state, source=source, skip=skip)
+    model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=not skip)
+
+
+# ------------------------------------------------------------------------------------------
+# the input layer
+
+
+def first_conv(model: nn.Module, image_size: int) -> str:
+    """The name of the ``nn.Conv2d`` applied directly to the input (found by running the model once)."""
+    x = torch.zeros(1, 3, image_size, image_size)
+    found: list[nn.Module] = []
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if not found and args and args[0] is x:
+            found.append(module)
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    name = next((n for n, m in model.named_modules() if found and m is found[0]), None)
+    if name is None:
+        raise UserError("the model does not start with a convolution on its input, so the input normalisation "
+                        "cannot be folded into it; use --normalize none and --in-channels 3")
+    return name
+
+
+def fold_input(conv: nn.Conv2d, *, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+               in_channels: int = 3) -> nn.Conv2d:
+    """A convolution on [0, 1] pixels equal to ``conv`` on ``(x - mean) / std`` (away from the zero padding).
+
+    ``in_channels=1`` also sums the weights over the colour channels (one gray channel for RGB).
+    """
+    if conv.in_channels != 3 or conv.groups != 1:
+        raise UserError(f"the first convolution takes {conv.in_channels} channels in {conv.groups} group(s); "
+                        "folding a normalisation or reading one channel needs 3 channels in one group")
+    weight = conv.weight.detach()
+    bias = conv.bias.detach() if conv.bias is not None else None
+    if mean is not None and std is not None:
+        m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        base = bias if bias is not None else torch.zeros(weight.shape[0])
+        bias = base - (weight * m / s).sum((1, 2, 3))
+        weight = weight / s
+    if in_channels == 1:
+        weight = weight.sum(1, keepdim=True)
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    bias=bias is not None, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def resolve_normalize(normalize: str | None, weights: str | Path | None, arch: str = "") -> str:
+    """``auto`` (or None): ``imagenet`` for a torchvision weights name, else ``none``."""
+    if normalize in (None, "auto"):
+        return "imagenet" if weights is not None and arch not in BUILTIN and is_weights_name(str(weights)) else "none"
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"--normalize must be auto, none or imagenet, got {normalize!r}")
+    return normalize
+
+
+def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: str | Path | None = None,
+                new_head: bool = False, normalize: str = "none", in_channels: int = 3) -> nn.Module:
+    """A classifier taking [0, 1] pixels: fresh, or from ``weights`` (see the module docstring).
+
+    Lazy layers are materialised with a dummy ``image_size`` input, so the model's parameters
+    exist before an optimiser or a checkpoint sees them. ``normalize`` (``none`` or
+    ``imagenet``) and ``in_channels`` (1 or 3) adapt the first convolution after the weights
+    are loaded; the same arguments without ``weights`` rebuild the same structure.
     """
     if num_classes < 1 or image_size < 1:
         raise UserError(f"need num_classes >= 1 and image_size >= 1, got {num_classes} and {image_size}")
+    if in_channels not in (1, 3):
+        raise UserError(f"--in-channels must be 1 (grayscale) or 3 (RGB), got {in_channels}")
+    normalize = resolve_normalize(normalize, weights, arch)
     if arch in BUILTIN:
         model = BUILTIN[arch](num_classes=num_classes)
     else:
@@ -112,7 +320,9 @@ def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: s
             model.eval()(torch.zeros(1, 3, image_size, image_size))
         model.train()
     if weights is not None:
-        state = read_torch_file(weights)
-        check_state_dict(model, state, source=f"weights file {weights}")
-        model.load_state_dict(state)
+        _load_weights(model, arch, weights, new_head)
+    if normalize != "none" or in_channels != 3:
+        name = first_conv(model, image_size)
+        mean, std = NORMALIZATIONS[normalize] or (None, None)
+        _replace(model, name, fold_input(model.get_submodule(name), mean=mean, std=std, in_channels=in_channels))
     return model

@@ -28,7 +28,7 @@ __all__ = ["CHECKPOINTS", "CONFIG", "MODEL", "RUN_FILES", "check_json_output", "
 CONFIG = "config.json"
 MODEL = "model.pt"
 CHECKPOINTS = "checkpoints"
-RUN_FILES = (CONFIG, MODEL, CHECKPOINTS, "metrics.csv", "hparams.yaml", "calibration")
+RUN_FILES = (CONFIG, MODEL, CHECKPOINTS, "metrics.csv", "hparams.yaml", "calibration", "tensorboard", "mlruns")
 """Everything ``isnet train`` writes into a run folder; nothing else there is ever touched."""
 
 

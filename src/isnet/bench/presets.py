@@ -9,8 +9,10 @@ so the command line builds its help from it without loading PyTorch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 __all__ = [
     "CUES",
@@ -31,8 +33,10 @@ __all__ = [
     "SWEEP",
     "TEST_SETS",
     "BiasBenchConfig",
+    "bench_config",
     "comparison_pairs",
     "method_order",
+    "parse_option",
     "swap_setting",
 ]
 
@@ -215,3 +219,29 @@ DEMO: dict[str, Any] = dict(
 """``isnet demo``: methods and sizes (the benchmark's other settings keep their defaults). The
 selective ISNet trains with the swap, so it is shown next to the standard classifier with the
 swap as well as without."""
+
+
+Config = TypeVar("Config")
+
+
+def parse_option(item: str) -> tuple[str, Any]:
+    """A ``--set KEY=VALUE`` item: the key and the value read as JSON (as text when it is not JSON)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def bench_config(kind: type[Config], base: Mapping[str, Any], given: Mapping[str, Any],
+                 options: Sequence[str]) -> Config:
+    """A benchmark config of dataclass ``kind``: the preset ``base``, overridden by the fields in ``given``
+    that are not None (the command's options), with the ``--set`` ``options`` as its ``train_options``."""
+    values = {**base, **{f.name: given[f.name] for f in fields(kind)
+                         if f.name != "train_options" and given.get(f.name) is not None}}
+    parsed = dict(parse_option(item) for item in options)
+    if parsed:
+        values["train_options"] = parsed
+    return kind(**values)

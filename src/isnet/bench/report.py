@@ -30,11 +30,12 @@ from ..figures import accuracy_bars, bar_plot, save_figure
 from ..report_html import write_html_report
 from ..tables import markdown_table, percent
 from .paired import comparison_sentence
+from .cxr_presets import CxrBenchConfig
 from .presets import METHODS, OCCLUDED, RAW_INPUT, RUN_OPTIONS, TEST_SETS, BiasBenchConfig
 
 __all__ = [
-    "METRICS", "aggregate", "comparisons", "findings", "format_table", "listed_train_options", "results_markdown",
-    "swap_label", "write_results",
+    "METRICS", "PAIRED_NOTE", "aggregate", "comparisons", "findings", "format_table", "listed_train_options",
+    "results_markdown", "swap_label", "write_csv", "write_results",
 ]
 
 METRICS = ("accuracy", "background_relevance", "patch_relevance")
@@ -51,8 +52,8 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     return mean, (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
 
 
-def aggregate(records: Mapping[str, list[dict]]) -> tuple[dict, dict, dict]:
-    """results["methods"], train_time_s and step_time_s from the per-seed records."""
+def aggregate(records: Mapping[str, list[dict]], metrics: Sequence[str] = METRICS) -> tuple[dict, dict, dict]:
+    """results["methods"] (``metrics`` of every test set), train_time_s and step_time_s from the per-seed records."""
     methods: dict[str, dict] = {}
     train_time: dict[str, float] = {}
     step_time: dict[str, float] = {}
@@ -64,7 +65,7 @@ def aggregate(records: Mapping[str, list[dict]]) -> tuple[dict, dict, dict]:
             per_set: dict[str, dict] = {}
             for test in recs[0][key]:
                 entry: dict[str, Any] = {}
-                for metric in METRICS:
+                for metric in metrics:
                     entry[metric], entry[f"{metric}_std"] = _mean_std([r[key][test][metric] for r in recs])
                 entry["seeds"] = len(recs)
                 per_set[test] = entry
@@ -74,7 +75,7 @@ def aggregate(records: Mapping[str, list[dict]]) -> tuple[dict, dict, dict]:
     return methods, train_time, step_time
 
 
-def listed_train_options(cfg: BiasBenchConfig) -> dict[str, Any]:
+def listed_train_options(cfg: BiasBenchConfig | CxrBenchConfig) -> dict[str, Any]:
     """The training options every method shares: TrainConfig's defaults with the benchmark's overrides.
 
     Left out, from the field metadata and the presets: the options the grid sets per run
@@ -128,8 +129,9 @@ def format_table(results: Mapping[str, Any]) -> str:
     return markdown_table(_table_rows(results))
 
 
-def _write_csv(results: Mapping[str, Any], path: Path) -> None:
-    header = ["method", "background_swap", "test_set", *[f"{m}{s}" for m in METRICS for s in ("", "_std")],
+def write_csv(results: Mapping[str, Any], path: Path, metrics: Sequence[str] = METRICS) -> None:
+    """``results.csv``: one row per method and test set, each metric's mean and standard deviation."""
+    header = ["method", "background_swap", "test_set", *[f"{m}{s}" for m in metrics for s in ("", "_std")],
               "seeds", "train_time_s", "step_time_s"]
     swaps = results["config"].get("background_swap", {})
     buffer = io.StringIO()
@@ -140,7 +142,7 @@ def _write_csv(results: Mapping[str, Any], path: Path) -> None:
         swap = "" if swaps.get(base) is None else f"{swaps[base]:g}"
         for test, entry in sets.items():
             values = ["" if entry[f"{m}{s}"] is None else f"{entry[f'{m}{s}']:.6g}"
-                      for m in METRICS for s in ("", "_std")]
+                      for m in metrics for s in ("", "_std")]
             writer.writerow([method, swap, test, *values, entry["seeds"], f"{results['train_time_s'][base]:.2f}",
                              f"{results['step_time_s'][base]:.2f}"])
     path.write_text(buffer.getvalue())
@@ -154,7 +156,7 @@ def comparisons(results: Mapping[str, Any]) -> list[str]:
     return [comparison_sentence(entries) for entries in pairs.values()]
 
 
-_PAIRED = (
+PAIRED_NOTE = (
     "Paired comparisons: differences in percentage points, method minus reference, mean over seeds with a "
     "95% t-interval over the per-seed differences. Each method is compared with the standard classifier "
     "trained with the same swap setting (X+swap vs standard+swap, X vs standard), so the difference is what "
@@ -284,7 +286,7 @@ def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], f
     said = ["\n".join(findings(results)) + "\n"]
     paired = comparisons(results)
     if paired:
-        said += [_PAIRED, "\n".join(paired) + "\n"]
+        said += [PAIRED_NOTE, "\n".join(paired) + "\n"]
     sections.append(("What the numbers say", said))
     if "heatmaps" in figures:
         sections.append(("Heatmaps", [
@@ -300,7 +302,7 @@ def results_markdown(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
     text = f"# {cfg.title}\n\n{format_table(results)}\n"
     paired = comparisons(results)
     if paired:
-        text += "\n" + _PAIRED + "\n\n" + "\n".join(f"* {line}" for line in paired) + "\n"
+        text += "\n" + PAIRED_NOTE + "\n\n" + "\n".join(f"* {line}" for line in paired) + "\n"
     return text
 
 
@@ -308,5 +310,5 @@ def write_results(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], h
     """Write results.json, results.md, results.csv, figures/*.png and report.html into ``out``."""
     write_json(out / "results.json", results)
     (out / "results.md").write_text(results_markdown(cfg, results))
-    _write_csv(results, out / "results.csv")
+    write_csv(results, out / "results.csv")
     _write_report(out, cfg, results, _figures(results, heatmaps))

@@ -7,7 +7,8 @@ Layout (torchvision ``ImageFolder`` convention plus a parallel mask tree)::
 
 An image and its mask share the path relative to ``images/`` / ``masks/`` up to the
 extension. A mask pixel is foreground when it is nonzero (in any colour channel; an
-alpha channel is ignored; palette masks use the palette index).
+alpha channel is ignored; palette masks use the palette index). Images may also be 16-bit
+PNG/TIFF or DICOM (:mod:`isnet.data.imageio`); masks are ordinary image files.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import UserError
+from .imageio import IMAGE_EXTENSIONS, READ_ERRORS, probe_size, read_image
 
 __all__ = ["DatasetError", "MaskedImageFolder", "make_transform", "mask_warnings"]
 
 _MAX_LISTED = 20
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_PIL_ERRORS = READ_ERRORS
 
 
 class DatasetError(UserError):
@@ -76,15 +77,9 @@ def make_transform(
     return v2.Compose(steps)
 
 
-def _read_image(path: Path) -> tv_tensors.Image:
-    """Load an image as 3 channels: uint8, or float32 in [0, 1] for 16-bit files."""
-    with Image.open(path) as im:
-        if im.mode in _SIXTEEN_BIT_MODES:
-            gray = np.asarray(im, dtype=np.float32) / 65535.0
-            chw = torch.from_numpy(np.clip(gray, 0.0, 1.0))[None].expand(3, -1, -1).clone()
-            return tv_tensors.Image(chw)
-        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1))
+def _read_image(path: Path, channels: int = 3) -> tv_tensors.Image:
+    """Load an image with ``channels`` channels: uint8, or float32 in [0, 1] for 16-bit and DICOM files."""
+    return tv_tensors.Image(read_image(path, channels))
 
 
 def _read_mask(path: Path) -> tv_tensors.Mask:
@@ -109,8 +104,7 @@ def _load(reader: Callable[[Path], Tensor], path: Path) -> Any:
 def _probe_size(path: Path) -> tuple[int, int] | str:
     """Return ``(width, height)`` from the file header, or an error description."""
     try:
-        with Image.open(path) as im:
-            return im.size
+        return probe_size(path)
     except _PIL_ERRORS as err:
         return f"unreadable or corrupt file {path}: {type(err).__name__}: {err}"
 
@@ -147,6 +141,9 @@ class MaskedImageFolder(Dataset):
     classes
         Class list to use instead of the sorted folder names (e.g. the training set's, for a
         test set); a class folder not in this list is an error, a listed class may be absent.
+    channels
+        3 (grayscale replicated to RGB) or 1 (colour converted to gray), see
+        :mod:`isnet.data.imageio`.
 
     Attributes
     ----------
@@ -159,9 +156,9 @@ class MaskedImageFolder(Dataset):
     has_masks
         Whether masks were read from disk.
 
-    Items are ``(image, mask, label)``: image float32 (3, H, W) in [0, 1] (grayscale is
-    replicated to 3 channels, alpha dropped, 16-bit grayscale scaled by 1/65535), mask
-    float32 (1, H, W) of 0/1, label int.
+    Items are ``(image, mask, label)``: image float32 (``channels``, H, W) in [0, 1]
+    (grayscale replicated to 3 channels, alpha dropped, 16-bit grayscale scaled by 1/65535,
+    DICOM through its rescale and VOI LUT), mask float32 (1, H, W) of 0/1, label int.
     """
 
     def __init__(
@@ -171,9 +168,13 @@ class MaskedImageFolder(Dataset):
         transform: Callable[..., Any] | None = None,
         masks: bool | None = True,
         classes: Sequence[str] | None = None,
+        channels: int = 3,
     ) -> None:
+        if channels not in (1, 3):
+            raise UserError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         self.root = Path(root).expanduser()
         self.transform = transform
+        self.channels = channels
         self.has_masks = (self.root / "masks").is_dir() if masks is None else masks
         self.classes, self.class_to_idx, self.samples = self._scan(classes)
         self.targets = [label for _, _, label in self.samples]
@@ -214,11 +215,11 @@ class MaskedImageFolder(Dataset):
         present = {name: class_to_idx[name] for name in folders if name in class_to_idx}
         found: list[tuple[str, int]] = []
         if present:
-            found = make_dataset(images_dir, present, IMG_EXTENSIONS, allow_empty=True)
+            found = make_dataset(images_dir, present, IMAGE_EXTENSIONS, allow_empty=True)
         nonempty = {label for _, label in found}
         problems += [
             f"empty class folder {images_dir / name} (no file with extension "
-            f"{', '.join(IMG_EXTENSIONS)})"
+            f"{', '.join(IMAGE_EXTENSIONS)})"
             for name, idx in present.items()
             if idx not in nonempty
         ]
@@ -299,7 +300,7 @@ class MaskedImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
         image_path, mask_path, label = self.samples[index]
-        image = _load(_read_image, image_path)
+        image = _load(lambda path: _read_image(path, self.channels), image_path)
         if mask_path is None:
             mask = tv_tensors.Mask(torch.ones((1, *image.shape[-2:]), dtype=torch.uint8))
         else:

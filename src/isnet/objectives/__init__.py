@@ -1,13 +1,13 @@
 """Training objectives by name: the ISNet variants, the swap control and the baselines.
 
-Importing this package registers every built-in objective (:mod:`.isnet`, :mod:`.baselines`);
-a new one is a function decorated with :func:`register_objective`.
+Importing this package registers every built-in objective (:mod:`.isnet`, :mod:`.baselines`,
+:mod:`.segmented`); a new one is a function decorated with :func:`register_objective`.
 """
 
-from . import baselines, isnet
+from . import baselines, isnet, segmented
 from .registry import Objective, StepContext, StepOutput, get_objective, objective_names, register_objective
 
 __all__ = [
     "Objective", "StepContext", "StepOutput", "baselines", "get_objective", "isnet", "objective_names",
-    "register_objective",
+    "register_objective", "segmented",
 ]

@@ -14,12 +14,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import MaskedImageFolder, make_transform
 from ..data.folder import DatasetError, mask_warnings
+from ..data.imageio import probe_size
 from ..errors import IsnetWarning, UserError
 
 __all__ = ["MaskedDataModule", "epoch_seed"]
@@ -49,8 +49,7 @@ class _EpochSampler(DistributedSampler):
 
 def _probe_image_size(dataset: MaskedImageFolder) -> int:
     path = dataset.samples[0][0]
-    with Image.open(path) as im:
-        width, height = im.size
+    width, height = probe_size(path)
     if width != height:
         raise UserError(f"image {path} is {width}x{height}; pass an image size (--image-size) to resize "
                         "images to a square")
@@ -83,17 +82,19 @@ class MaskedDataModule(L.LightningDataModule):
         Name -> root of test sets (masks used when ``ROOT/masks`` exists).
     train_masks
         Require masks for the training set (False: all-ones masks).
+    channels
+        Image channels the model reads (3, or 1 for grayscale).
     """
 
     def __init__(self, train: str | Path | None, val: str | Path | None = None, *, image_size: int | None = None,
                  batch_size: int = 64, workers: int = 2, seed: int = 0, hflip: bool = False,
                  classes: Sequence[str] | None = None, tests: Mapping[str, str | Path] | None = None,
-                 train_masks: bool = True) -> None:
+                 train_masks: bool = True, channels: int = 3) -> None:
         super().__init__()
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
         self.train_set = self.val_set = None
         if train is not None:
-            probe = MaskedImageFolder(train, masks=train_masks, classes=classes)
+            probe = MaskedImageFolder(train, masks=train_masks, classes=classes, channels=channels)
             if len(probe) == 0:
                 raise DatasetError(f"dataset {train} holds no images")
             if train_masks and rank_zero_only.rank == 0:  # under DDP, one process reports
@@ -110,10 +111,10 @@ class MaskedDataModule(L.LightningDataModule):
         eval_transform = make_transform(self.image_size, train=False)
         if val is not None:
             self.val_set = MaskedImageFolder(val, transform=eval_transform, masks=None,
-                                             classes=self.classes)
+                                             classes=self.classes, channels=channels)
         self.val_has_masks = bool(self.val_set is not None and self.val_set.has_masks)
         self.tests = {name: MaskedImageFolder(root, transform=eval_transform, masks=None,
-                                              classes=self.classes)
+                                              classes=self.classes, channels=channels)
                       for name, root in (tests or {}).items()}
 
     def _loader(self, dataset, **kwargs) -> DataLoader:

@@ -31,11 +31,13 @@ from ..checkpoints import CHECKPOINTS, CONFIG, MODEL, write_json
 from ..config import TrainConfig
 from ..data.folder import DatasetError
 from ..errors import UserError
+from ..models import is_weights_name, resolve_normalize
 from ..objectives import Objective, get_objective
 from ..paths import check_run_folder, clear_run
 from .data import MaskedDataModule
 from .module import ISNetModule, TrainingDiverged
 from .resume import explicit_options, resume_config
+from .tracking import HeatmapPictures, check_logger, extra_loggers
 
 __all__ = ["fit"]
 
@@ -151,12 +153,25 @@ def _check_hardware(cfg: TrainConfig) -> None:
         raise UserError(f"the hardware options ({options}) do not work here: {err}") from None
 
 
-def _check_model(cfg: TrainConfig) -> None:
-    """Build the module once (architecture, deep-supervision layers, the objective's own checks)."""
+def _check_model(cfg: TrainConfig, *, pretrained: bool) -> None:
+    """Build the module once (architecture, weights, deep-supervision layers, the objective's own checks)."""
     probe = TrainConfig.from_dict(cfg.to_dict())
     if probe.C1 is None:
         probe.C1, probe.C2 = 1.0, 25.0  # placeholders: only the construction is checked
-    ISNetModule.from_config(probe)
+    ISNetModule.from_config(probe, pretrained=pretrained)
+
+
+def _resolve_inputs(cfg: TrainConfig, objective: Objective, *, new: bool) -> None:
+    """Settle what the model starts from and reads: weights path, normalisation, segmenter, logger."""
+    check_logger(cfg.logger)
+    if cfg.segmenter and "segmenter" not in objective.hyperparameters:
+        raise UserError(f"--segmenter is used by --variant seg-classify only, not by {cfg.variant}")
+    if new:  # config.json records absolute paths, so that eval and explain work from any folder
+        if cfg.weights is not None and not is_weights_name(cfg.weights):
+            cfg.weights = str(Path(cfg.weights).expanduser().resolve())
+        if cfg.segmenter:
+            cfg.segmenter = str(Path(cfg.segmenter).expanduser().resolve())
+    cfg.normalize = resolve_normalize(cfg.normalize, cfg.weights, cfg.arch)
 
 
 def _objective(name: str) -> Objective:
@@ -266,18 +281,20 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
             clear = check_run_folder(run, overwrite=cfg.overwrite, datasets=[d for d in (cfg.train, cfg.val) if d])
     objective = _objective(cfg.variant)
     cfg.background_swap = objective.swap_probability(cfg.background_swap)  # config.json records the value used
+    _resolve_inputs(cfg, objective, new=not cfg.resume)
     _check_hardware(cfg)
     with _quiet_lightning(cfg.quiet):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = MaskedDataModule(
             cfg.train, cfg.val, image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers,
             seed=cfg.seed, hflip=cfg.hflip, classes=cfg.classes,
-            train_masks=objective.needs_masks or cfg.background_swap > 0)  # the swap reads the masks too
+            train_masks=objective.needs_masks or cfg.background_swap > 0,  # the swap reads the masks too
+            channels=cfg.in_channels)
         if len(datamodule.classes) < 2:
             raise DatasetError(f"dataset {cfg.train} has {len(datamodule.classes)} class folder(s); need at least 2")
         cfg.classes, cfg.num_classes = datamodule.classes, len(datamodule.classes)
         cfg.image_size = datamodule.image_size
-        _check_model(cfg)
+        _check_model(cfg, pretrained=ckpt_path is None)  # a resumed run's checkpoint replaces the weights
         # every check passed: from here on the run folder is written
         if clear:
             clear_run(run, clear)
@@ -292,11 +309,12 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
 
             L.seed_everything(cfg.seed, workers=True, verbose=False)  # the ISNet starts from a fresh init
             resolved = cfg.to_dict()
-            module = ISNetModule.from_config(cfg)
-            logger = _RunLogger(run)
-            trainer = _trainer(cfg, max_epochs=cfg.epochs, logger=logger, checkpointing=True,
+            module = ISNetModule.from_config(cfg, pretrained=ckpt_path is None)
+            loggers = [_RunLogger(run), *extra_loggers(cfg, run)]
+            pictures = [HeatmapPictures(cfg.log_images)] if len(loggers) > 1 and cfg.log_images else []
+            trainer = _trainer(cfg, max_epochs=cfg.epochs, logger=loggers, checkpointing=True,
                                callbacks=[*_checkpoints(run, cfg.val is not None), _RunFiles(run, resolved),
-                                          *callbacks])
+                                          *pictures, *callbacks])
             last = run / CHECKPOINTS / "last.ckpt"
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)

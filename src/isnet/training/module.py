@@ -27,9 +27,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..config import TrainConfig
 from ..data.augment import swap_backgrounds
 from ..loss import ISNetLoss, calibrate, float32_region
+from ..masks import mask_background
 from ..metrics import BackgroundRelevance
-from ..models import build_model
+from ..models import build_model, resolve_normalize
 from ..objectives import Objective, StepContext, StepOutput, get_objective
+from ..segment.predict import predicted_masks
 from ..variants import ISNet, input_heatmaps
 from .data import epoch_seed
 
@@ -77,17 +79,22 @@ class ISNetModule(L.LightningModule):
         self.calibration: dict[str, float] | None = None
 
     @classmethod
-    def from_config(cls, config: TrainConfig | Mapping[str, Any], *, calibrate: bool = False) -> ISNetModule:
+    def from_config(cls, config: TrainConfig | Mapping[str, Any], *, calibrate: bool = False,
+                    pretrained: bool = True) -> ISNetModule:
         """The module a resolved configuration describes (``num_classes`` and ``image_size`` set).
 
         With ``calibrate``, the module trains the plain classifier and records the relevance
-        totals of the configured variant's heatmaps in its last epoch.
+        totals of the configured variant's heatmaps in its last epoch. ``pretrained=False``
+        builds the architecture without reading ``config.weights`` (a resumed run's checkpoint
+        replaces them anyway).
         """
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         objective = get_objective(cfg.variant)
         if objective.heatmap_loss and not calibrate and (cfg.C1 is None or cfg.C2 is None):
             raise ValueError(f"variant {cfg.variant!r} needs C1 and C2 (fit() calibrates them)")
-        model = build_model(cfg.arch, cfg.num_classes, image_size=cfg.image_size)
+        model = build_model(cfg.arch, cfg.num_classes, image_size=cfg.image_size, new_head=True,
+                            weights=cfg.weights if pretrained else None, in_channels=cfg.in_channels,
+                            normalize=resolve_normalize(cfg.normalize, cfg.weights, cfg.arch))
         if objective.check is not None:
             objective.check(model, cfg)
         lrp = dict(cfg.lrp_options(), selective_eps=cfg.selective_eps, selective_class=cfg.selective_class)
@@ -117,6 +124,12 @@ class ISNetModule(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def classifier_input(self, x: Tensor, masks: Tensor) -> Tensor:
+        """What the classifier sees: ``x``, or ``x`` masked (by its masks or, with a segmenter, predicted ones)."""
+        if self.config.segmenter:
+            return mask_background(x, predicted_masks(self.config.segmenter, x))
+        return self.objective.classifier_input(x, masks)
 
     def _check_finite(self, out: StepOutput, batch_idx: int) -> None:
         finite = torch.isfinite(out.loss.detach())
@@ -195,7 +208,7 @@ class ISNetModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, masks, labels = batch
-        x = self.objective.classifier_input(x, masks)
+        x = self.classifier_input(x, masks)
         with torch.enable_grad():  # LRP needs autograd; eval mode keeps the heatmap out of any graph
             logits, heatmaps = self.net(x, heatmaps=True, labels=labels)
         logits, maps = logits.detach(), input_heatmaps(heatmaps).detach().float()

@@ -1,0 +1,156 @@
+"""The BG-CXR benchmark: the data command, a tiny benchmark run, its outputs and its reuse of stored runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isnet.bench.cxr_presets import CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
+from isnet.bench.presets import METHODS, BiasBenchConfig, bench_config
+from isnet.cli import main
+
+TINY = ["--seeds", "1", "--n-train", "60", "--n-val", "12", "--n-test", "12", "--epochs", "1", "--image-size", "64",
+        "--arch", "small_cnn", "--examples", "1", "--jobs", "1", "--threads", "1"]
+
+
+def test_data_command_writes_the_dataset_layout(tmp_path):
+    from isnet.data import MaskedImageFolder
+
+    out = tmp_path / "cxr"
+    assert main(["data", "bg-cxr", "--out", str(out), "--n-train", "6", "--n-val", "3", "--n-test", "3",
+                 "--image-size", "64", "--correlation", "1", "--unbiased"]) == 0
+    meta = json.loads((out / "bg-cxr.json").read_text())
+    assert meta["image_size"] == 64 and meta["correlation"] == 1.0
+    assert list(meta["splits"]) == ["train", "val", "test/biased", "test/unbiased", "test/external", "test/deceiving"]
+    for split, info in meta["splits"].items():
+        root = out / split
+        rows = list(csv.DictReader((root / "index.csv").open()))
+        assert len(rows) == info["n"]
+        for row in rows:
+            for tree in ("images", "masks", "shortcuts"):
+                assert (root / tree / row["file"]).is_file()
+    train = MaskedImageFolder(out / "train")
+    image, mask, label = train[0]
+    assert train.classes == ["consolidation", "ground_glass", "normal"]
+    assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64) and 0 <= label < 3
+    assert torch.equal(image[0], image[1])  # grayscale replicated
+
+
+def test_presets_use_the_bias_benchmarks_methods_and_validate():
+    for preset in (CXR_QUICK, CXR_FULL):
+        assert set(preset["methods"]) <= set(METHODS)
+        CxrBenchConfig(**preset).validate()
+    assert set(CXR_FULL["methods"]) == set(METHODS)
+    assert CXR_QUICK["arch"] == "small_cnn" and CXR_FULL["arch"] == "resnet18"
+    with pytest.raises(ValueError, match="image_size"):
+        CxrBenchConfig(image_size=32).validate()
+    with pytest.raises(ValueError, match="correlation"):
+        CxrBenchConfig(correlation=1.5).validate()
+    with pytest.raises(ValueError, match="unknown methods"):
+        CxrBenchConfig(methods=["nope"]).validate()
+    with pytest.raises(ValueError, match="background_swap"):
+        CxrBenchConfig(train_options={"background_swap": 0.5}).validate()
+
+
+def test_bench_config_takes_the_preset_then_the_given_options():
+    given = {"seeds": 2, "arch": None, "image_size": 96, "placement": "anywhere", "out": "ignored"}
+    cfg = bench_config(CxrBenchConfig, CXR_QUICK, given, ["P=0.9", "gradcam_layer=features"])
+    assert (cfg.seeds, cfg.arch, cfg.image_size, cfg.n_train) == (2, "small_cnn", 96, CXR_QUICK["n_train"])
+    assert cfg.train_options == {"P": 0.9, "gradcam_layer": "features"}
+    assert bench_config(BiasBenchConfig, {}, given, []).placement == "anywhere"
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        bench_config(CxrBenchConfig, {}, {}, ["P"])
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "cxr"
+    argv = ["bench", "cxr", "--out", str(out), "--methods", "standard", "masked", *TINY]
+    assert main(argv) == 0
+    return out, argv
+
+
+@pytest.mark.e2e
+def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
+    out, _ = tiny_bench
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"methods", "train_time_s", "step_time_s", "paired", "config"}
+    assert list(results["methods"]) == ["standard", "masked", "masked@unmasked"]
+    for sets in results["methods"].values():
+        assert list(sets) == list(CXR_TEST_SETS)
+        for entry in sets.values():
+            for metric in CXR_METRICS:
+                assert 0.0 <= entry[metric] <= 1.0 and f"{metric}_std" in entry
+            [(low, high)] = entry["abnormal_auroc_ci95"]  # one seed: one DeLong interval
+            assert low <= entry["abnormal_auroc"] <= high
+            assert entry["seeds"] == 1
+    config = results["config"]
+    assert config["test_sets"] == list(CXR_TEST_SETS) and config["train"]["epochs"] == 1
+    assert config["bench"]["arch"] == "small_cnn" and config["train"]["image_size"] == 64
+    assert config["background_swap"] == {"standard": 0.0, "masked": None}
+    record = json.loads((out / "runs" / "standard" / "seed0" / "result.json").read_text())
+    assert np.asarray(record["results"]["deceiving"]["confusion_matrix"]).sum() == 12
+
+    table = (out / "results.md").read_text()
+    assert "## Accuracy (%)" in table and "| method | swap | biased | unbiased | external | deceiving |" in table
+    assert "| standard | no |" in table and "| masked | - |" in table
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {(r["method"], r["test_set"]) for r in rows} >= {("standard", "external"), ("masked", "deceiving")}
+    assert "shortcut_relevance" in rows[0] and "abnormal_auroc_std" in rows[0]
+    for name in ("accuracy", "background_relevance", "shortcut_relevance", "train_time", "heatmaps", "examples",
+                 "swap"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64") >= 7
+    assert "pastes one patient&#x27;s lungs into another&#x27;s body" in report
+    assert "<script" not in report and 'src="http' not in report  # self-contained
+
+
+@pytest.mark.e2e
+def test_test_sets_in_memory_are_the_files_on_disk(tiny_bench):
+    from isnet.bench.cxr import make_test_sets
+
+    out, _ = tiny_bench
+    cfg = CxrBenchConfig(n_test=12, image_size=64)
+    tests = make_test_sets(cfg)
+    for name in ("external", "deceiving"):
+        first = next(csv.DictReader((out / "data" / "test" / name / "index.csv").open()))
+        image = np.asarray(Image.open(out / "data" / "test" / name / "images" / first["file"]))
+        shortcut = np.asarray(Image.open(out / "data" / "test" / name / "shortcuts" / first["file"])) > 0
+        assert torch.equal(tests[name].images[0, 0], torch.from_numpy(image).float() / 255)
+        assert torch.equal(tests[name].shortcuts[0, 0], torch.from_numpy(shortcut).float())
+        assert int(tests[name].labels[0]) == int(first["label"])
+
+
+@pytest.mark.e2e
+def test_a_second_call_reuses_the_stored_runs_and_other_data_settings_are_refused(tiny_bench, capsys):
+    out, argv = tiny_bench
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("reused stored run") == 2
+    other = [a if a != "60" else "66" for a in argv]  # another --n-train into the same folder
+    assert main(other) == 2
+    assert "BG-CXR made with other settings" in capsys.readouterr().err
+
+
+def test_findings_name_what_each_method_does():
+    from isnet.bench.cxr_report import findings
+
+    def sets(*accuracies: float, bg: float = 0.5) -> dict:
+        return {t: {"accuracy": a, "background_relevance": bg, "shortcut_relevance": 0.1}
+                for t, a in zip(CXR_TEST_SETS, accuracies)}
+
+    methods = {"shortcut": sets(0.95, 0.35, 0.33, 0.02), "hidden": sets(0.95, 0.35, 0.33, 0.02, bg=0.05),
+               "external": sets(0.8, 0.75, 0.5, 0.7), "robust": sets(0.8, 0.78, 0.77, 0.79),
+               "chance": sets(0.3, 0.35, 0.33, 0.3)}
+    lines = dict(zip(methods, findings({"methods": methods})))
+    assert "reads the hospital" in lines["shortcut"] and "little relevance" not in lines["shortcut"]
+    assert "little relevance lies outside the lungs" in lines["hidden"]
+    assert "more than 20 points below biased on external)" in lines["external"]
+    assert "is robust" in lines["robust"] and "did not learn" in lines["chance"]
+    assert lines["robust"].startswith("robust: ") and "external 77.0%" in lines["robust"]

@@ -1,0 +1,144 @@
+"""Pretrained backbones: torchvision weights names read from the local torch hub cache (never downloaded),
+a new head for the data's classes, the ImageNet normalisation folded into the first convolution, and
+one-channel inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+from isnet.cli import main
+from isnet.errors import UserError, UserFileNotFoundError
+from isnet.models import IMAGENET_MEAN, IMAGENET_STD, build_model, hub_checkpoints
+
+RESNET18_FILE = "resnet18-f37072fd.pth"  # the file name in ResNet18_Weights.IMAGENET1K_V1's URL
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A torch hub cache in a temporary TORCH_HOME holding 'ImageNet' resnet18 weights (a random state dict)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = hub_checkpoints()
+    assert folder == tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(123)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, folder / RESNET18_FILE)
+    return state
+
+
+def _differing(model: torch.nn.Module, state: dict) -> set[str]:
+    own = model.state_dict()
+    return {k for k in own if k not in state or own[k].shape != state[k].shape or not torch.equal(own[k], state[k])}
+
+
+def test_weights_names_read_the_hub_cache_and_a_new_head_fits_the_classes(hub):
+    for name in ("DEFAULT", "IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1"):
+        model = build_model("resnet18", 3, weights=name, new_head=True, image_size=32)
+        assert _differing(model, hub) == {"fc.weight", "fc.bias"}
+        assert model.fc.out_features == 3
+    same_classes = build_model("resnet18", 1000, weights="DEFAULT", new_head=True)
+    assert _differing(same_classes, hub) == set()  # the head is kept when the class count matches
+    with pytest.raises(UserError, match="another shape"):  # explaining: no head is invented
+        build_model("resnet18", 3, weights="DEFAULT")
+    with pytest.raises(UserError, match=r"IMAGENET1K_V1"):
+        build_model("resnet18", 3, weights="IMAGENET1K_V9", new_head=True)
+    with pytest.raises(UserError, match="no pretrained weights"):
+        build_model("small_cnn", 3, weights="DEFAULT")
+
+
+def test_a_missing_weights_file_names_the_file_and_where_to_place_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    expected = tmp_path / "empty" / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    with pytest.raises(UserFileNotFoundError) as info:
+        build_model("densenet121", 2, weights="DEFAULT", new_head=True)
+    message = str(info.value)
+    assert str(expected) in message and "densenet121-a639ec97.pth" in message
+    assert "download.pytorch.org/models/densenet121-a639ec97.pth" in message and "downloads nothing" in message
+    assert not expected.parent.exists()  # nothing was fetched or created
+
+
+def test_imagenet_normalisation_is_folded_into_the_first_convolution(hub):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    reference.load_state_dict(hub)
+    reference.eval()
+    folded = build_model("resnet18", 1000, weights="DEFAULT", normalize="imagenet").eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        want, got = reference.conv1((x - mean) / std), folded.conv1(x)
+    # equal wherever the 7x7 kernel (padding 3, stride 2) does not reach the zero padding
+    torch.testing.assert_close(got[..., 2:-2, 2:-2], want[..., 2:-2, 2:-2], atol=1e-5, rtol=1e-5)
+    assert _differing(folded, hub) == {"conv1.weight", "conv1.bias"}
+    gray = build_model("resnet18", 1000, weights="DEFAULT", normalize="imagenet", in_channels=1).eval()
+    g = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():  # one channel = the gray image replicated to RGB, exactly
+        torch.testing.assert_close(gray(g), folded(g.expand(-1, 3, -1, -1)), atol=1e-5, rtol=1e-4)
+    small = build_model("small_cnn", 2, image_size=16, in_channels=1)
+    assert small[0].in_channels == 1 and small(torch.rand(1, 1, 16, 16)).shape == (1, 2)
+
+
+def _tiny_dataset(root, n=8, size=32, mode="RGB"):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = str(i % 2)
+        for sub in ("images", "masks"):
+            (root / sub / label).mkdir(parents=True, exist_ok=True)
+        shape = (size, size, 3) if mode == "RGB" else (size, size)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / "images" / label / f"{i}.png")
+        mask = np.zeros((size, size), np.uint8)
+        mask[8:24, 8:24] = 255
+        Image.fromarray(mask).save(root / "masks" / label / f"{i}.png")
+    return root
+
+
+class _StartingWeights(Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.state = {k: v.detach().clone() for k, v in pl_module.net.model.state_dict().items()}
+
+
+@pytest.mark.e2e
+def test_training_starts_from_the_cached_weights_and_the_run_loads_without_them(hub, tmp_path):
+    from isnet.checkpoints import load_classifier
+    from isnet.training import fit
+
+    data = _tiny_dataset(tmp_path / "data")
+    probe = _StartingWeights()
+    run = fit({"train": str(data), "arch": "resnet18", "weights": "DEFAULT", "variant": "standard", "epochs": 1,
+               "batch_size": 8, "workers": 0, "quiet": True, "out": str(tmp_path / "run")}, callbacks=[probe])
+    start = probe.state
+    assert set(start) == set(hub) | {"conv1.bias"}  # the folded normalisation gives conv1 a bias
+    changed = {k for k in hub if start[k].shape != hub[k].shape or not torch.equal(start[k], hub[k])}
+    assert changed == {"fc.weight", "fc.bias", "conv1.weight"}
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(start["conv1.weight"], hub["conv1.weight"] / std)  # normalisation folded in
+    config = json.loads((run / "config.json").read_text())
+    assert (config["weights"], config["normalize"], config["in_channels"]) == ("DEFAULT", "imagenet", 3)
+    (hub_checkpoints() / RESNET18_FILE).unlink()  # a trained run never needs the pretrained file again
+    model, loaded = load_classifier(run)
+    assert model.fc.out_features == 2 and model.conv1.bias is not None and loaded["weights"] == "DEFAULT"
+
+
+@pytest.mark.e2e
+def test_cli_weights_errors_and_explain_with_a_weights_name(hub, tmp_path, capsys):
+    data = _tiny_dataset(tmp_path / "data", n=4)
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(data), "--arch", "resnet18", "--weights", "IMAGENET1K_V2", "--out",
+                 str(out), "--quiet"]) == 2
+    assert "IMAGENET1K_V1" in capsys.readouterr().err and not out.exists()
+    assert main(["train", "--train", str(data), "--arch", "densenet121", "--weights", "DEFAULT", "--out",
+                 str(out), "--quiet", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "densenet121-a639ec97.pth" in err and str(hub_checkpoints()) in err and not out.exists()
+    heat = tmp_path / "heat"
+    assert main(["explain", "--arch", "resnet18", "--weights", "DEFAULT", "--images", str(data / "images" / "0"),
+                 "--out", str(heat)]) == 0
+    listed = json.loads((heat / "heatmaps.json").read_text())
+    assert len(listed) == 2 and all(0 <= e["predicted"] < 1000 for e in listed)  # the 1,000 ImageNet classes
