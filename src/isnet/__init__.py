@@ -1,4 +1,4 @@
-"""isnet: LRP-Flex explanations for any ReLU network, and ISNet / Faster ISNet training.
+"""isnet: LRP-Flex explanations for ReLU, attention and modern CNN classifiers, and ISNet / Faster ISNet training.
 
 Explain: :func:`explain`, :class:`LRPFlex`, :func:`plot_heatmap`.
 Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`;

@@ -358,7 +358,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="isnet", description=(
-        "LRP-Flex heatmaps for any ReLU network, and ISNet / Faster ISNet training "
+        "LRP-Flex heatmaps for ReLU, attention and modern CNN classifiers, and ISNet / Faster ISNet training "
         "that keeps classifiers off image backgrounds."))
     from . import __version__
 

@@ -84,7 +84,7 @@ class ISNet(nn.Module):
     Parameters
     ----------
     model
-        The classifier (any ReLU network); kept unchanged as ``net.model``.
+        The classifier (any network LRP-Flex explains); kept unchanged as ``net.model``.
     variant
         ``standard | original | selective | stochastic``.
     epsilon, zb, bounds
