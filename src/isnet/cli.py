@@ -165,18 +165,11 @@ def _add_eval(sub) -> None:
 
 def _run_eval(args: argparse.Namespace) -> None:
     from .checkpoints import write_json
-    from .errors import UserError
     from .evaluate import evaluate, format_table
+    from .options import named_tests
     from .paths import check_json_output
 
-    tests = {}
-    for item in args.test:
-        name, sep, root = item.partition("=")
-        if not sep or not name or not root:
-            raise UserError(f"--test expects NAME=DIR, got {item!r}")
-        if name in tests:
-            raise UserError(f"test set name {name!r} given twice")
-        tests[name] = Path(root)
+    tests = named_tests(args.test)
     if args.json is not None:
         check_json_output(args.json, option="--json")  # before the work, so no result is lost
     results = evaluate(args.checkpoint, tests, batch_size=args.batch_size, workers=args.workers,

@@ -25,7 +25,8 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["BOOKKEEPING", "OPTIMIZERS", "RESUMABLE", "SCHEDULES", "TrainConfig", "flag", "option", "out_of_range"]
+__all__ = ["BOOKKEEPING", "OPTIMIZERS", "RESUMABLE", "SCHEDULES", "TrainConfig", "flag", "from_fields", "option",
+           "out_of_range", "plain_fields", "validate_ranges"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -191,19 +192,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """A configuration from a mapping of field values; an unknown key is an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown training options {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_fields(cls, values, "training")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-ready values."""
-        out = dataclasses.asdict(self)
-        for key in ("train", "val", "out"):
-            if out[key] is not None:
-                out[key] = str(out[key])
-        return out
+        return plain_fields(self)
 
     def lrp_options(self) -> dict[str, Any]:
         """The LRP-Flex options of this run (keyword arguments of :class:`isnet.LRPFlex`)."""
@@ -215,13 +208,7 @@ class TrainConfig:
         Ranges come from the fields' metadata; the variant and architecture names are checked
         by their registries when training starts.
         """
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get("choices") and value not in f.metadata["choices"]:
-                raise UserError(f"{flag(f.name)} must be one of {list(f.metadata['choices'])}, got {value!r}")
-            problem = out_of_range(f.metadata, value)
-            if problem:
-                raise UserError(f"{flag(f.name)} {problem}")
+        validate_ranges(self)
         if (self.C1 is None) != (self.C2 is None):
             raise UserError("give both C1 and C2 (--c1, --c2), or neither (then they are calibrated)")
         if self.C1 is not None and not self.C1 <= self.C2:
@@ -233,6 +220,39 @@ class TrainConfig:
             raise UserError("--resume continues a run and --overwrite starts it again; give one of them")
         if self.train is None:
             raise UserError("no training set: give --train, a dataset root (images/ + masks/)")
+
+
+def from_fields(cls: type, values: Mapping[str, Any], kind: str) -> Any:
+    """An instance of the dataclass ``cls`` from a mapping of its field values; an unknown key is a
+    :class:`isnet.errors.UserError` (``kind`` names the options in its message)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown {kind} options {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def plain_fields(instance: Any) -> dict[str, Any]:
+    """A run configuration's fields as plain JSON-ready values (its ``train``, ``val`` and ``out`` paths as text)."""
+    out = dataclasses.asdict(instance)
+    for key in ("train", "val", "out"):
+        if out[key] is not None:
+            out[key] = str(out[key])
+    return out
+
+
+def validate_ranges(instance: Any) -> None:
+    """Raise :class:`isnet.errors.UserError` naming (by its command-line flag) the first field of a dataclass
+    instance whose value is not among its metadata's ``choices`` or out of its metadata's range
+    (:func:`out_of_range`)."""
+    for f in dataclasses.fields(instance):
+        value, meta = getattr(instance, f.name), f.metadata
+        name = meta.get("flag") or "--" + f.name.replace("_", "-")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise UserError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
+        problem = out_of_range(meta, value)
+        if problem:
+            raise UserError(f"{name} {problem}")
 
 
 def _valid_devices(devices: Any) -> bool:

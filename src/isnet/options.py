@@ -21,11 +21,13 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .config import out_of_range
+from .errors import UserError
 
-__all__ = ["OneLineParser", "add_dataclass_options", "given_values", "number", "target"]
+__all__ = ["OneLineParser", "add_dataclass_options", "given_values", "named_tests", "number", "target"]
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
@@ -138,3 +140,16 @@ def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
             continue
         values[f.name] = True if value == [] else value
     return values
+
+
+def named_tests(items: Iterable[str]) -> dict[str, Path]:
+    """The test sets of repeated ``--test NAME=DIR`` options, by name; a malformed or repeated name is an error."""
+    tests: dict[str, Path] = {}
+    for item in items:
+        name, sep, root = item.partition("=")
+        if not sep or not name or not root:
+            raise UserError(f"--test expects NAME=DIR, got {item!r}")
+        if name in tests:
+            raise UserError(f"test set name {name!r} given twice")
+        tests[name] = Path(root)
+    return tests

@@ -24,12 +24,7 @@ The grid modes (:mod:`isnet.bench.modes`) reuse the data, test sets and evaluati
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import platform
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +34,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..checkpoints import explainer, load_classifier
-from ..config import TrainConfig
+from ..checkpoints import explainer
 from ..data.bg_digits import generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
-from ..figures import heatmap_grid
 from ..metrics import background_share, relevance_share
-from ..objectives import get_objective
-from .grid import Grid, Log, clock, console_log, run_dir, run_grid, threads_per_job
-from .paired import paired_comparisons
-from .presets import METHODS, OCCLUDED, RELATIVE_COST, TEST_SETS, BiasBenchConfig, method_order, swap_setting
-from .report import aggregate, listed_train_options, write_results
+from .grid import Grid, Log, console_log, run_grid
+from .presets import METHODS, OCCLUDED, RELATIVE_COST, TEST_SETS, BiasBenchConfig, method_order
+from .report import aggregate, write_results
+from .run import begin, bench_results, finish, heatmap_figure, make_grid, measured_lrp
 
 __all__ = [
     "BiasTestSet", "bench_grid", "evaluate_classifier", "make_test_sets", "measured_lrp", "occlude_patches",
@@ -174,24 +166,6 @@ def evaluate_classifier(model: nn.Module, config: Mapping[str, Any], test: BiasT
     }
 
 
-def measured_lrp(cfg: BiasBenchConfig) -> dict[str, Any]:
-    """The LRP options every method's relevance is measured with: the benchmark's, not a method's own
-    (``gxi+swap`` trains on gradient x input heatmaps, yet is measured like the others)."""
-    defaults = TrainConfig()
-    return {key: cfg.train_options.get(key, getattr(defaults, key)) for key in ("epsilon", "zb")}
-
-
-def _evaluate_run(tests: Mapping[str, BiasTestSet], lrp: Mapping[str, Any], model: nn.Module,
-                  config: dict) -> dict[str, Any]:
-    """A run's record entries: every test set, and for masked-input methods also the raw images."""
-    config = {**config, **lrp}
-    results = {name: evaluate_classifier(model, config, test) for name, test in tests.items()}
-    raw = {}
-    if get_objective(config["variant"]).masked_input:
-        raw = {name: evaluate_classifier(model, config, test, raw_input=True) for name, test in tests.items()}
-    return {"results": results, "raw_input_results": raw or None}
-
-
 def _describe(record: Mapping[str, Any]) -> str:
     r = record["results"]
     occluded = f" occluded {100 * r[OCCLUDED]['accuracy']:.1f}%" if OCCLUDED in r else ""
@@ -204,78 +178,25 @@ def bench_grid(cfg: BiasBenchConfig, runs: Path, methods: Mapping[str, Mapping[s
                tests: Mapping[str, BiasTestSet], *, cost: Mapping[str, float] = RELATIVE_COST,
                method_data: Mapping[str, Mapping[str, Path]] | None = None) -> Grid:
     """The grid that trains ``methods`` (name -> training options) with ``cfg``'s settings into ``runs``."""
-    return Grid(
-        methods=methods, seeds=cfg.seeds, arch=cfg.arch,
-        options={**cfg.train_options, **({"epochs": cfg.epochs} if cfg.epochs is not None else {})},
-        data=data, runs=runs, evaluate=functools.partial(_evaluate_run, tests, measured_lrp(cfg)),
-        test_key={"n": cfg.n_test, "data_seed": cfg.data_seed, "placement": cfg.placement, "cue": cfg.cue},
-        describe=_describe, name=_NAME, cost=cost, jobs=cfg.jobs, threads=cfg.threads,
-        progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
+    return make_grid(cfg, runs, methods, data, evaluate_classifier, tests,
+                     test_key={"n": cfg.n_test, "data_seed": cfg.data_seed, "placement": cfg.placement, "cue": cfg.cue},
+                     describe=_describe, name=_NAME, cost=cost, method_data=method_data)
 
 
 def _heatmap_grid(cfg: BiasBenchConfig, tests: Mapping[str, BiasTestSet], runs: Path) -> Figure | None:
     """Methods x example images from each test set (seed-0 models), heatmaps of the predicted class."""
-    picks = [(name, i) for name in TEST_SETS for i in range(min(cfg.n_examples, cfg.n_test))]
-    if not picks:
-        return None
-    images = torch.stack([tests[n].images[i] for n, i in picks])
-    masks = torch.stack([tests[n].masks[i] for n, i in picks])
-    labels = [int(tests[n].labels[i]) for n, i in picks]
-    maps, preds = {}, {}
-    for method in sorted(cfg.methods, key=method_order):
-        model, config = load_classifier(run_dir(runs, method, 0))
-        config = {**config, **measured_lrp(cfg)}
-        logits, maps[method] = predict_batch(model, explainer(model, config), config, images, masks)
-        preds[method] = logits.argmax(1)
-    fig = heatmap_grid(images, maps, col_titles=[f"{n}, label {y}" for (n, _), y in zip(picks, labels)])
-    count = len(picks)
-    for row, method in enumerate(maps, start=1):
-        for col in range(count):
-            fig.axes[row * count + col].set_title(f"pred {int(preds[method][col])}", fontsize=7)
-    return fig
+    return heatmap_figure(cfg, runs, tests, TEST_SETS, lambda n, i: f"{n}, label {int(tests[n].labels[i])}")
 
 
 def run_benchmark(cfg: BiasBenchConfig, out: str | Path, *, log: Log = _log) -> dict:
     """Run the benchmark into ``out`` and return the results dict (also written as results.json)."""
-    cfg.validate()
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads and cfg.jobs == 1:
-        torch.set_num_threads(cfg.threads)
-    start = time.perf_counter()
-    log(f"{len(cfg.methods)} method(s) x {cfg.seeds} seed(s): {', '.join(cfg.methods)}; output {out}", None)
-    data = prepare_data(out / "data", cfg)
-    tests = make_test_sets(cfg)
-    log(f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test set; {cfg.placement}, "
-        f"{cfg.cue} cue) in {out / 'data'}", start)
+    out, start, data, tests = begin(cfg, out, log, prepare_data, make_test_sets,
+                                    f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per "
+                                    f"test set; {cfg.placement}, {cfg.cue} cue)")
     methods = {m: METHODS[m] for m in sorted(cfg.methods, key=method_order)}
     grid = bench_grid(cfg, out / "runs", methods, data, tests)
     records = run_grid(grid, start, log)
-    aggregated, train_time, step_time = aggregate(records)
-    results: dict[str, Any] = {
-        "methods": aggregated,
-        "train_time_s": train_time,
-        "step_time_s": step_time,
-        "paired": paired_comparisons(records),
-        "config": {
-            "bench": dataclasses.asdict(cfg),
-            "train": listed_train_options(cfg),
-            "method_options": dict(grid.methods),
-            "background_swap": {m: swap_setting(m) for m in methods},
-            "measured_lrp": measured_lrp(cfg),
-            "test_sets": [*TEST_SETS, *([OCCLUDED] if OCCLUDED in tests else [])],
-            "calibration": {m: [r.get("calibration") for r in recs] for m, recs in records.items()},
-            "host": f"{platform.platform()}, {platform.processor() or platform.machine()}",
-            "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else threads_per_job(cfg.jobs, cfg.threads),
-            "jobs": cfg.jobs,
-            "torch": torch.__version__,
-            "python": sys.version.split()[0],
-        },
-    }
-    log("evaluating heatmaps and writing the report", start)
-    heatmaps = _heatmap_grid(cfg, tests, out / "runs")
-    results["config"]["total_time_s"] = time.perf_counter() - start
-    write_results(out, cfg, results, heatmaps)
-    log(f"wrote {out / 'results.json'}, results.md, results.csv, figures/ and report.html "
-        f"(total {clock(time.perf_counter() - start)})", start)
-    return results
+    results = bench_results(cfg, grid, records, aggregate(records),
+                            test_sets=[*TEST_SETS, *([OCCLUDED] if OCCLUDED in tests else [])])
+    return finish(out, start, log, results, lambda: _heatmap_grid(cfg, tests, out / "runs"),
+                  lambda heatmaps: write_results(out, cfg, results, heatmaps))

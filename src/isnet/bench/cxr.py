@@ -21,12 +21,7 @@ field of view), correlated with the class in training. ``isnet bench cxr --out D
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import platform
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +31,16 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..checkpoints import explainer, load_classifier
-from ..config import TrainConfig
+from ..checkpoints import explainer
 from ..data.bg_cxr import CLASSES, HOSPITALS, generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
-from ..figures import heatmap_grid
 from ..metrics import background_share, classification_metrics, delong_auroc_ci, relevance_share
-from ..objectives import get_objective
 from .cxr_presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
 from .cxr_report import write_results
-from .grid import Grid, Log, clock, console_log, run_dir, run_grid, threads_per_job
-from .paired import paired_comparisons
-from .presets import METHODS, RAW_INPUT, RELATIVE_COST, method_order, swap_setting
-from .report import aggregate, listed_train_options
+from .grid import Grid, Log, console_log, run_grid
+from .presets import METHODS, RAW_INPUT, RELATIVE_COST, method_order
+from .report import aggregate
+from .run import begin, bench_results, finish, heatmap_figure, make_grid, measured_lrp
 
 __all__ = ["CxrTestSet", "evaluate_classifier", "make_test_sets", "measured_lrp", "prepare_data", "run_benchmark"]
 
@@ -135,23 +127,6 @@ def evaluate_classifier(model: nn.Module, config: Mapping[str, Any], test: CxrTe
     }
 
 
-def measured_lrp(cfg: CxrBenchConfig) -> dict[str, Any]:
-    """The LRP options every method's relevance is measured with: the benchmark's, not a method's own."""
-    defaults = TrainConfig()
-    return {key: cfg.train_options.get(key, getattr(defaults, key)) for key in ("epsilon", "zb")}
-
-
-def _evaluate_run(tests: Mapping[str, CxrTestSet], lrp: Mapping[str, Any], model: nn.Module,
-                  config: dict) -> dict[str, Any]:
-    """A run's record entries: every test set, and for masked-input methods also the raw images."""
-    config = {**config, **lrp}
-    results = {name: evaluate_classifier(model, config, test) for name, test in tests.items()}
-    raw = {}
-    if get_objective(config["variant"]).masked_input:
-        raw = {name: evaluate_classifier(model, config, test, raw_input=True) for name, test in tests.items()}
-    return {"results": results, "raw_input_results": raw or None}
-
-
 def _describe(record: Mapping[str, Any]) -> str:
     r = record["results"]
     accuracies = " ".join(f"{t} {100 * r[t]['accuracy']:.1f}%" for t in CXR_TEST_SETS)
@@ -161,14 +136,12 @@ def _describe(record: Mapping[str, Any]) -> str:
 
 def _grid(cfg: CxrBenchConfig, runs: Path, data: Mapping[str, Path], tests: Mapping[str, CxrTestSet]) -> Grid:
     """The grid that trains the configured methods into ``runs``."""
-    return Grid(
-        methods={m: METHODS[m] for m in sorted(cfg.methods, key=method_order)}, seeds=cfg.seeds, arch=cfg.arch,
-        options={**cfg.train_options, **({"epochs": cfg.epochs} if cfg.epochs is not None else {})},
-        data=data, runs=runs, evaluate=functools.partial(_evaluate_run, tests, measured_lrp(cfg)),
-        test_key={"dataset": "bg-cxr", "n": cfg.n_test, "data_seed": cfg.data_seed, "image_size": cfg.image_size,
-                  "correlation": cfg.correlation, "tests": list(CXR_TEST_SETS)},
-        describe=_describe, name=_NAME, cost=RELATIVE_COST, jobs=cfg.jobs, threads=cfg.threads,
-        progress_bar=cfg.progress_bar)
+    methods = {m: METHODS[m] for m in sorted(cfg.methods, key=method_order)}
+    return make_grid(cfg, runs, methods, data, evaluate_classifier, tests,
+                     test_key={"dataset": "bg-cxr", "n": cfg.n_test, "data_seed": cfg.data_seed,
+                               "image_size": cfg.image_size, "correlation": cfg.correlation,
+                               "tests": list(CXR_TEST_SETS)},
+                     describe=_describe, name=_NAME, cost=RELATIVE_COST)
 
 
 def _add_intervals(aggregated: dict[str, dict], records: Mapping[str, list[dict]]) -> None:
@@ -181,72 +154,24 @@ def _add_intervals(aggregated: dict[str, dict], records: Mapping[str, list[dict]
 
 def _heatmap_grid(cfg: CxrBenchConfig, tests: Mapping[str, CxrTestSet], runs: Path) -> Figure | None:
     """Methods x example images from each test set (seed-0 models), heatmaps of the predicted class."""
-    picks = [(name, i) for name in CXR_TEST_SETS for i in range(min(cfg.n_examples, cfg.n_test))]
-    if not picks:
-        return None
-    images = torch.stack([tests[n].images[i] for n, i in picks])
-    masks = torch.stack([tests[n].masks[i] for n, i in picks])
-    titles = [f"{n}\n{CLASSES[int(tests[n].labels[i])]}\n{HOSPITALS[int(tests[n].hospitals[i])].name}"
-              for n, i in picks]
-    maps, preds = {}, {}
-    for method in sorted(cfg.methods, key=method_order):
-        model, config = load_classifier(run_dir(runs, method, 0))
-        config = {**config, **measured_lrp(cfg)}
-        logits, maps[method] = predict_batch(model, explainer(model, config), config, images, masks)
-        preds[method] = logits.argmax(1)
-    fig = heatmap_grid(images, maps, col_titles=titles)
-    for col in range(len(picks)):
-        fig.axes[col].title.set_fontsize(7)
-    for row, method in enumerate(maps, start=1):
-        for col in range(len(picks)):
-            fig.axes[row * len(picks) + col].set_title(f"pred {CLASSES[int(preds[method][col])]}", fontsize=7)
-    return fig
+    return heatmap_figure(
+        cfg, runs, tests, CXR_TEST_SETS,
+        lambda n, i: f"{n}\n{CLASSES[int(tests[n].labels[i])]}\n{HOSPITALS[int(tests[n].hospitals[i])].name}",
+        pred_name=CLASSES.__getitem__, title_size=7)
 
 
 def run_benchmark(cfg: CxrBenchConfig, out: str | Path, *, log: Log = _log) -> dict:
     """Run the benchmark into ``out`` and return the results dict (also written as results.json)."""
-    cfg.validate()
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads and cfg.jobs == 1:
-        torch.set_num_threads(cfg.threads)
-    start = time.perf_counter()
-    log(f"{len(cfg.methods)} method(s) x {cfg.seeds} seed(s): {', '.join(cfg.methods)}; output {out}", None)
-    data = prepare_data(out / "data", cfg)
-    tests = make_test_sets(cfg)
-    log(f"BG-CXR ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test set; {cfg.image_size}x"
-        f"{cfg.image_size}, correlation {cfg.correlation:g}) in {out / 'data'}", start)
+    out, start, data, tests = begin(cfg, out, log, prepare_data, make_test_sets,
+                                    f"BG-CXR ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test "
+                                    f"set; {cfg.image_size}x{cfg.image_size}, correlation {cfg.correlation:g})")
     grid = _grid(cfg, out / "runs", data, tests)
     records = run_grid(grid, start, log)
-    aggregated, train_time, step_time = aggregate(records, CXR_METRICS)
-    _add_intervals(aggregated, records)
-    results: dict[str, Any] = {
-        "methods": aggregated,
-        "train_time_s": train_time,
-        "step_time_s": step_time,
-        "paired": paired_comparisons(records),
-        "config": {
-            "bench": dataclasses.asdict(cfg),
-            "train": listed_train_options(cfg),
-            "method_options": dict(grid.methods),
-            "background_swap": {m: swap_setting(m) for m in grid.methods},
-            "measured_lrp": measured_lrp(cfg),
-            "test_sets": list(CXR_TEST_SETS),
-            "metrics": list(CXR_METRICS),
-            "classes": list(CLASSES),
-            "calibration": {m: [r.get("calibration") for r in recs] for m, recs in records.items()},
-            "host": f"{platform.platform()}, {platform.processor() or platform.machine()}",
-            "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else threads_per_job(cfg.jobs, cfg.threads),
-            "jobs": cfg.jobs,
-            "torch": torch.__version__,
-            "python": sys.version.split()[0],
-        },
-    }
-    log("evaluating heatmaps and writing the report", start)
-    heatmaps = _heatmap_grid(cfg, tests, out / "runs")
-    results["config"]["total_time_s"] = time.perf_counter() - start
+    aggregated = aggregate(records, CXR_METRICS)
+    _add_intervals(aggregated[0], records)
+    results = bench_results(cfg, grid, records, aggregated, test_sets=list(CXR_TEST_SETS),
+                            metrics=list(CXR_METRICS), classes=list(CLASSES))
     biased = tests["biased"]
-    write_results(out, cfg, results, heatmaps, swap_sample=(biased.images, biased.masks))
-    log(f"wrote {out / 'results.json'}, results.md, results.csv, figures/ and report.html "
-        f"(total {clock(time.perf_counter() - start)})", start)
-    return results
+    return finish(out, start, log, results, lambda: _heatmap_grid(cfg, tests, out / "runs"),
+                  lambda heatmaps: write_results(out, cfg, results, heatmaps,
+                                                 swap_sample=(biased.images, biased.masks)))

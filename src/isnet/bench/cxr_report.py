@@ -21,12 +21,12 @@ from torch import Tensor
 from ..checkpoints import write_json
 from ..data.augment import swap_backgrounds
 from ..data.cxr_figure import examples_figure
-from ..figures import accuracy_bars, bar_plot, save_figure
+from ..figures import accuracy_bars, bar_plot
 from ..report_html import write_html_report
 from ..tables import markdown_table, percent
 from .cxr_presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
 from .presets import RAW_INPUT
-from .report import PAIRED_NOTE, comparisons, swap_label, write_csv
+from .report import PAIRED_NOTE, comparisons, numbers_section, report_start, swap_label, write_csv
 
 __all__ = ["findings", "format_table", "metric_rows", "results_markdown", "swap_figure", "write_results"]
 
@@ -188,23 +188,9 @@ def _figures(results: Mapping[str, Any], heatmaps: Figure | None) -> dict[str, F
 
 
 def _write_report(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], figures: Mapping[str, Figure]) -> Path:
-    for name, fig in figures.items():
-        save_figure(fig, out / "figures" / f"{name}.png", dpi=110)
-    c = results["config"]
-    options = "\n".join(f"{k} = {v}" for k, v in c["train"].items())
-    methods = "\n".join(f"{m}: " + ", ".join(f"{k} = {v}" for k, v in opts.items())
-                        for m, opts in c["method_options"].items())
-    timing = [{"method": m, "fit wall time (s)": f"{results['train_time_s'][m]:.1f}",
-               "training steps only (s)": f"{results['step_time_s'][m]:.1f}"} for m in results["train_time_s"]]
-    said = ["\n".join(findings(results)) + "\n"]
-    paired = comparisons(results)
-    if paired:
-        said += [PAIRED_NOTE, "\n".join(paired) + "\n"]
+    setup, timing = report_start(out, _setup(cfg, results), results, figures)
     sections = [
-        ("Setup", [_setup(cfg, results), "Training options (isnet.config.TrainConfig defaults plus benchmark "
-                   "overrides):\n" + options + "\n", "Each method's own options:\n" + methods + "\n",
-                   f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
-                   f"{c['torch_threads']} torch thread(s) each; total time {c['total_time_s']:.0f} s."]),
+        setup,
         ("The data", ["Top: one test chest imaged at each hospital (the class a training hospital goes with, or "
                       "external), then its lung mask (cyan) and shortcut mask (red); below, test images from the "
                       "biased, external and deceiving sets (class / hospital).", figures["examples"]]),
@@ -215,7 +201,7 @@ def _write_report(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], fi
         ("Relevance", [_HEADINGS["background_relevance"] + ":", metric_rows(results, "background_relevance"),
                        _HEADINGS["shortcut_relevance"] + ":", metric_rows(results, "shortcut_relevance"),
                        figures["background_relevance"], figures["shortcut_relevance"]]),
-        ("What the numbers say", said),
+        numbers_section(findings(results), results),
     ]
     if "heatmaps" in figures:
         sections.append(("Heatmaps", [

@@ -35,6 +35,7 @@ from .presets import METHODS, OCCLUDED, RAW_INPUT, RUN_OPTIONS, TEST_SETS, BiasB
 
 __all__ = [
     "METRICS", "PAIRED_NOTE", "aggregate", "comparisons", "findings", "format_table", "listed_train_options",
+    "numbers_section", "report_start",
     "results_markdown", "swap_label", "write_csv", "write_results",
 ]
 
@@ -249,7 +250,10 @@ def _setup(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
     )
 
 
-def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], figures: Mapping[str, Figure]) -> Path:
+def report_start(out: Path, setup: str, results: Mapping[str, Any],
+                 figures: Mapping[str, Figure]) -> tuple[tuple[str, list], list[dict[str, str]]]:
+    """Save ``figures`` as ``out/figures/NAME.png``; return the report's "Setup" section (``setup``, then the
+    training and method options and the host) and the rows of its training-time table."""
     for name, fig in figures.items():
         save_figure(fig, out / "figures" / f"{name}.png", dpi=110)
     c = results["config"]
@@ -258,11 +262,27 @@ def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], f
                         for m, opts in c["method_options"].items())
     timing = [{"method": m, "fit wall time (s)": f"{results['train_time_s'][m]:.1f}",
                "training steps only (s)": f"{results['step_time_s'][m]:.1f}"} for m in results["train_time_s"]]
+    section = ("Setup", [setup, "Training options (isnet.config.TrainConfig defaults plus benchmark "
+                         "overrides):\n" + options + "\n", "Each method's own options:\n" + methods + "\n",
+                         f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
+                         f"{c['torch_threads']} torch thread(s) each; total time {c['total_time_s']:.0f} s."])
+    return section, timing
+
+
+def numbers_section(found: Sequence[str], results: Mapping[str, Any]) -> tuple[str, list]:
+    """The report's "What the numbers say" section: the findings, then the paired comparisons."""
+    said = ["\n".join(found) + "\n"]
+    paired = comparisons(results)
+    if paired:
+        said += [PAIRED_NOTE, "\n".join(paired) + "\n"]
+    return "What the numbers say", said
+
+
+def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], figures: Mapping[str, Figure]) -> Path:
+    setup, timing = report_start(out, _setup(cfg, results), results, figures)
+    c = results["config"]
     sections = [
-        ("Setup", [_setup(cfg, results), "Training options (isnet.config.TrainConfig defaults plus benchmark "
-                   "overrides):\n" + options + "\n", "Each method's own options:\n" + methods + "\n",
-                   f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
-                   f"{c['torch_threads']} torch thread(s) each; total time {c['total_time_s']:.0f} s."]),
+        setup,
         ("Results", [_READING, _table_rows(results), figures["accuracy"]]),
     ]
     if any(OCCLUDED in sets for sets in results["methods"].values()):
@@ -283,11 +303,7 @@ def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], f
     else:
         sections.append(("Background relevance", [
             f"No occlusion check: the {cfg.cue} cue has no patch to paint over.", figures["background_relevance"]]))
-    said = ["\n".join(findings(results)) + "\n"]
-    paired = comparisons(results)
-    if paired:
-        said += [PAIRED_NOTE, "\n".join(paired) + "\n"]
-    sections.append(("What the numbers say", said))
+    sections.append(numbers_section(findings(results), results))
     if "heatmaps" in figures:
         sections.append(("Heatmaps", [
             "LRP-Flex heatmaps of the predicted class (seed-0 model of each method; red positive, blue negative), "

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..options import add_dataclass_options, given_values, number
+from ..options import add_dataclass_options, given_values, named_tests, number
 from .config import SegmentConfig
 
 __all__ = ["add_parser", "run"]
@@ -73,20 +73,6 @@ def _train(args: argparse.Namespace) -> None:
         print(f"segmentation run written to {run}")
 
 
-def _tests(items: list[str]) -> dict[str, Path]:
-    from ..errors import UserError
-
-    tests: dict[str, Path] = {}
-    for item in items:
-        name, sep, root = item.partition("=")
-        if not sep or not name or not root:
-            raise UserError(f"--test expects NAME=DIR, got {item!r}")
-        if name in tests:
-            raise UserError(f"test set name {name!r} given twice")
-        tests[name] = Path(root)
-    return tests
-
-
 def run(args: argparse.Namespace) -> None:
     """Run ``isnet segment <train|predict|eval>``."""
     if args.segment == "train":
@@ -106,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.json is not None:
         check_json_output(args.json, option="--json")
-    results = evaluate_segmenter(args.model, _tests(args.test), batch_size=args.batch_size, device=args.device)
+    results = evaluate_segmenter(args.model, named_tests(args.test), batch_size=args.batch_size, device=args.device)
     print(format_scores(results))
     if args.json is not None:
         print(f"wrote {write_json(args.json.expanduser(), results)}")

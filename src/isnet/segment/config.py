@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import option, out_of_range, resolved
+from ..config import from_fields, option, plain_fields, resolved, validate_ranges
 from ..errors import UserError
 
 __all__ = ["SEGMENT_RESUMABLE", "SegmentConfig", "UNET"]
@@ -69,29 +69,15 @@ class SegmentConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SegmentConfig:
         """A configuration from a mapping of field values; an unknown key is an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown segmentation options {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_fields(cls, values, "segmentation")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-ready values."""
-        out = dataclasses.asdict(self)
-        for key in ("train", "val", "out"):
-            if out[key] is not None:
-                out[key] = str(out[key])
-        return out
+        return plain_fields(self)
 
     def validate(self) -> None:
         """Raise :class:`isnet.errors.UserError` naming the first option out of range."""
-        for f in dataclasses.fields(self):
-            value, meta = getattr(self, f.name), f.metadata
-            if meta.get("choices") and value not in meta["choices"]:
-                raise UserError(f"--{f.name.replace('_', '-')} must be one of {list(meta['choices'])}, got {value!r}")
-            problem = out_of_range(meta, value)
-            if problem:
-                raise UserError(f"--{f.name.replace('_', '-')} {problem}")
+        validate_ranges(self)
         if self.variant != UNET:
             raise UserError(f"variant {self.variant!r}: isnet segment trains a {UNET}")
         if self.resume and self.overwrite:

@@ -19,15 +19,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from ..checkpoints import write_json
 from ..data.folder import DatasetError
 from ..errors import UserError, UserFileNotFoundError
 from ..paths import CHECKPOINTS, CONFIG, MODEL, check_run_folder, clear_run, read_run_config
 from ..training.data import MaskedDataModule
-from ..training.fit import _check_hardware, _quiet_lightning, _RunLogger, _trainer
+from ..training.fit import _check_hardware, _quiet_lightning, _RunFiles, _RunLogger, _trainer
 from ..training.resume import completed_epochs
 from .config import SEGMENT_RESUMABLE, SegmentConfig
 from .predict import build_unet
@@ -84,17 +83,11 @@ class SegmentModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
-class _Files(Callback):
-    def __init__(self, run: Path, config: dict) -> None:
-        self.run, self.config = run, config
+class _Files(_RunFiles):
+    """config.json and model.pt of a segmentation run (its module's ``net`` is the U-Net itself)."""
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            write_json(self.run / CONFIG, self.config)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            torch.save(pl_module.net.state_dict(), self.run / MODEL)
+    def network(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        return pl_module.net
 
 
 def _resume(given: Mapping[str, Any], run: Path) -> tuple[SegmentConfig, Path | None]:

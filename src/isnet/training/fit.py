@@ -50,13 +50,17 @@ class _RunFiles(Callback):
     def __init__(self, run: Path, config: dict) -> None:
         self.run, self.config = run, config
 
+    def network(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        """The network whose weights model.pt holds."""
+        return pl_module.net.model
+
     def on_fit_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             write_json(self.run / CONFIG, self.config)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            torch.save(pl_module.net.model.state_dict(), self.run / MODEL)
+            torch.save(self.network(pl_module).state_dict(), self.run / MODEL)
 
 
 class _RunLogger(CSVLogger):

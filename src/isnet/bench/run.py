@@ -1,0 +1,152 @@
+"""The steps the BG-Digits and BG-CXR benchmarks share (:mod:`isnet.bench.bias`, :mod:`isnet.bench.cxr`).
+
+Each benchmark brings its data, test sets, ``evaluate_classifier`` and report; this module
+builds the training grid around them, measures every method's relevance with one LRP rule,
+draws the seed-0 heatmaps, and assembles and writes the results in the same order for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from ..checkpoints import explainer, load_classifier
+from ..config import TrainConfig
+from ..evaluate import predict_batch
+from ..figures import heatmap_grid
+from ..objectives import get_objective
+from .grid import Grid, Log, clock, run_dir, threads_per_job
+from .paired import paired_comparisons
+from .presets import method_order, swap_setting
+from .report import listed_train_options
+
+__all__ = ["bench_results", "begin", "finish", "heatmap_figure", "make_grid", "measured_lrp"]
+
+Evaluate = Callable[..., dict[str, Any]]
+"""A benchmark's ``evaluate_classifier(model, config, test, *, raw_input=False)``."""
+
+
+def measured_lrp(cfg: Any) -> dict[str, Any]:
+    """The LRP options every method's relevance is measured with: the benchmark's, not a method's own
+    (``gxi+swap`` trains on gradient x input heatmaps, yet is measured like the others)."""
+    defaults = TrainConfig()
+    return {key: cfg.train_options.get(key, getattr(defaults, key)) for key in ("epsilon", "zb")}
+
+
+def _evaluate_run(evaluate: Evaluate, tests: Mapping[str, Any], lrp: Mapping[str, Any], model: nn.Module,
+                  config: dict) -> dict[str, Any]:
+    """A run's record entries: every test set, and for masked-input methods also the raw images."""
+    config = {**config, **lrp}
+    results = {name: evaluate(model, config, test) for name, test in tests.items()}
+    raw = {}
+    if get_objective(config["variant"]).masked_input:
+        raw = {name: evaluate(model, config, test, raw_input=True) for name, test in tests.items()}
+    return {"results": results, "raw_input_results": raw or None}
+
+
+def make_grid(cfg: Any, runs: Path, methods: Mapping[str, Mapping[str, Any]], data: Mapping[str, Path],
+              evaluate: Evaluate, tests: Mapping[str, Any], *, test_key: Mapping[str, Any],
+              describe: Callable[[Mapping[str, Any]], str], name: str, cost: Mapping[str, float],
+              method_data: Mapping[str, Mapping[str, Path]] | None = None) -> Grid:
+    """The grid that trains ``methods`` (name -> training options) with ``cfg``'s settings into ``runs`` and
+    evaluates each run with ``evaluate`` on ``tests``."""
+    return Grid(
+        methods=methods, seeds=cfg.seeds, arch=cfg.arch,
+        options={**cfg.train_options, **({"epochs": cfg.epochs} if cfg.epochs is not None else {})},
+        data=data, runs=runs, evaluate=functools.partial(_evaluate_run, evaluate, tests, measured_lrp(cfg)),
+        test_key=test_key, describe=describe, name=name, cost=cost, jobs=cfg.jobs, threads=cfg.threads,
+        progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
+
+
+def begin(cfg: Any, out: str | Path, log: Log, prepare_data: Callable[[Path, Any], Mapping[str, Path]],
+          make_test_sets: Callable[[Any], dict[str, Any]], ready: str) -> tuple[Path, float, Mapping[str, Path], dict]:
+    """Validate ``cfg``, create ``out``, set the torch threads, log the plan, write the data to ``out/data``
+    and make the test sets (then log ``ready``); the folder, the start time, the data roots and the tests."""
+    cfg.validate()
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads and cfg.jobs == 1:
+        torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    log(f"{len(cfg.methods)} method(s) x {cfg.seeds} seed(s): {', '.join(cfg.methods)}; output {out}", None)
+    data = prepare_data(out / "data", cfg)
+    tests = make_test_sets(cfg)
+    log(f"{ready} in {out / 'data'}", start)
+    return out, start, data, tests
+
+
+def bench_results(cfg: Any, grid: Grid, records: Mapping[str, list[dict]],
+                  aggregated: tuple[dict, dict, dict], **config: Any) -> dict[str, Any]:
+    """The results dict: ``aggregated`` (methods, train and step times), the paired comparisons and the
+    configuration; ``config`` adds benchmark entries after ``measured_lrp``."""
+    methods, train_time, step_time = aggregated
+    return {
+        "methods": methods,
+        "train_time_s": train_time,
+        "step_time_s": step_time,
+        "paired": paired_comparisons(records),
+        "config": {
+            "bench": dataclasses.asdict(cfg),
+            "train": listed_train_options(cfg),
+            "method_options": dict(grid.methods),
+            "background_swap": {m: swap_setting(m) for m in grid.methods},
+            "measured_lrp": measured_lrp(cfg),
+            **config,
+            "calibration": {m: [r.get("calibration") for r in recs] for m, recs in records.items()},
+            "host": f"{platform.platform()}, {platform.processor() or platform.machine()}",
+            "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else threads_per_job(cfg.jobs, cfg.threads),
+            "jobs": cfg.jobs,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
+
+
+def heatmap_figure(cfg: Any, runs: Path, tests: Mapping[str, Any], names: Sequence[str],
+                   col_title: Callable[[str, int], str], pred_name: Callable[[int], str] = str,
+                   title_size: int | None = None) -> Figure | None:
+    """Methods x ``cfg.n_examples`` images from each test set in ``names``: the seed-0 model's LRP heatmaps of
+    the predicted class (measured with :func:`measured_lrp`), each titled with its prediction; None without
+    examples. ``col_title(test set, index)`` heads a column of images (in ``title_size`` points when given)."""
+    picks = [(name, i) for name in names for i in range(min(cfg.n_examples, cfg.n_test))]
+    if not picks:
+        return None
+    images = torch.stack([tests[n].images[i] for n, i in picks])
+    masks = torch.stack([tests[n].masks[i] for n, i in picks])
+    maps, preds = {}, {}
+    for method in sorted(cfg.methods, key=method_order):
+        model, config = load_classifier(run_dir(runs, method, 0))
+        config = {**config, **measured_lrp(cfg)}
+        logits, maps[method] = predict_batch(model, explainer(model, config), config, images, masks)
+        preds[method] = logits.argmax(1)
+    fig = heatmap_grid(images, maps, col_titles=[col_title(n, i) for n, i in picks])
+    count = len(picks)
+    if title_size is not None:
+        for col in range(count):
+            fig.axes[col].title.set_fontsize(title_size)
+    for row, method in enumerate(maps, start=1):
+        for col in range(count):
+            fig.axes[row * count + col].set_title(f"pred {pred_name(int(preds[method][col]))}", fontsize=7)
+    return fig
+
+
+def finish(out: Path, start: float, log: Log, results: dict[str, Any], heatmaps: Callable[[], Figure | None],
+           write: Callable[[Figure | None], None]) -> dict[str, Any]:
+    """Draw the heatmaps, record the total time, write the results with ``write`` and log it; the results."""
+    log("evaluating heatmaps and writing the report", start)
+    figure = heatmaps()
+    results["config"]["total_time_s"] = time.perf_counter() - start
+    write(figure)
+    log(f"wrote {out / 'results.json'}, results.md, results.csv, figures/ and report.html "
+        f"(total {clock(time.perf_counter() - start)})", start)
+    return results
