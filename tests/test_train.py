@@ -265,3 +265,13 @@ def test_calibration_trains_with_its_own_swap(data, tmp_path):
     module = ISNetModule.from_config(TrainConfig(train="x", variant="selective", num_classes=10, image_size=32,
                                                  background_swap=1.0, calibration_swap=0.0), calibrate=True)
     assert module.background_swap == 0.0
+
+
+def test_an_option_of_another_objective_is_named_as_unused(data, tmp_path, caplog):
+    from isnet.objectives import foreign_options, get_objective
+
+    assert foreign_options(get_objective("selective"), ["rrr_lambda", "P", "lr"]) == ["rrr_lambda"]
+    assert foreign_options(get_objective("rrr"), ["rrr_lambda", "P"]) == ["P"]
+    with caplog.at_level("WARNING", logger="isnet.training"):
+        fit(_config(data, tmp_path / "run", variant="standard", gradcam_weight=3.0))
+    assert "--gradcam-weight is not used by --variant standard" in caplog.text

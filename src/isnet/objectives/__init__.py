@@ -5,9 +5,11 @@ Importing this package registers every built-in objective (:mod:`.isnet`, :mod:`
 """
 
 from . import baselines, isnet, segmented
-from .registry import Objective, StepContext, StepOutput, get_objective, objective_names, register_objective
+from .registry import (
+    Objective, StepContext, StepOutput, foreign_options, get_objective, objective_names, register_objective,
+)
 
 __all__ = [
-    "Objective", "StepContext", "StepOutput", "baselines", "get_objective", "isnet", "objective_names",
+    "Objective", "StepContext", "StepOutput", "baselines", "foreign_options", "get_objective", "isnet", "objective_names",
     "register_objective", "segmented",
 ]

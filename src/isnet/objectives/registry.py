@@ -16,7 +16,7 @@ The training loop knows no objective by name: it looks the run's ``variant`` up 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,8 @@ from ..loss import ISNetLoss
 from ..masks import mask_background
 from ..variants import ISNet
 
-__all__ = ["Objective", "StepContext", "StepOutput", "get_objective", "objective_names", "register_objective"]
+__all__ = ["Objective", "StepContext", "StepOutput", "foreign_options", "get_objective", "objective_names",
+           "register_objective"]
 
 
 @dataclass
@@ -114,6 +115,12 @@ def get_objective(name: str) -> Objective:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown variant {name!r}; choose one of {objective_names()}") from None
+
+
+def foreign_options(objective: Objective, given: Iterable[str]) -> list[str]:
+    """Options in ``given`` that only other objectives read (likely a mistake: ``rrr_lambda`` with selective)."""
+    others = {name for o in _REGISTRY.values() if o is not objective for name in o.hyperparameters}
+    return sorted(name for name in given if name in others and name not in objective.hyperparameters)
 
 
 def objective_names() -> list[str]:

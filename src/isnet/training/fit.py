@@ -32,7 +32,7 @@ from ..config import TrainConfig
 from ..data.folder import DatasetError
 from ..errors import UserError
 from ..models import is_weights_name, resolve_normalize
-from ..objectives import Objective, get_objective
+from ..objectives import Objective, foreign_options, get_objective
 from ..paths import check_run_folder, clear_run
 from .data import MaskedDataModule
 from .module import ISNetModule, TrainingDiverged
@@ -284,6 +284,8 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         if checks:
             clear = check_run_folder(run, overwrite=cfg.overwrite, datasets=[d for d in (cfg.train, cfg.val) if d])
     objective = _objective(cfg.variant)
+    for name in foreign_options(objective, given):
+        _log.warning(f"--{name.replace('_', '-')} is not used by --variant {cfg.variant}; it has no effect")
     cfg.background_swap = objective.swap_probability(cfg.background_swap)  # config.json records the value used
     _resolve_inputs(cfg, objective, new=not cfg.resume)
     _check_hardware(cfg)
