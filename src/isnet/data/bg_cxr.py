@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .layout import check_empty_output, write_split
+from .layout import check_empty_output, split_plan, write_split
 from .cxr_anatomy import CLASSES, render_chest
 from .cxr_hospitals import HOSPITALS, acquire
 from .cxr_lungs import POOL_FRACTIONS, REJECT_REASONS, archive_path, lung_catalogue, lung_pools
@@ -244,8 +244,7 @@ def write_dataset(
     unknown = [t for t in tests if t not in BIASES]
     if unknown:
         raise ValueError(f"tests must be among {BIASES}, got {unknown}")
-    plan = [("train", "train", "biased", n_train), ("val", "val", "biased", n_val)]
-    plan += [(f"test/{bias}", "test", bias, n_test) for bias in tests]
+    plan = split_plan(n_train, n_val, n_test, tests)
 
     catalogue = lung_catalogue()
     paths: dict[str, Path] = {}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .layout import check_empty_output, write_split
+from .layout import check_empty_output, split_plan, write_split
 from .bg_digits_parts import CANVAS, MASK_DEGRADATIONS, TEXTURES, TINTS, backgrounds, degrade_masks
 
 __all__ = [
@@ -315,8 +315,7 @@ def write_dataset(
     """
     out = check_empty_output(out)
     tests = BIASES if extra_tests else BIASES[:3]
-    plan = [("train", "train", "biased", n_train), ("val", "val", "biased", n_val)]
-    plan += [(f"test/{bias}", "test", bias, n_test) for bias in tests]
+    plan = split_plan(n_train, n_val, n_test, tests)
 
     paths: dict[str, Path] = {}
     for name, pool, bias, count in plan:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["check_empty_output", "write_split"]
+__all__ = ["check_empty_output", "split_plan", "write_split"]
 
 
 def check_empty_output(out: str | Path) -> Path:
@@ -23,6 +23,12 @@ def check_empty_output(out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty directory")
     return out
+
+
+def split_plan(n_train: int, n_val: int, n_test: int, tests: Sequence[str]) -> list[tuple[str, str, str, int]]:
+    """``(split name, source pool, bias, count)`` per split: biased train and val, then one per test set."""
+    plan = [("train", "train", "biased", n_train), ("val", "val", "biased", n_val)]
+    return plan + [(f"test/{bias}", "test", bias, n_test) for bias in tests]
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
