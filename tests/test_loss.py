@@ -179,3 +179,19 @@ def test_loss_gradient_matches_finite_differences():
     for foreground in ("L2", "hybrid"):
         assert torch.autograd.gradcheck(lambda h: heatmap_loss(h, mask, C1=0.5, C2=3.0, foreground=foreground),
                                         (heat,))
+
+
+def test_per_group_bounds_equal_separate_losses():
+    """Dual ISNet: C1/C2 per heatmap group equals the mean of the groups' own losses."""
+    torch.manual_seed(1)
+    maps, masks = torch.randn(3, 2, 1, 8, 8), (torch.rand(3, 1, 8, 8) > 0.5).float()
+    opts = dict(d=0.9, E=1.0, A=1.0, B=2.0)
+    both = heatmap_loss(maps, masks, C1=(0.5, 40.0), C2=(20.0, 60.0), **opts)
+    separate = (heatmap_loss(maps[:, :1], masks, C1=0.5, C2=20.0, **opts)
+                + heatmap_loss(maps[:, 1:], masks, C1=40.0, C2=60.0, **opts)) / 2
+    assert torch.allclose(both, separate, rtol=1e-6)
+    assert not torch.allclose(both, heatmap_loss(maps, masks, C1=0.5, C2=20.0, **opts))
+    four = torch.cat([maps, maps], 1)  # groups interleave: heatmap k gets bound k mod 2
+    assert torch.allclose(heatmap_loss(four, masks, C1=(0.5, 40.0), C2=(20.0, 60.0), **opts), both, rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot be shared over 3 heatmaps"):
+        heatmap_loss(maps[:, :1].expand(-1, 3, -1, -1, -1), masks, C1=(1.0, 2.0), C2=(3.0, 4.0))

@@ -14,6 +14,7 @@ from isnet.data import generate, to_tensors, write_dataset
 from isnet.evaluate import evaluate
 from isnet.checkpoints import load_classifier
 from isnet.config import TrainConfig
+from isnet.errors import UserError
 from isnet.training import ISNetModule, MaskedDataModule, TrainingDiverged, fit
 
 BASE = dict(arch="small_cnn", epochs=1, batch_size=32, workers=0, quiet=True, seed=0)
@@ -80,7 +81,7 @@ def test_p_warmup_and_option_checks():
         ISNetModule.from_config(TrainConfig(train="x", num_classes=10, image_size=32).to_dict())
     with pytest.raises(ValueError, match="unknown variant"):
         fit(TrainConfig(train="x", variant="nope").to_dict())
-    with pytest.raises(ValueError, match="both C1 and C2"):
+    with pytest.raises(ValueError, match="both --c1 and --c2"):
         TrainConfig(train="x", C1=1.0).validate()
     with pytest.raises(ValueError, match="unknown training options"):
         TrainConfig.from_dict({"lr": 0.1, "learning_rate": 0.1})
@@ -255,6 +256,24 @@ def test_standard_with_background_swap_reads_the_training_masks(data, tmp_path):
     assert not seen["masks"].bool().all(), "the training masks were replaced by all-ones masks"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["background_swap"] == 1.0
     assert MaskedDataModule(data["train"], train_masks=False).train_set.has_masks is False
+
+
+@pytest.mark.e2e
+def test_dual_calibrates_each_rule_and_keeps_given_bounds(data, tmp_path):
+    """The Dual ISNet's z+ maps get their own C1/C2; bounds given on the command line are kept."""
+    fit(_config(data, tmp_path / "dual", variant="dual", calibrate_epochs=1, C1=2.0, C2=30.0))
+    config = json.loads((tmp_path / "dual" / "config.json").read_text())
+    calibration = config["calibration"]
+    assert (config["C1"], config["C2"]) == (2.0, 30.0)
+    assert config["C1_zplus"] == calibration["C1_zplus"] and config["C2_zplus"] == calibration["C2_zplus"]
+    assert calibration["n_zplus"] == calibration["n"] == 64 and calibration["C1"] != calibration["C1_zplus"]
+    for suffix in ("", "_zplus"):
+        mean, std = calibration["mean" + suffix], calibration["std" + suffix]
+        assert calibration["C1" + suffix] == pytest.approx(max(mean / 5, mean - 3 * std))
+    with pytest.raises(ValueError, match="needs C1 and C2, C1_zplus and C2_zplus"):
+        ISNetModule.from_config(TrainConfig(train="x", variant="dual", num_classes=10, image_size=32, C1=1.0, C2=2.0))
+    with pytest.raises(UserError, match="both --c1-zplus and --c2-zplus"):
+        TrainConfig(train="x", C1_zplus=1.0).validate()
 
 
 def test_calibration_trains_with_its_own_swap(data, tmp_path):

@@ -261,3 +261,39 @@ def test_selective_training_gradient_flows_through_heatmap():
     g = model[0].weight.grad
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
     assert F.cross_entropy(logits, Y).requires_grad
+
+
+# ---------------------------------------------------------------------------- Dual ISNet
+
+
+@pytest.mark.parametrize("zb", [False, True])
+def test_dual_stacks_epsilon_and_zplus_maps_of_one_eta(zb):
+    model = small_net().eval()
+    before = snapshot(model)
+    logits, heat = ISNet(model, "dual", zb=zb).eval()(X, heatmaps=True)
+    assert heat.shape == (4, 2, 3, 16, 16) and torch.equal(logits, model(X))
+    lowest = lambda out: out.argmin(1)  # noqa: E731
+    assert rel_err(heat[:, 0], eta_relevance(model, X, lowest, zb=zb)) < 1e-6
+    assert rel_err(heat[:, 1], eta_relevance(model, X, lowest, zb=zb, rule="z+")) < 1e-6
+    assert rel_err(heat[:, 0], heat[:, 1]) > 0.05, "the two rules should give different maps"
+    assert_same(before, snapshot(model))
+
+
+def test_dual_explains_the_same_class_in_both_maps_and_trains_through_both():
+    model = small_net()
+    net = ISNet(model, "dual", selective_class="label").train()
+    model.eval()  # fixed batch-norm statistics; the wrapper still builds the graph (it is training)
+    _, heat = net(X, heatmaps=True, labels=Y)
+    assert rel_err(heat[:, 0], eta_relevance(model, X, lambda out: Y)) < 1e-6
+    assert rel_err(heat[:, 1], eta_relevance(model, X, lambda out: Y, rule="z+")) < 1e-6
+    grads = torch.autograd.grad(heat[:, 1].abs().sum(), list(model.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "the z+ map must be in the graph"
+
+
+def test_dual_deep_supervision_stacks_both_rules():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = ISNet(resnet18(num_classes=3).eval(), "dual", deep_supervision=True).eval()
+    _, heat = net(torch.rand(2, 3, 32, 32), heatmaps=True)
+    assert heat["input"].shape == (2, 2, 3, 32, 32) and heat["layer3"].shape == (2, 2, 1, 2, 2)

@@ -102,12 +102,12 @@ class TrainConfig:
                                  "(grayscale; colour images are converted; a pretrained first convolution is summed "
                                  "over its colour channels)", "model", choices=(1, 3))
     variant: str = option("selective", "training objective: an ISNet variant (standard, original, selective, "
-                                       "stochastic), the swap control or a baseline (rrr, gradcam, masked, "
+                                       "stochastic, dual), the swap control or a baseline (rrr, gradcam, masked, "
                                        "seg-classify with --segmenter)", "model")
     deep_supervision: bool | list[str] = option(
         False, "LRP deep supervision: without names the default layers (ResNet stages, DenseNet transitions, "
                "VGG stages, else the max-pool outputs), or these module names", "model", metavar="LAYER")
-    selective_class: str = option("lowest", "class whose eta the selective variant explains (lowest, as the "
+    selective_class: str = option("lowest", "class whose eta the selective and dual variants explain (lowest, as the "
                                             "reference implementation)", "model",
                                   choices=("lowest", "label", "highest"))
     selective_eps: float = option(0.01, "e_s of the selective quantity", "model", at_least=0)
@@ -126,6 +126,12 @@ class TrainConfig:
                               "ISNet loss", flag="--c1", above=0)
     C2: float | None = option(None, "foreground relevance upper bound (with --c1; default: calibrated)",
                               "ISNet loss", flag="--c2", above=0)
+    C1_zplus: float | None = option(None, "dual: the LRP-z+ heatmap's foreground relevance lower bound (with "
+                                          "--c2-zplus; default: calibrated)", "ISNet loss",
+                                    flag="--c1-zplus", above=0)
+    C2_zplus: float | None = option(None, "dual: the LRP-z+ heatmap's foreground relevance upper bound (with "
+                                          "--c1-zplus; default: calibrated)", "ISNet loss",
+                                    flag="--c2-zplus", above=0)
     foreground: str = option("L2", "foreground penalty", "ISNet loss", choices=("L2", "hybrid"))
     norm: str = option("absRoIMean", "heatmap normalisation", "ISNet loss", choices=("absRoIMean", "RoIMean"))
     d_loss: float = option(1.0, "GWRP decay over deep-supervision layers (1: mean)", "ISNet loss",
@@ -209,10 +215,13 @@ class TrainConfig:
         by their registries when training starts.
         """
         validate_ranges(self)
-        if (self.C1 is None) != (self.C2 is None):
-            raise UserError("give both C1 and C2 (--c1, --c2), or neither (then they are calibrated)")
-        if self.C1 is not None and not self.C1 <= self.C2:
-            raise UserError(f"need --c1 <= --c2, got {self.C1} and {self.C2}")
+        for suffix in ("", "_zplus"):
+            low, high = getattr(self, "C1" + suffix), getattr(self, "C2" + suffix)
+            flags = f"--c1{suffix.replace('_', '-')}", f"--c2{suffix.replace('_', '-')}"
+            if (low is None) != (high is None):
+                raise UserError(f"give both {flags[0]} and {flags[1]}, or neither (then they are calibrated)")
+            if low is not None and not low <= high:
+                raise UserError(f"need {flags[0]} <= {flags[1]}, got {low} and {high}")
         if not _valid_devices(self.devices):
             raise UserError(f"--devices must be auto, a count >= 1, -1 (all) or a list such as 0,1; "
                             f"got {self.devices!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +52,22 @@ def gwrp(values: Tensor, d: float) -> Tensor:
     return (top * weights).sum(-1) / total
 
 
-def _foreground_penalty(total: Tensor, C1: float, C2: float, foreground: str) -> Tensor:
-    """Keeps the foreground relevance ``total`` inside [C1, C2]."""
+Bound = float | Sequence[float]
+
+
+def _per_heatmap(value: Bound, k: int, like: Tensor) -> float | Tensor:
+    """A float, or a sequence of G values repeated over K = G n heatmaps (heatmap k gets value k mod G)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    values = [float(v) for v in value]
+    if not values or k % len(values):
+        raise ValueError(f"{len(values)} C1/C2 values cannot be shared over {k} heatmaps per image")
+    return torch.tensor(values * (k // len(values)), dtype=like.dtype, device=like.device)
+
+
+def _foreground_penalty(total: Tensor, C1: Bound, C2: Bound, foreground: str) -> Tensor:
+    """Keeps the foreground relevance ``total`` (B, K) inside [C1, C2] (per heatmap when sequences)."""
+    C1, C2 = _per_heatmap(C1, total.shape[1], total), _per_heatmap(C2, total.shape[1], total)
     scaled = total / C1
     left = (scaled.clamp(max=1.0) - 1.0) ** 2
     right = (scaled.clamp(min=C2 / C1) - C2 / C1) ** 2
@@ -65,7 +79,7 @@ def _foreground_penalty(total: Tensor, C1: float, C2: float, foreground: str) ->
 
 
 def _single_heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float, E: float, A: float, B: float,
-                         C1: float, C2: float, foreground: str, norm: str) -> Tensor:
+                         C1: Bound, C2: Bound, foreground: str, norm: str) -> Tensor:
     """Per-sample loss (B,) of heatmaps (B, K, C, h, w)."""
     if heatmaps.dim() != 5:
         raise ValueError(f"heatmaps must be (B, K, C, h, w), got shape {tuple(heatmaps.shape)}")
@@ -89,7 +103,7 @@ def _single_heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float, E: float,
 
 
 def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: float = 0.9, E: float = 1.0,
-                 A: float = 1.0, B: float = 1.0, C1: float = 1.0, C2: float = 25.0, foreground: str = "L2",
+                 A: float = 1.0, B: float = 1.0, C1: Bound = 1.0, C2: Bound = 25.0, foreground: str = "L2",
                  norm: str = "absRoIMean", d_loss: float = 1.0) -> Tensor:
     """ISNet heatmap loss, averaged over the batch.
 
@@ -105,7 +119,9 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
     A, B
         Weights of the background and foreground terms.
     C1, C2
-        Range kept for the summed absolute foreground relevance.
+        Range kept for the summed absolute foreground relevance: floats, or G values each, one
+        per group of heatmaps (heatmap k gets value k mod G; the Dual ISNet's LRP-epsilon and
+        LRP-z+ maps have their own ranges).
     foreground
         ``"L2"`` (quadratic on both sides) or ``"hybrid"`` (linear far above ``C1 + C2``).
     norm

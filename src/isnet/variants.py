@@ -7,7 +7,14 @@ standard    0 (argmax if asked)   nothing in training: the plain classifier
 original    K (classes)           every logit, one relevance pass per class
 selective   1                     ``eta = log(p_c + e) - log(1 - p_c + e)`` of one class
 stochastic  1                     the top logit with probability 1/2, else another class
+dual        2                     selective's ``eta``, once with LRP-epsilon, once with
+                                  LRP-z+ on convolutions and linear layers (Dual ISNet)
 =========== ===================== =====================================================
+
+The Dual ISNet (Faster ISNet paper) penalises the background relevance of two heatmaps of
+one quantity: LRP-epsilon's, which can be negative and noisy, and LRP-z+'s, which keeps only
+positive contributions. Its two maps are stacked along K in that order; each gets its own
+C1/C2 (:func:`calibration_groups`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ from torch import Tensor, nn
 
 from .lrp import Bounds, LRPFlex, Trace, select_logits
 
-VARIANTS = ("standard", "original", "selective", "stochastic")
+VARIANTS = ("standard", "original", "selective", "stochastic", "dual")
+
+
+def calibration_groups(variant: str) -> tuple[str, ...]:
+    """The groups of a variant's K heatmaps that get their own C1/C2, named by the suffix of their
+    :class:`isnet.config.TrainConfig` fields: ``("",)`` (C1, C2) for one group, ``("", "_zplus")``
+    (C1, C2 for LRP-epsilon; C1_zplus, C2_zplus for LRP-z+) for dual. Group i is ``heatmaps[:, i::groups]``."""
+    return ("", "_zplus") if variant == "dual" else ("",)
 SELECTIVE_CLASSES = ("lowest", "label", "highest")
 
 
@@ -76,8 +90,8 @@ class ISNet(nn.Module):
     """A classifier trained to keep its relevance on the foreground.
 
     ``net(x)`` is the plain classifier. ``net(x, heatmaps=True)`` returns
-    ``(logits, heatmaps)``: heatmaps (B, K, C, H, W), K = 1 (selective, stochastic)
-    or the class count (original); with deep supervision a dict
+    ``(logits, heatmaps)``: heatmaps (B, K, C, H, W), K = 1 (selective, stochastic),
+    2 (dual: LRP-epsilon, LRP-z+) or the class count (original); with deep supervision a dict
     ``{"input": heatmaps, layer name: relevance (B, K, 1, h, w)}``. Heatmaps stay in
     the autograd graph in training mode, so a loss on them trains the network.
 
@@ -86,13 +100,13 @@ class ISNet(nn.Module):
     model
         The classifier (any network LRP-Flex explains); kept unchanged as ``net.model``.
     variant
-        ``standard | original | selective | stochastic``.
+        ``standard | original | selective | stochastic | dual``.
     epsilon, zb, bounds
         LRP-Flex options (see :class:`isnet.LRPFlex`).
     selective_eps
         ``e_s`` of the selective quantity.
     selective_class
-        Class whose ``eta`` the selective variant explains: ``"lowest"`` logit (the
+        Class whose ``eta`` the selective and dual variants explain: ``"lowest"`` logit (the
         reference implementation's choice), the ``"label"``, or the ``"highest"`` logit.
     deep_supervision
         False, True (default layers for ResNet/DenseNet/VGG), or module names.
@@ -113,26 +127,39 @@ class ISNet(nn.Module):
         self.model = model
         self.variant, self.selective_eps, self.selective_class = variant, selective_eps, selective_class
         self.layers = layers
-        self.lrp = LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, layers=layers, check_finite=False)
+        rules = ("epsilon", "z+") if variant == "dual" else ("epsilon",)
+        self.explainers = [LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, layers=layers, check_finite=False,
+                                   rule=rule) for rule in rules]
+
+    @property
+    def lrp(self) -> LRPFlex:
+        """The LRP-epsilon explainer (the dual variant also has an LRP-z+ one)."""
+        return self.explainers[0]
 
     def forward(self, x: Tensor, heatmaps: bool = False, labels: Tensor | None = None):
         if not heatmaps:
             return self.model(x)
-        trace = self.lrp.trace(x)
-        heat = self.explain_trace(trace, labels)
+        # one traced forward pass per rule (the dual variant's second pass also updates batch-norm statistics)
+        traces = [explainer.trace(x) for explainer in self.explainers]
+        heat = self.explain_trace(*traces, labels=labels)
+        output = traces[0].output
         # the trace records a graph even under torch.no_grad(); the caller gets none then
-        return (trace.output if torch.is_grad_enabled() else trace.output.detach()), heat
+        return (output if torch.is_grad_enabled() else output.detach()), heat
 
-    def explain_trace(self, trace: Trace, labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
-        """The variant's heatmaps for a traced forward pass."""
-        logits = trace.output
+    def explain_trace(self, *traces: Trace, labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
+        """The variant's heatmaps for traced forward passes, one per rule (two for dual)."""
+        if len(traces) != len(self.explainers):
+            raise ValueError(f"the {self.variant} variant explains {len(self.explainers)} trace(s), got {len(traces)}")
         create_graph = self.training and torch.is_grad_enabled()
         if self.variant == "original":
-            parts = trace.class_relevances(create_graph=create_graph)
+            parts = traces[0].class_relevances(create_graph=create_graph)
         else:
-            with torch.enable_grad():
-                quantity = self.quantity(logits, labels)
-            parts = [trace.relevance(quantity, create_graph=create_graph)]
+            classes = self.classes(traces[0].output, labels)
+            parts = []
+            for trace in traces:
+                with torch.enable_grad():
+                    quantity = self.quantity(trace.output, classes)
+                parts.append(trace.relevance(quantity, create_graph=create_graph))
         maps = torch.stack([p.input for p in parts], 1)
         if not self.layers:
             return maps
@@ -145,18 +172,20 @@ class ISNet(nn.Module):
             out[name] = torch.stack([p.layers[name].sum(1, keepdim=True) for p in parts], 1)
         return out
 
-    def quantity(self, logits: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The scalar explained by selective, stochastic and standard (batch sum)."""
+    def classes(self, logits: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Per sample, the class whose logit (stochastic, standard) or ``eta`` (selective, dual) is explained."""
         if self.variant == "stochastic":
-            return select_logits(logits, stochastic_classes(logits)).sum()
-        if self.variant == "standard":
-            return select_logits(logits, "argmax").sum()
+            return stochastic_classes(logits)
+        if self.variant == "standard" or self.selective_class == "highest":
+            return logits.detach().argmax(1)
         if self.selective_class == "label":
             if labels is None:
                 raise ValueError("selective_class='label' needs labels: net(x, heatmaps=True, labels=y)")
-            classes = labels
-        elif self.selective_class == "highest":
-            classes = logits.detach().argmax(1)
-        else:
-            classes = logits.detach().argmin(1)
+            return labels
+        return logits.detach().argmin(1)
+
+    def quantity(self, logits: Tensor, classes: Tensor) -> Tensor:
+        """The scalar explained by selective, dual, stochastic and standard (batch sum)."""
+        if self.variant in ("stochastic", "standard"):
+            return select_logits(logits, classes).sum()
         return selective_quantity(logits, classes, self.selective_eps)

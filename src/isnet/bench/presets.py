@@ -70,6 +70,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "selective+ds+swap": {"variant": "selective", "deep_supervision": True, "background_swap": 1.0},
     "stochastic+ds+swap": {"variant": "stochastic", "deep_supervision": True, "background_swap": 1.0},
     "gxi+swap": {"variant": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0},
+    "dual+swap": {"variant": "dual", "background_swap": 1.0},
     "masked": {"variant": "masked", "background_swap": 0.0},
 }
 """Benchmark method -> training options. Every method states its background swap: names ending
@@ -78,13 +79,14 @@ background, the donor's own object removed), the others without, so each method 
 next to ``standard`` or ``standard+swap``, its equal. ``+ds``: LRP deep supervision at the
 architecture's default layers (:func:`isnet.variants.default_supervised_layers`). ``gxi+swap``:
 the selective ISNet loss on gradient x input heatmaps (``epsilon=0``, no Z^B), the papers'
-ablation. ``masked`` classifies background-zeroed images, so a swap would change nothing.
+ablation. ``dual+swap``: the Dual ISNet (the selective quantity's LRP-epsilon and LRP-z+
+heatmaps both penalised). ``masked`` classifies background-zeroed images, so a swap would change nothing.
 ``standard+swap`` uses the ``swap`` objective: the standard loss, with masks loaded."""
 
 RELATIVE_COST: dict[str, float] = {
     "standard": 1, "standard+swap": 1, "masked": 1, "gradcam": 1.1, "gradcam+swap": 1.1, "rrr": 2.5,
     "rrr+swap": 2.5, "selective": 3, "selective+swap": 3, "stochastic": 3, "stochastic+swap": 3, "gxi+swap": 3,
-    "selective+ds+swap": 3.5, "stochastic+ds+swap": 3.5, "original+swap": 15,
+    "dual+swap": 5, "selective+ds+swap": 3.5, "stochastic+ds+swap": 3.5, "original+swap": 15,
 }
 """Rough training cost of each method relative to ``standard``: parallel runs start with the
 most expensive, so the last ones to finish are short."""

@@ -9,6 +9,8 @@ swap        cross-entropy with the mask-based background swap: the control that 
 original    ``(1 - P) CE + P heatmap loss`` on one heatmap per class
 selective   the same on one heatmap of the selective quantity (Faster ISNet)
 stochastic  the same on one heatmap of a stochastically chosen logit (Faster ISNet)
+dual        the same on the selective quantity's LRP-epsilon and LRP-z+ heatmaps, each
+            with its own C1/C2 (Dual ISNet)
 =========== ==============================================================================
 
 The ISNet variants train with the background swap by default: a network can encode a
@@ -30,7 +32,7 @@ from .registry import StepContext, StepOutput, register_objective
 __all__ = ["cross_entropy", "heatmap_objective"]
 
 _LOSS_OPTIONS = ("P", "p_warmup", "d", "E", "A", "B", "C1", "C2", "foreground", "norm", "d_loss",
-                 "calibrate_epochs", "epsilon", "zb")
+                 "calibrate_epochs", "calibration_swap", "epsilon", "zb")
 
 
 @register_objective("swap", needs_masks=True, background_swap=1.0)
@@ -54,6 +56,7 @@ def _isnet(variant: str, *extra: str) -> dict:
                 hyperparameters=(*_LOSS_OPTIONS, *extra, "deep_supervision"))
 
 
+@register_objective("dual", **_isnet("dual", "selective_class", "selective_eps", "C1_zplus", "C2_zplus"))
 @register_objective("stochastic", **_isnet("stochastic"))
 @register_objective("selective", **_isnet("selective", "selective_class", "selective_eps"))
 @register_objective("original", **_isnet("original"))

@@ -34,6 +34,7 @@ from ..errors import UserError
 from ..models import is_weights_name, resolve_normalize
 from ..objectives import Objective, foreign_options, get_objective
 from ..paths import check_run_folder, clear_run
+from ..variants import calibration_groups
 from .data import MaskedDataModule
 from .module import ISNetModule, TrainingDiverged
 from .resume import explicit_options, resume_config
@@ -160,8 +161,10 @@ def _check_hardware(cfg: TrainConfig) -> None:
 def _check_model(cfg: TrainConfig, *, pretrained: bool) -> None:
     """Build the module once (architecture, weights, deep-supervision layers, the objective's own checks)."""
     probe = TrainConfig.from_dict(cfg.to_dict())
-    if probe.C1 is None:
-        probe.C1, probe.C2 = 1.0, 25.0  # placeholders: only the construction is checked
+    for suffix in ("", "_zplus"):
+        if getattr(probe, "C1" + suffix) is None:  # placeholders: only the construction is checked
+            setattr(probe, "C1" + suffix, 1.0)
+            setattr(probe, "C2" + suffix, 25.0)
     ISNetModule.from_config(probe, pretrained=pretrained)
 
 
@@ -219,11 +222,15 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dic
     metrics = trainer.callback_metrics
     if "calibration/C1" not in metrics:
         raise RuntimeError("calibration run ended without recording relevance totals")
-    result = {key: float(metrics[f"calibration/{key}"]) for key in ("C1", "C2", "mean", "std", "n")}
-    result["n"] = int(result["n"])
+    result: dict[str, float] = {}
+    for suffix in calibration_groups(get_objective(cfg.variant).explains):
+        keys = [key + suffix for key in ("C1", "C2", "mean", "std", "n")]
+        result |= {key: float(metrics[f"calibration/{key}"]) for key in keys}
+        result["n" + suffix] = int(result["n" + suffix])
+        _log.info(f"calibrated C1{suffix} = {result['C1' + suffix]:.4g}, C2{suffix} = {result['C2' + suffix]:.4g} "
+                  f"(relevance totals of {result['n' + suffix]} heatmaps: mean {result['mean' + suffix]:.4g}, "
+                  f"std {result['std' + suffix]:.4g})")
     result["epochs"] = cfg.calibrate_epochs
-    _log.info(f"calibrated C1 = {result['C1']:.4g}, C2 = {result['C2']:.4g} (relevance totals of {result['n']} "
-              f"heatmaps: mean {result['mean']:.4g}, std {result['std']:.4g})")
     return result
 
 
@@ -309,9 +316,12 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
             _log.info(f"resuming {run} from {ckpt_path.name}, to {cfg.epochs} epochs")
         run.mkdir(parents=True, exist_ok=True)
         with _unfinished_run_hints(run):
-            if objective.heatmap_loss and cfg.C1 is None:
+            missing = [g for g in calibration_groups(objective.explains) if getattr(cfg, "C1" + g) is None]
+            if objective.heatmap_loss and missing:
                 cfg.calibration = _calibrate(cfg, datamodule, run)
-                cfg.C1, cfg.C2 = cfg.calibration["C1"], cfg.calibration["C2"]
+                for suffix in missing:  # bounds given on the command line are kept
+                    for key in ("C1" + suffix, "C2" + suffix):
+                        setattr(cfg, key, cfg.calibration[key])
 
             L.seed_everything(cfg.seed, workers=True, verbose=False)  # the ISNet starts from a fresh init
             resolved = cfg.to_dict()

@@ -32,7 +32,7 @@ from ..metrics import BackgroundRelevance
 from ..models import build_model, resolve_normalize
 from ..objectives import Objective, StepContext, StepOutput, get_objective
 from ..segment.predict import predicted_masks
-from ..variants import ISNet, input_heatmaps
+from ..variants import ISNet, calibration_groups, input_heatmaps
 from .data import epoch_seed
 
 __all__ = ["ISNetModule", "TrainingDiverged"]
@@ -58,7 +58,8 @@ class ISNetModule(L.LightningModule):
     calibrate_for
         For a calibration run: the heatmap network (sharing ``net.model``) whose relevance
         totals are recorded in the last epoch; C1/C2 are then logged as ``calibration/C1|C2``
-        and kept in :attr:`calibration`.
+        (and ``calibration/C1_zplus|C2_zplus`` for the dual variant's LRP-z+ maps, see
+        :func:`isnet.variants.calibration_groups`) and kept in :attr:`calibration`.
     """
 
     def __init__(self, net: ISNet, criterion: ISNetLoss, objective: Objective, config: TrainConfig, *,
@@ -90,22 +91,28 @@ class ISNetModule(L.LightningModule):
         """
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         objective = get_objective(cfg.variant)
-        if objective.heatmap_loss and not calibrate and (cfg.C1 is None or cfg.C2 is None):
-            raise ValueError(f"variant {cfg.variant!r} needs C1 and C2 (fit() calibrates them)")
+        groups = calibration_groups(objective.explains)
+        bounds = [(getattr(cfg, "C1" + g), getattr(cfg, "C2" + g)) for g in groups]
+        if objective.heatmap_loss and not calibrate and any(None in pair for pair in bounds):
+            names = ", ".join(f"C1{g} and C2{g}" for g in groups)
+            raise ValueError(f"variant {cfg.variant!r} needs {names} (fit() calibrates them)")
+        c1 = [1.0 if low is None else low for low, _ in bounds]
+        c2 = [25.0 if high is None else high for _, high in bounds]
         model = build_model(cfg.arch, cfg.num_classes, image_size=cfg.image_size, new_head=True,
                             weights=cfg.weights if pretrained else None, in_channels=cfg.in_channels,
                             normalize=resolve_normalize(cfg.normalize, cfg.weights, cfg.arch))
         if objective.check is not None:
             objective.check(model, cfg)
         lrp = dict(cfg.lrp_options(), selective_eps=cfg.selective_eps, selective_class=cfg.selective_class)
-        criterion = ISNetLoss(cfg.P, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1 if cfg.C1 is not None else 1.0,
-                              C2=cfg.C2 if cfg.C2 is not None else 25.0, foreground=cfg.foreground, norm=cfg.norm,
+        criterion = ISNetLoss(cfg.P, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=c1[0] if len(c1) == 1 else c1,
+                              C2=c2[0] if len(c2) == 1 else c2, foreground=cfg.foreground, norm=cfg.norm,
                               d_loss=cfg.d_loss)
         if not calibrate:
             net = ISNet(model, objective.explains, deep_supervision=cfg.deep_supervision, **lrp)
             return cls(net, criterion, objective, cfg)
-        plain = TrainConfig.from_dict(cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None,
-                                                        "p_warmup": 0.0, "background_swap": cfg.calibration_swap})
+        plain = TrainConfig.from_dict(cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None, "C1_zplus": None,
+                                                        "C2_zplus": None, "p_warmup": 0.0,
+                                                        "background_swap": cfg.calibration_swap})
         return cls(ISNet(model, "standard", **lrp), criterion, get_objective("standard"), plain,
                    calibrate_for=ISNet(model, objective.explains, **lrp))
 
@@ -192,18 +199,23 @@ class ISNetModule(L.LightningModule):
         self._calibration_net.training = False
         _, heatmaps = self._calibration_net(x, heatmaps=True, labels=labels)
         maps = input_heatmaps(heatmaps).detach().float()
-        self._totals.append(maps.abs().sum((2, 3, 4)).flatten())  # one total per explained heatmap
+        self._totals.append(maps.abs().sum((2, 3, 4)))  # (B, K): one total per explained heatmap
 
     def on_train_epoch_end(self) -> None:
         if not self._recording:
             return
-        totals = self.all_gather(torch.cat(self._totals)).flatten()
-        c1, c2 = calibrate(totals)
-        self.calibration = {"C1": c1, "C2": c2, "mean": totals.double().mean().item(),
-                            "std": totals.double().std().item(), "n": int(totals.numel())}
+        totals = self.all_gather(torch.cat(self._totals))
+        totals = totals.reshape(-1, totals.shape[-1])  # (N, K), gathered over ranks
+        groups = calibration_groups(self._calibration_net.variant)
+        self.calibration = {}
+        for i, suffix in enumerate(groups):
+            group = totals[:, i::len(groups)].flatten()
+            c1, c2 = calibrate(group)
+            self.calibration |= {f"C1{suffix}": c1, f"C2{suffix}": c2, f"mean{suffix}": group.double().mean().item(),
+                                 f"std{suffix}": group.double().std().item(), f"n{suffix}": int(group.numel())}
         # logged so the values also reach the launching process under ddp_spawn
-        for key in ("C1", "C2", "mean", "std", "n"):
-            self.log(f"calibration/{key}", float(self.calibration[key]), on_epoch=True, sync_dist=True)
+        for key, value in self.calibration.items():
+            self.log(f"calibration/{key}", float(value), on_epoch=True, sync_dist=True)
         self._recording, self._totals = False, []
 
     def validation_step(self, batch, batch_idx: int) -> None:
