@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -92,6 +93,24 @@ def test_train_resume_and_eval(data, tmp_path, capsys):
 
     assert main(["eval", "--checkpoint", str(run), "--test", "nodir"]) == 2
     assert "NAME=DIR" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("arch, variant", [("small_vit", "selective"), ("small_convnext", "stochastic"),
+                                           ("small_vit", "dual"), ("small_convnext", "original")])
+def test_train_and_eval_a_transformer_and_a_modern_cnn(data, tmp_path, arch, variant):
+    """ISNets train through the CLI on a ViT (GELU, LayerNorm, attention) and a ConvNeXt (LayerNorm stem, GELU)."""
+    run = tmp_path / arch
+    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", variant,
+                 "--arch", arch, "--calibrate-epochs", "1", "--out", str(run), *FAST]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"] == arch and 0 < config["C1"] < config["C2"]
+    with open(run / "metrics.csv", newline="") as f:
+        shares = [float(row["val/bg_share"]) for row in csv.DictReader(f) if row["val/bg_share"]]
+    assert len(shares) == 1 and 0 <= shares[0] <= 1
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(run), "--test", f"biased={data['test/biased']}", "--json", str(out)]) == 0
+    assert 0 <= json.loads(out.read_text())["biased"]["background_relevance"] <= 1
 
 
 @pytest.mark.e2e

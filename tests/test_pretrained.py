@@ -142,3 +142,16 @@ def test_cli_weights_errors_and_explain_with_a_weights_name(hub, tmp_path, capsy
                  "--out", str(heat)]) == 0
     listed = json.loads((heat / "heatmaps.json").read_text())
     assert len(listed) == 2 and all(0 <= e["predicted"] < 1000 for e in listed)  # the 1,000 ImageNet classes
+
+
+def test_small_models_and_vits_are_built_for_the_image_size():
+    vit = build_model("small_vit", 4, image_size=48)
+    assert vit(torch.rand(2, 3, 48, 48)).shape == (2, 4) and vit.image_size == 48
+    assert build_model("small_convnext", 3, image_size=32)(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    one = build_model("small_vit", 2, image_size=32, in_channels=1)
+    assert one.conv_proj.in_channels == 1 and one(torch.rand(1, 1, 32, 32)).shape == (1, 2)
+    assert build_model("vit_b_32", 2, image_size=64).encoder.pos_embedding.shape[1] == 1 + (64 // 32) ** 2
+    with pytest.raises(UserError, match="not a multiple of 16.*--image-size 32"):
+        build_model("vit_b_16", 2, image_size=40)
+    with pytest.raises(UserError, match="divisible by its patch size 4"):
+        build_model("small_vit", 2, image_size=30)

@@ -1,4 +1,9 @@
-"""Classifier builders: any torchvision classification model by name, and ``small_cnn``.
+"""Classifier builders: any torchvision classification model by name, and small CPU models.
+
+``small_cnn`` (a ReLU CNN), ``small_vit`` (a four-block vision transformer, torchvision's
+``VisionTransformer``) and ``small_convnext`` (a three-stage ConvNeXt, torchvision's
+``ConvNeXt``) train in minutes on a CPU at 32-64 px. torchvision's ``vit_*`` models are built
+for the data's image size (a multiple of their patch size).
 
 **Weights.** ``weights`` is None (random initialisation), a torchvision weights name
 (``DEFAULT``, ``IMAGENET1K_V1``, ``ResNet18_Weights.IMAGENET1K_V1``) or a state-dict file. A
@@ -40,7 +45,7 @@ from .errors import UserError, UserFileNotFoundError
 
 __all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "build_model", "check_state_dict",
            "first_conv", "fold_input", "hub_checkpoints", "is_weights_name", "last_linear", "read_torch_file",
-           "resolve_normalize", "small_cnn", "torchvision_weights", "weights_categories"]
+           "resolve_normalize", "small_cnn", "small_convnext", "small_vit", "torchvision_weights", "weights_categories"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,7 +72,31 @@ def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> n
     )
 
 
-BUILTIN = {"small_cnn": small_cnn}
+def small_vit(num_classes: int = 10, image_size: int = 32) -> nn.Module:
+    """A small vision transformer: 4x4 patches, 4 blocks of 4 heads, width 64 (``image_size`` divisible by 4)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if image_size % 4:
+        raise UserError(f"small_vit needs an image size divisible by its patch size 4, got {image_size}")
+    return VisionTransformer(image_size=image_size, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64,
+                             mlp_dim=128, num_classes=num_classes)
+
+
+def small_convnext(num_classes: int = 10) -> nn.Module:
+    """A small ConvNeXt: a 4x4 patch stem, stages of width 32, 64, 128 with two blocks each."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    stages = [CNBlockConfig(32, 64, 2), CNBlockConfig(64, 128, 2), CNBlockConfig(128, None, 2)]
+    return ConvNeXt(stages, stochastic_depth_prob=0.0, num_classes=num_classes)
+
+
+def _builtin(arch: str, num_classes: int, image_size: int) -> nn.Module:
+    if arch == "small_vit":
+        return small_vit(num_classes, image_size)
+    return BUILTIN[arch](num_classes=num_classes)
+
+
+BUILTIN = {"small_cnn": small_cnn, "small_vit": small_vit, "small_convnext": small_convnext}
 
 
 def read_torch_file(path: str | Path, *, what: str = "weights file") -> Any:
@@ -306,15 +335,22 @@ def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: s
         raise UserError(f"--in-channels must be 1 (grayscale) or 3 (RGB), got {in_channels}")
     normalize = resolve_normalize(normalize, weights, arch)
     if arch in BUILTIN:
-        model = BUILTIN[arch](num_classes=num_classes)
+        model = _builtin(arch, num_classes, image_size)
     else:
         from torchvision import models
 
         names = models.list_models(module=models)
         if arch not in names:
-            raise UserError(f"unknown architecture {arch!r}; choose small_cnn or a torchvision "
-                             f"classification model such as resnet18, vgg11_bn, densenet121")
-        model = models.get_model(arch, weights=None, num_classes=num_classes)
+            raise UserError(f"unknown architecture {arch!r}; choose {', '.join(BUILTIN)} or a torchvision "
+                             f"classification model such as resnet18, densenet121, convnext_tiny, vit_b_16")
+        size = {}
+        if arch.startswith("vit_"):  # built for the data's size, else for 224 px
+            patch = int(arch.rsplit("_", 1)[-1])
+            if image_size % patch:
+                raise UserError(f"{arch} cuts images into {patch}x{patch} patches; the image size {image_size} "
+                                f"is not a multiple of {patch} (choose --image-size {patch * max(1, image_size // patch)})")
+            size = {"image_size": image_size}
+        model = models.get_model(arch, weights=None, num_classes=num_classes, **size)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, image_size, image_size))

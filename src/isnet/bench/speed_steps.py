@@ -25,7 +25,7 @@ from ..models import build_model
 from ..variants import ISNet, default_supervised_layers
 from .timing import Progress, median, peak_memory, round_robin
 
-ALL_VARIANTS = ("standard", "selective", "stochastic", "selective+ds", "stochastic+ds", "original",
+ALL_VARIANTS = ("standard", "selective", "stochastic", "dual", "selective+ds", "stochastic+ds", "original",
                 "original-naive", "original-batched")
 """``+ds``: with LRP deep supervision. ``original-naive``: a new forward pass per class (how the
 original ISNet is written without a reusable trace). ``original-batched``: all classes in one
