@@ -114,3 +114,41 @@ def test_segment_then_classify(space, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(run), "--test", f"external={no_masks}", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["external"]["n"] == 10
+
+
+def test_binary_masks_keep_the_largest_regions():
+    """Regions of known sizes: the N largest survive whole (8-connected: a diagonal step joins), nothing else."""
+    from isnet.segment.predict import binary_masks
+
+    prob = torch.full((1, 40, 40), 0.2)
+    regions = [(slice(1, 9), slice(1, 9)), (slice(20, 26), slice(2, 8)), (slice(30, 34), slice(30, 34)),
+               (slice(12, 14), slice(30, 32))]  # 64, 36, 16, 4 pixels
+    for rows, cols in regions:
+        prob[0, rows, cols] = 0.9
+    prob[0, 9, 9] = 0.7  # touches the first square diagonally only: part of it under 8-connectivity
+    prob[0, 38, 1] = 0.51  # a one-pixel speck
+    for n in (1, 2, 3):
+        (kept,) = binary_masks([prob], n)
+        expected = torch.zeros(1, 40, 40, dtype=torch.bool)
+        for rows, cols in regions[:n]:
+            expected[0, rows, cols] = True
+        expected[0, 9, 9] = True
+        assert kept.dtype == torch.bool and torch.equal(kept, expected), n
+    (every,) = binary_masks([prob], 0)
+    assert torch.equal(every, prob > 0.5) and every.sum() == 64 + 36 + 16 + 4 + 2
+
+
+@pytest.mark.e2e
+def test_predict_and_eval_keep_the_requested_regions(space, capsys):
+    from scipy import ndimage
+
+    seg, data, root = space["seg"], space["data"], space["root"]
+    out = root / "one"
+    assert main(["segment", "predict", "--model", str(seg), "--images", str(data["test/unbiased"]),
+                 "--out", str(out), "--components", "1"]) == 0
+    assert json.loads((out / "segment-masks.json").read_text())["components"] == 1
+    for mask in (out / "masks").rglob("*.png"):
+        assert ndimage.label(np.asarray(Image.open(mask)) > 0, structure=np.ones((3, 3)))[1] <= 1
+    with pytest.raises(SystemExit):
+        main(["segment", "eval", "--model", str(seg), "--test", f"val={data['val']}", "--components", "-1"])
+    assert "--components: must be >= 0" in capsys.readouterr().err

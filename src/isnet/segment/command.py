@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
                           help="a named test set (dataset layout with masks/); repeat for several")
     evaluate.add_argument("--json", type=Path, help="write the results as JSON here")
     for q in (predict, evaluate):
+        q.add_argument("--components", type=number(int, at_least=0), metavar="N",
+                       help="keep the N largest connected regions of each mask (0: all; default: the run's "
+                            "--components)")
         q.add_argument("--batch-size", type=number(int, at_least=1), default=8)
         q.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.segment == "predict":
         summary = predict_folder(model=args.model, images=args.images, out=args.out, batch_size=args.batch_size,
-                                 device=args.device)
+                                 device=args.device, components=args.components)
         where = "dataset (images/ + masks/) at" if summary["dataset"] else "masks in"
         print(f"wrote {summary['masks']} masks, mean foreground {100 * summary['mean_foreground']:.1f}%; "
               f"{where} {summary['out']}")
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> None:
 
     if args.json is not None:
         check_json_output(args.json, option="--json")
-    results = evaluate_segmenter(args.model, named_tests(args.test), batch_size=args.batch_size, device=args.device)
+    results = evaluate_segmenter(args.model, named_tests(args.test), batch_size=args.batch_size, device=args.device,
+                                 components=args.components)
     print(format_scores(results))
     if args.json is not None:
         print(f"wrote {write_json(args.json.expanduser(), results)}")

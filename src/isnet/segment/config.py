@@ -41,6 +41,9 @@ class SegmentConfig:
     depth: int = option(4, "levels of the U-Net (depth-1 down-samplings by 2)", "network", at_least=2, at_most=7)
     res_units: int = option(2, "residual units per level (MONAI UNet num_res_units)", "network", at_least=0)
     dropout: float = option(0.0, "dropout probability", "network", at_least=0, at_most=1)
+    components: int = option(0, "keep only the N largest connected regions of each predicted mask (2 for a pair "
+                                "of lungs; removes specks, e.g. on text markers); 0 keeps every region; predict and "
+                                "eval can override it", "network", resumable=True, at_least=0)
     # optimisation
     epochs: int = option(30, "training epochs", "optimisation", resumable=True, at_least=1)
     batch_size: int = option(16, "batch size per process", "optimisation", at_least=1)

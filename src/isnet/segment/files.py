@@ -32,7 +32,7 @@ from ..errors import IsnetWarning, OutputExistsError, UserError
 from ..evaluate import resolve_device
 from ..explain_files import find_images, output_stems
 from ..tables import text_table
-from .predict import load_segmenter, probabilities, segmenter_input
+from .predict import binary_masks, load_segmenter, probabilities, segmenter_input
 
 __all__ = ["MANIFEST", "evaluate_segmenter", "format_scores", "predict_folder"]
 
@@ -78,14 +78,24 @@ def _link_images(out: Path, source: Path) -> None:
     os.symlink(source.resolve(), link, target_is_directory=True)
 
 
-def predict_folder(*, model: Path, images: Path, out: Path, batch_size: int = 8,
-                   device: str | None = "auto") -> dict[str, Any]:
-    """Write a PNG mask per image (see the module docstring); returns a summary (count, foreground shares)."""
+def _components(given: int | None, config: Mapping[str, Any]) -> int:
+    if given is not None and given < 0:
+        raise UserError(f"--components must be >= 0 (0 keeps every region), got {given}")
+    return int(config.get("components", 0) if given is None else given)
+
+
+def predict_folder(*, model: Path, images: Path, out: Path, batch_size: int = 8, device: str | None = "auto",
+                   components: int | None = None) -> dict[str, Any]:
+    """Write a PNG mask per image (see the module docstring); returns a summary (count, foreground shares).
+
+    ``components``: keep the largest connected regions of each mask (None: the run's setting).
+    """
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     images, out = Path(images).expanduser(), Path(out).expanduser()
     dev = resolve_device(device)
     net, config = load_segmenter(model, map_location=dev)
+    components = _components(components, config)
     pairs, source = _plan(images, out)
     owned = _previous(out)
     clash = [m for _, m in pairs if m.exists() and m.resolve() not in owned]
@@ -110,14 +120,14 @@ def predict_folder(*, model: Path, images: Path, out: Path, batch_size: int = 8,
         pixels = [p.float() / 255 if p.dtype == torch.uint8 else p for p in pixels]
         x = torch.cat([segmenter_input(p[None], channels, size) for p in pixels]).to(dev)
         probs = probabilities(net, config, x, [tuple(p.shape[-2:]) for p in pixels])
-        for (file, mask_path), prob in zip(chunk, probs):
-            mask = (prob[0] > 0.5).cpu().numpy()
+        for (file, mask_path), binary in zip(chunk, binary_masks(probs, components)):
+            mask = binary[0].cpu().numpy()
             mask_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_path)
             entries.append({"image": str(file), "mask": str(mask_path.relative_to(out)),
                             "foreground": round(float(mask.mean()), 6)})
         (out / MANIFEST).write_text(json.dumps({"segmenter": str(model), "images": str(images), "threshold": 0.5,
-                                                "masks": entries}, indent=1))
+                                                "components": components, "masks": entries}, indent=1))
     shares = [e["foreground"] for e in entries]
     empty = [e["mask"] for e in entries if e["foreground"] == 0]
     if empty:
@@ -136,13 +146,15 @@ def _scores(pred: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
     return float(dice.nan_to_num(1.0).mean()), float(iou.nan_to_num(1.0).mean())
 
 
-def evaluate_segmenter(model: Path, tests: Mapping[str, Path], *, batch_size: int = 8,
-                       device: str | None = "auto") -> dict[str, dict[str, Any]]:
-    """Mean Dice and IoU (and their standard deviations) per test set with masks."""
+def evaluate_segmenter(model: Path, tests: Mapping[str, Path], *, batch_size: int = 8, device: str | None = "auto",
+                       components: int | None = None) -> dict[str, dict[str, Any]]:
+    """Mean Dice and IoU (and their standard deviations) per test set with masks (``components`` as in
+    :func:`predict_folder`)."""
     if not tests:
         raise UserError("no test sets given (NAME=DIR)")
     dev = resolve_device(device)
     net, config = load_segmenter(model, map_location=dev)
+    components = _components(components, config)
     channels, size = config["in_channels"], config["image_size"]
     sets = {name: MaskedImageFolder(root, masks=True, channels=channels) for name, root in tests.items()}
     for name, dataset in sets.items():
@@ -155,8 +167,8 @@ def evaluate_segmenter(model: Path, tests: Mapping[str, Path], *, batch_size: in
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             x = torch.cat([segmenter_input(img[None], channels, size) for img, _, _ in items]).to(dev)
             probs = probabilities(net, config, x, [tuple(m.shape[-2:]) for _, m, _ in items])
-            for prob, (_, mask, _) in zip(probs, items):
-                d, j = _scores((prob > 0.5).cpu(), mask > 0.5)
+            for binary, (_, mask, _) in zip(binary_masks(probs, components), items):
+                d, j = _scores(binary.cpu(), mask > 0.5)
                 dice.append(d)
                 iou.append(j)
         results[name] = {"dice": float(np.mean(dice)), "dice_std": float(np.std(dice)), "iou": float(np.mean(iou)),

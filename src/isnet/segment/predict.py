@@ -1,7 +1,9 @@
 """A trained segmenter: loading it, masks for tensors and image files, Dice and IoU.
 
 The network is MONAI's 2-D ``UNet`` with one output channel (foreground logit). A pixel is
-foreground when its probability is above 0.5 (:data:`isnet.masks.THRESHOLD`). Images are
+foreground when its probability is above 0.5 (:data:`isnet.masks.THRESHOLD`) and, when the run
+asks for it (``components``), it lies in one of the mask's largest connected regions
+(8-connected; MONAI's ``KeepLargestConnectedComponent``): a lung segmenter keeps two. Images are
 resized to the run's square training side for the network, and the probabilities are resized
 back (bilinearly) to each image's own size before the threshold, so masks have the size of
 their images, as the dataset layout requires.
@@ -26,7 +28,7 @@ from ..models import check_state_dict, read_torch_file
 from ..paths import CHECKPOINTS, CONFIG, MODEL, read_run_config
 from .config import UNET, SegmentConfig
 
-__all__ = ["build_unet", "load_segmenter", "predicted_masks", "segmenter_input", "probabilities"]
+__all__ = ["binary_masks", "build_unet", "load_segmenter", "predicted_masks", "segmenter_input", "probabilities"]
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -115,12 +117,25 @@ def probabilities(model: nn.Module, config: Mapping[str, Any], images: Tensor,
     return out
 
 
+def binary_masks(probs: list[Tensor], components: int = 0) -> list[Tensor]:
+    """Boolean masks (1, H, W) from foreground probabilities: above the threshold and, with
+    ``components`` > 0, inside one of the ``components`` largest connected regions."""
+    masks = [p > THRESHOLD for p in probs]
+    if components <= 0:
+        return masks
+    from monai.transforms import KeepLargestConnectedComponent
+
+    keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, independent=True, connectivity=2,
+                                         num_components=components)
+    return [torch.as_tensor(keep(m.to(torch.uint8).clone())).bool() for m in masks]
+
+
 def predicted_masks(run: str | Path, images: Tensor) -> Tensor:
     """Binary foreground masks (B, 1, H, W) that the segmenter ``run`` predicts for ``images`` (no gradient).
 
-    The segmenter is loaded once per process and device.
+    The segmenter is loaded once per process and device; its run's ``components`` applies.
     """
     model, config = _cached(str(Path(run).expanduser().resolve()), str(images.device))
-    probs = torch.stack(probabilities(model, config, images))
-    return (probs > THRESHOLD).to(images.dtype)
+    masks = binary_masks(probabilities(model, config, images), config.get("components", 0))
+    return torch.stack(masks).to(images.dtype)
 
