@@ -157,7 +157,7 @@ def test_every_method_states_its_swap_in_its_name():
     for method, options in METHODS.items():
         assert options["background_swap"] in (0.0, 1.0), method
         assert options["background_swap"] == (1.0 if method.endswith("+swap") else 0.0), method
-        assert swap_setting(method) == (None if method == "masked" else options["background_swap"])
+        assert swap_setting(method) == (None if method in ("masked", "seg-classify") else options["background_swap"])
     assert METHODS["standard+swap"]["variant"] == "swap"  # the standard loss with masks loaded
     assert METHODS["gxi+swap"] == {"variant": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0}
     for preset in (QUICK, FULL):
@@ -187,6 +187,7 @@ def test_rows_are_grouped_by_method_and_pairs_compare_equal_swap():
         ("rrr+swap", "standard+swap"), ("selective", "standard"), ("selective+swap", "standard+swap"),
         ("standard+swap", "standard"), ("selective+swap", "selective")]
     assert comparison_pairs(["selective+swap", "masked"]) == []  # no equal reference ran
+    assert comparison_pairs(["masked", "seg-classify", "standard"]) == [("seg-classify", "masked")]
 
 
 def test_paired_interval_is_the_t_interval_of_the_seed_differences():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from isnet.bench.cxr_presets import CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
+from isnet.bench.cxr_presets import CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
 from isnet.bench.presets import METHODS, BiasBenchConfig, bench_config
 from isnet.cli import main
 
@@ -70,7 +70,7 @@ def test_bench_config_takes_the_preset_then_the_given_options():
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "cxr"
-    argv = ["bench", "cxr", "--out", str(out), "--methods", "standard", "masked", *TINY]
+    argv = ["bench", "cxr", "--out", str(out), "--methods", "standard", "masked", "seg-classify", *TINY]
     assert main(argv) == 0
     return out, argv
 
@@ -80,7 +80,7 @@ def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
     out, _ = tiny_bench
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"methods", "train_time_s", "step_time_s", "paired", "config"}
-    assert list(results["methods"]) == ["standard", "masked", "masked@unmasked"]
+    assert list(results["methods"]) == ["standard", "masked", "masked@unmasked", "seg-classify"]
     for sets in results["methods"].values():
         assert list(sets) == list(CXR_TEST_SETS)
         for entry in sets.values():
@@ -92,13 +92,23 @@ def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
     config = results["config"]
     assert config["test_sets"] == list(CXR_TEST_SETS) and config["train"]["epochs"] == 1
     assert config["bench"]["arch"] == "small_cnn" and config["train"]["image_size"] == 64
-    assert config["background_swap"] == {"standard": 0.0, "masked": None}
+    assert config["background_swap"] == {"standard": 0.0, "masked": None, "seg-classify": None}
+    segmenter = config["segmenter"]  # trained once on the training split, scored on every test set
+    assert segmenter["options"]["components"] == 2 and segmenter["options"]["in_channels"] == 1
+    assert list(segmenter["scores"]) == list(CXR_TEST_SETS)
+    for score in segmenter["scores"].values():
+        assert 0 <= score["dice"] <= 1 and 0 <= score["outside"] <= 1
+    seg_run = json.loads((out / "runs" / "seg-classify" / "seed0" / "config.json").read_text())
+    assert seg_run["segmenter"] == segmenter["run"] == str(out / "segmenter")
+    assert {(p["method"], p["reference"]) for p in results["paired"]} == {("seg-classify", "masked")}
+    assert {(p["test_set"], p["metric"]) for p in results["paired"]} == set(CXR_COMPARED)
     record = json.loads((out / "runs" / "standard" / "seed0" / "result.json").read_text())
     assert np.asarray(record["results"]["deceiving"]["confusion_matrix"]).sum() == 12
 
     table = (out / "results.md").read_text()
     assert "## Accuracy (%)" in table and "| method | swap | biased | unbiased | external | deceiving |" in table
-    assert "| standard | no |" in table and "| masked | - |" in table
+    assert "| standard | no |" in table and "| masked | - |" in table and "| seg-classify | - |" in table
+    assert "seg-classify: a MONAI U-Net" in table and "Dice of its masks per test set: biased" in table
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {(r["method"], r["test_set"]) for r in rows} >= {("standard", "external"), ("masked", "deceiving")}
     assert "shortcut_relevance" in rows[0] and "abnormal_auroc_std" in rows[0]
@@ -132,7 +142,8 @@ def test_a_second_call_reuses_the_stored_runs_and_other_data_settings_are_refuse
     out, argv = tiny_bench
     capsys.readouterr()
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("reused stored run") == 2
+    printed = capsys.readouterr().out
+    assert printed.count("reused stored run") == 3 and "training the seg-classify segmenter" not in printed
     other = [a if a != "60" else "66" for a in argv]  # another --n-train into the same folder
     assert main(other) == 2
     assert "BG-CXR made with other settings" in capsys.readouterr().err

@@ -31,7 +31,8 @@ def _add_explain(sub) -> None:
                      help="state dict (.pt) of --arch, or a torchvision weights name (DEFAULT, IMAGENET1K_V1) read "
                           "from the torch hub cache ($TORCH_HOME/hub/checkpoints; never downloaded)")
     src.add_argument("--checkpoint", type=Path, help="a run folder or checkpoint written by `isnet train`")
-    p.add_argument("--arch", help="small_cnn, small_vit, small_convnext or a torchvision model name (not needed with --checkpoint)")
+    p.add_argument("--arch", help="small_cnn, small_vit, small_convnext or a torchvision model name (not needed "
+                                  "with --checkpoint)")
     p.add_argument("--num-classes", type=number(int, at_least=1), default=None,
                    help="classes (outputs) of --arch (default 1000)")
     p.add_argument("--images", type=Path, required=True,
@@ -248,7 +249,8 @@ def _add_bench_cxr(bench) -> None:
                     "vs-normal AUROC with DeLong interval, relevance outside the lungs and on marker and label box); "
                     f"write results.json, results.md, results.csv, figures/ and report.html. {CXR_SIZES}")
     _add_grid_options(b, "BG-CXR")
-    b.add_argument("--arch", help=f"small_cnn, small_vit, small_convnext or a torchvision model name (default: {CXR_FULL['arch']}, see above)")
+    b.add_argument("--arch", help=f"small_cnn, small_vit, small_convnext or a torchvision model name (default: "
+                                   f"{CXR_FULL['arch']}, see above)")
     b.add_argument("--image-size", type=int, help=f"side, 64 to 512 (default: {CXR_FULL['image_size']}, see above)")
     b.add_argument("--correlation", type=float, help="share of each class from its own hospitals in training (0.95)")
 

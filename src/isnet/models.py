@@ -347,8 +347,8 @@ def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: s
         if arch.startswith("vit_"):  # built for the data's size, else for 224 px
             patch = int(arch.rsplit("_", 1)[-1])
             if image_size % patch:
-                raise UserError(f"{arch} cuts images into {patch}x{patch} patches; the image size {image_size} "
-                                f"is not a multiple of {patch} (choose --image-size {patch * max(1, image_size // patch)})")
+                raise UserError(f"{arch} cuts images into {patch}x{patch} patches; the image size {image_size} is "
+                                f"not a multiple of {patch} (choose --image-size {patch * max(1, image_size // patch)})")
             size = {"image_size": image_size}
         model = models.get_model(arch, weights=None, num_classes=num_classes, **size)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):

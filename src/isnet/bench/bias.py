@@ -39,9 +39,9 @@ from ..data.bg_digits import generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
 from ..metrics import background_share, relevance_share
 from .grid import Grid, Log, console_log, run_grid
-from .presets import METHODS, OCCLUDED, RELATIVE_COST, TEST_SETS, BiasBenchConfig, method_order
+from .presets import OCCLUDED, RELATIVE_COST, TEST_SETS, BiasBenchConfig
 from .report import aggregate, write_results
-from .run import begin, bench_results, finish, heatmap_figure, make_grid, measured_lrp
+from .run import begin, bench_methods, bench_results, finish, heatmap_figure, make_grid, measured_lrp
 
 __all__ = [
     "BiasTestSet", "bench_grid", "evaluate_classifier", "make_test_sets", "measured_lrp", "occlude_patches",
@@ -193,10 +193,11 @@ def run_benchmark(cfg: BiasBenchConfig, out: str | Path, *, log: Log = _log) -> 
     out, start, data, tests = begin(cfg, out, log, prepare_data, make_test_sets,
                                     f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per "
                                     f"test set; {cfg.placement}, {cfg.cue} cue)")
-    methods = {m: METHODS[m] for m in sorted(cfg.methods, key=method_order)}
+    methods, segmenter = bench_methods(cfg, out, data, {t: tests[t] for t in TEST_SETS}, log, start, components=1,
+                                       in_channels=3)
     grid = bench_grid(cfg, out / "runs", methods, data, tests)
     records = run_grid(grid, start, log)
     results = bench_results(cfg, grid, records, aggregate(records),
-                            test_sets=[*TEST_SETS, *([OCCLUDED] if OCCLUDED in tests else [])])
+                            test_sets=[*TEST_SETS, *([OCCLUDED] if OCCLUDED in tests else [])], segmenter=segmenter)
     return finish(out, start, log, results, lambda: _heatmap_grid(cfg, tests, out / "runs"),
                   lambda heatmaps: write_results(out, cfg, results, heatmaps))

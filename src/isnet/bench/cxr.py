@@ -35,12 +35,12 @@ from ..checkpoints import explainer
 from ..data.bg_cxr import CLASSES, HOSPITALS, generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
 from ..metrics import background_share, classification_metrics, delong_auroc_ci, relevance_share
-from .cxr_presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
+from .cxr_presets import ABNORMAL_CI, CXR_COMPARED, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
 from .cxr_report import write_results
 from .grid import Grid, Log, console_log, run_grid
-from .presets import METHODS, RAW_INPUT, RELATIVE_COST, method_order
+from .presets import RAW_INPUT, RELATIVE_COST
 from .report import aggregate
-from .run import begin, bench_results, finish, heatmap_figure, make_grid, measured_lrp
+from .run import begin, bench_methods, bench_results, finish, heatmap_figure, make_grid, measured_lrp
 
 __all__ = ["CxrTestSet", "evaluate_classifier", "make_test_sets", "measured_lrp", "prepare_data", "run_benchmark"]
 
@@ -134,9 +134,9 @@ def _describe(record: Mapping[str, Any]) -> str:
             f"background relevance {100 * r['biased']['background_relevance']:.1f}%")
 
 
-def _grid(cfg: CxrBenchConfig, runs: Path, data: Mapping[str, Path], tests: Mapping[str, CxrTestSet]) -> Grid:
-    """The grid that trains the configured methods into ``runs``."""
-    methods = {m: METHODS[m] for m in sorted(cfg.methods, key=method_order)}
+def _grid(cfg: CxrBenchConfig, runs: Path, methods: Mapping[str, Mapping[str, Any]], data: Mapping[str, Path],
+          tests: Mapping[str, CxrTestSet]) -> Grid:
+    """The grid that trains ``methods`` (name -> training options) into ``runs``."""
     return make_grid(cfg, runs, methods, data, evaluate_classifier, tests,
                      test_key={"dataset": "bg-cxr", "n": cfg.n_test, "data_seed": cfg.data_seed,
                                "image_size": cfg.image_size, "correlation": cfg.correlation,
@@ -165,12 +165,14 @@ def run_benchmark(cfg: CxrBenchConfig, out: str | Path, *, log: Log = _log) -> d
     out, start, data, tests = begin(cfg, out, log, prepare_data, make_test_sets,
                                     f"BG-CXR ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test "
                                     f"set; {cfg.image_size}x{cfg.image_size}, correlation {cfg.correlation:g})")
-    grid = _grid(cfg, out / "runs", data, tests)
+    # the segmenter reads grayscale and keeps the two largest regions: a pair of lungs
+    methods, segmenter = bench_methods(cfg, out, data, tests, log, start, components=2, in_channels=1)
+    grid = _grid(cfg, out / "runs", methods, data, tests)
     records = run_grid(grid, start, log)
     aggregated = aggregate(records, CXR_METRICS)
     _add_intervals(aggregated[0], records)
-    results = bench_results(cfg, grid, records, aggregated, test_sets=list(CXR_TEST_SETS),
-                            metrics=list(CXR_METRICS), classes=list(CLASSES))
+    results = bench_results(cfg, grid, records, aggregated, compared=CXR_COMPARED, test_sets=list(CXR_TEST_SETS),
+                            metrics=list(CXR_METRICS), classes=list(CLASSES), segmenter=segmenter)
     biased = tests["biased"]
     return finish(out, start, log, results, lambda: _heatmap_grid(cfg, tests, out / "runs"),
                   lambda heatmaps: write_results(out, cfg, results, heatmaps,

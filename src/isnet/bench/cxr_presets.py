@@ -15,7 +15,8 @@ from typing import Any
 from .presets import METHODS, BiasBenchConfig
 
 __all__ = [
-    "ABNORMAL_CI", "CXR_FULL", "CXR_METRICS", "CXR_QUICK", "CXR_SIZES", "CXR_TEST_SETS", "CxrBenchConfig",
+    "ABNORMAL_CI", "CXR_COMPARED", "CXR_FULL", "CXR_METRICS", "CXR_QUICK", "CXR_SIZES", "CXR_TEST_SETS",
+    "CxrBenchConfig",
 ]
 
 CXR_TEST_SETS = ("biased", "unbiased", "external", "deceiving")
@@ -26,6 +27,10 @@ CXR_METRICS = ("accuracy", "auroc", "abnormal_auroc", "background_relevance", "s
 """Per test set: accuracy; macro one-vs-rest AUROC over the three classes; the binary AUROC of
 *abnormal* (consolidation or ground glass) against normal, scored by 1 - p(normal); the share
 of absolute relevance outside the lungs; the share on the hospital's marker and label box."""
+CXR_COMPARED = (("external", "accuracy"), ("deceiving", "accuracy"), ("external", "abnormal_auroc"),
+                ("biased", "background_relevance"))
+"""(test set, metric) pairs of the paired comparisons: accuracy where the hospital is new or misleading,
+the abnormal-vs-normal AUROC at new hospitals, and the relevance outside the lungs."""
 ABNORMAL_CI = "abnormal_auroc_ci95"
 """Record key of the DeLong 95% interval of ``abnormal_auroc`` (one per run: the interval of a
 three-class macro AUROC is not defined)."""

@@ -26,7 +26,7 @@ from ..report_html import write_html_report
 from ..tables import markdown_table, percent
 from .cxr_presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
 from .presets import RAW_INPUT
-from .report import PAIRED_NOTE, comparisons, numbers_section, report_start, swap_label, write_csv
+from .report import PAIRED_NOTE, comparisons, numbers_section, report_start, segmenter_note, swap_label, write_csv
 
 __all__ = ["findings", "format_table", "metric_rows", "results_markdown", "swap_figure", "write_results"]
 
@@ -217,6 +217,9 @@ def results_markdown(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
     comparisons."""
     parts = [f"# {cfg.title}\n"]
     parts += [f"## {_HEADINGS[metric]}\n\n{markdown_table(metric_rows(results, metric))}\n" for metric in CXR_METRICS]
+    note = segmenter_note(results)
+    if note:
+        parts.append(note + "\n")
     paired = comparisons(results)
     if paired:
         parts.append(PAIRED_NOTE + "\n\n" + "\n".join(f"* {line}" for line in paired) + "\n")

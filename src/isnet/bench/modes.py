@@ -35,7 +35,7 @@ from ..tables import markdown_table, percent
 from .bias import BiasTestSet, bench_grid, make_test_sets, measured_lrp, prepare_data
 from .grid import Log, clock, console_log, run_grid
 from .presets import (
-    MASK_QUALITIES, MASK_QUALITY_METHODS, METHODS, OCCLUDED, RELATIVE_COST, SWAP, SWAP_DOSE_METHODS,
+    MASK_QUALITIES, MASK_QUALITY_METHODS, METHODS, OCCLUDED, RELATIVE_COST, SEG_CLASSIFY, SWAP, SWAP_DOSE_METHODS,
     SWAP_PROBABILITIES, SWEEP, TEST_SETS, BiasBenchConfig,
 )
 from .report import aggregate, swap_label
@@ -197,7 +197,8 @@ def run_mask_quality(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence
 
     ``bbox`` equals ``exact`` for box masks and is then skipped (say ``mask="strokes"`` to study it).
     """
-    chosen = _check(methods or list(MASK_QUALITY_METHODS), list(METHODS), "mask quality")
+    # seg-classify reads the segmenter's masks, not the training masks
+    chosen = _check(methods or list(MASK_QUALITY_METHODS), [m for m in METHODS if m != SEG_CLASSIFY], "mask quality")
     unknown = [q for q in qualities if q not in MASK_QUALITIES]
     if unknown:
         raise ValueError(f"mask quality: unknown qualities {unknown}; choose from {list(MASK_QUALITIES)}")

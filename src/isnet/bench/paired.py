@@ -6,7 +6,8 @@ method with its reference is the mean of these differences with a paired 95% t-i
 (mean ± t(0.975, n - 1) · s / sqrt(n), s the sample standard deviation of the n
 differences); one seed gives a difference and no interval. Which pairs are compared is
 :func:`isnet.bench.presets.comparison_pairs`: every method against the standard classifier
-trained with the same swap setting, and every ``X+swap`` against ``X``.
+trained with the same swap setting, every ``X+swap`` against ``X``, and ``seg-classify``
+against ``masked`` (predicted against true masks).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ __all__ = ["COMPARED", "comparison_sentence", "paired_comparisons", "paired_inte
 
 COMPARED = (("deceiving", "accuracy"), ("unbiased", "accuracy"), ("deceiving", "background_relevance"))
 """(test set, metric) pairs compared: the accuracies that expose a shortcut, and where the relevance lies."""
-_NAMES = {"accuracy": "{test} accuracy", "background_relevance": "background relevance ({test})"}
+_NAMES = {"accuracy": "{test} accuracy", "background_relevance": "background relevance ({test})",
+          "abnormal_auroc": "{test} abnormal AUROC"}
 
 
 def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -37,8 +39,10 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[
     return mean - half, mean + half
 
 
-def paired_comparisons(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """Per pair and compared metric: per-seed differences (method minus reference), their mean and 95% interval.
+def paired_comparisons(records: Mapping[str, Sequence[Mapping[str, Any]]],
+                       compared: Sequence[tuple[str, str]] = COMPARED) -> list[dict[str, Any]]:
+    """Per pair and compared (test set, metric): per-seed differences (method minus reference), their mean and
+    95% interval.
 
     ``records`` maps a method to its runs' records (``seed`` and ``results[test][metric]``);
     only seeds both methods ran are paired.
@@ -48,7 +52,7 @@ def paired_comparisons(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> li
         mine = {r["seed"]: r["results"] for r in records[method]}
         theirs = {r["seed"]: r["results"] for r in records[reference]}
         seeds = sorted(set(mine) & set(theirs))
-        for test, metric in COMPARED:
+        for test, metric in compared:
             diffs = [mine[s][test][metric] - theirs[s][test][metric] for s in seeds
                      if mine[s][test][metric] is not None and theirs[s][test][metric] is not None]
             if not diffs:

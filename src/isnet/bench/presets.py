@@ -44,6 +44,8 @@ TEST_SETS = ("biased", "unbiased", "deceiving")
 """BG-Digits test sets: the bias cue as in training, absent, or pointing to another class."""
 OCCLUDED = "biased_occluded"
 """Biased test images with the bias patch replaced by neighbouring background (patch cue only)."""
+SEG_CLASSIFY = "seg-classify"
+"""The benchmark method that needs a segmenter (:mod:`isnet.bench.segmenter` trains it)."""
 RAW_INPUT = "@unmasked"
 """Suffix of the extra row of masked-input methods evaluated on the original images."""
 SWAP = "+swap"
@@ -72,6 +74,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "gxi+swap": {"variant": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0},
     "dual+swap": {"variant": "dual", "background_swap": 1.0},
     "masked": {"variant": "masked", "background_swap": 0.0},
+    "seg-classify": {"variant": "seg-classify", "background_swap": 0.0},
 }
 """Benchmark method -> training options. Every method states its background swap: names ending
 in ``+swap`` train with the mask-based swap (each training image gets another image's
@@ -80,11 +83,14 @@ next to ``standard`` or ``standard+swap``, its equal. ``+ds``: LRP deep supervis
 architecture's default layers (:func:`isnet.variants.default_supervised_layers`). ``gxi+swap``:
 the selective ISNet loss on gradient x input heatmaps (``epsilon=0``, no Z^B), the papers'
 ablation. ``dual+swap``: the Dual ISNet (the selective quantity's LRP-epsilon and LRP-z+
-heatmaps both penalised). ``masked`` classifies background-zeroed images, so a swap would change nothing.
+heatmaps both penalised). ``masked`` classifies background-zeroed images, so a swap would change
+nothing. ``seg-classify`` classifies images whose background a U-Net predicts and zeroes
+(:mod:`isnet.bench.segmenter`).
 ``standard+swap`` uses the ``swap`` objective: the standard loss, with masks loaded."""
 
 RELATIVE_COST: dict[str, float] = {
-    "standard": 1, "standard+swap": 1, "masked": 1, "gradcam": 1.1, "gradcam+swap": 1.1, "rrr": 2.5,
+    "standard": 1, "standard+swap": 1, "masked": 1, "seg-classify": 1.2, "gradcam": 1.1, "gradcam+swap": 1.1,
+    "rrr": 2.5,
     "rrr+swap": 2.5, "selective": 3, "selective+swap": 3, "stochastic": 3, "stochastic+swap": 3, "gxi+swap": 3,
     "dual+swap": 5, "selective+ds+swap": 3.5, "stochastic+ds+swap": 3.5, "original+swap": 15,
 }
@@ -115,7 +121,7 @@ MASK_QUALITY_METHODS = ("standard+swap", "selective+swap", "stochastic+swap", "r
 def swap_setting(method: str) -> float | None:
     """The swap probability a benchmark method trains with; None where it is irrelevant (masked input)."""
     options = METHODS[method.removesuffix(RAW_INPUT)]
-    return None if options["variant"] == "masked" else options["background_swap"]
+    return None if options["variant"] in ("masked", "seg-classify") else options["background_swap"]
 
 
 def method_order(name: str) -> tuple[int, int]:
@@ -130,7 +136,8 @@ def comparison_pairs(methods: list[str]) -> list[tuple[str, str]]:
 
     Every method with the swap against ``standard+swap``, every one without against
     ``standard``, then what the swap changes: ``X+swap`` against ``X`` (``standard+swap``
-    against ``standard`` first). Masked-input methods are left out (swap is irrelevant to them).
+    against ``standard`` first). Masked-input methods are compared only with each other:
+    ``seg-classify`` (predicted masks) against ``masked`` (true masks).
     """
     present = set(methods)
     same, swap = [], []
@@ -142,6 +149,8 @@ def comparison_pairs(methods: list[str]) -> list[tuple[str, str]]:
             same.append((method, reference))
         if method.endswith(SWAP) and method.removesuffix(SWAP) in present:
             swap.append((method, method.removesuffix(SWAP)))
+    if SEG_CLASSIFY in present and "masked" in present:
+        same.append((SEG_CLASSIFY, "masked"))
     return same + swap
 
 

@@ -161,7 +161,8 @@ PAIRED_NOTE = (
     "Paired comparisons: differences in percentage points, method minus reference, mean over seeds with a "
     "95% t-interval over the per-seed differences. Each method is compared with the standard classifier "
     "trained with the same swap setting (X+swap vs standard+swap, X vs standard), so the difference is what "
-    "the method's own loss adds; X+swap vs X is what the background swap adds to X."
+    "the method's own loss adds; X+swap vs X is what the background swap adds to X; seg-classify vs masked is "
+    "what predicted masks cost against true ones."
 )
 
 
@@ -250,6 +251,21 @@ def _setup(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
     )
 
 
+def segmenter_note(results: Mapping[str, Any]) -> str | None:
+    """What the ``seg-classify`` method's segmenter is and how well it segments (None without one)."""
+    seg = results["config"].get("segmenter")
+    if not seg:
+        return None
+    o, scores = seg["options"], seg["scores"]
+    dice = ", ".join(f"{name} {s['dice']:.3f} ± {s['dice_sd']:.3f}" for name, s in scores.items())
+    outside = ", ".join(f"{name} {100 * s['outside']:.1f}%" for name, s in scores.items())
+    return (f"seg-classify: a MONAI U-Net (width {o['width']}, depth {o['depth']}, {o['epochs']} epochs, "
+            f"{o['in_channels']} input channel(s), the {o['components']} largest connected region(s) of each "
+            "mask kept) trained on the training split's masks; it masks the classifier's input in training and test. "
+            f"Dice of its masks per test set: {dice}. Share of its predicted foreground outside the true masks: "
+            f"{outside}.")
+
+
 def report_start(out: Path, setup: str, results: Mapping[str, Any],
                  figures: Mapping[str, Figure]) -> tuple[tuple[str, list], list[dict[str, str]]]:
     """Save ``figures`` as ``out/figures/NAME.png``; return the report's "Setup" section (``setup``, then the
@@ -262,7 +278,8 @@ def report_start(out: Path, setup: str, results: Mapping[str, Any],
                         for m, opts in c["method_options"].items())
     timing = [{"method": m, "fit wall time (s)": f"{results['train_time_s'][m]:.1f}",
                "training steps only (s)": f"{results['step_time_s'][m]:.1f}"} for m in results["train_time_s"]]
-    section = ("Setup", [setup, "Training options (isnet.config.TrainConfig defaults plus benchmark "
+    note = segmenter_note(results)
+    section = ("Setup", [setup + (f" {note}" if note else ""), "Training options (isnet.config.TrainConfig defaults plus benchmark "
                          "overrides):\n" + options + "\n", "Each method's own options:\n" + methods + "\n",
                          f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
                          f"{c['torch_threads']} torch thread(s) each; total time {c['total_time_s']:.0f} s."])
@@ -316,6 +333,9 @@ def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], f
 def results_markdown(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
     """``results.md``: the table (rows grouped by method, each with its swap) and the paired comparisons."""
     text = f"# {cfg.title}\n\n{format_table(results)}\n"
+    note = segmenter_note(results)
+    if note:
+        text += f"\n{note}\n"
     paired = comparisons(results)
     if paired:
         text += "\n" + PAIRED_NOTE + "\n\n" + "\n".join(f"* {line}" for line in paired) + "\n"

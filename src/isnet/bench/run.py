@@ -26,11 +26,12 @@ from ..evaluate import predict_batch
 from ..figures import heatmap_grid
 from ..objectives import get_objective
 from .grid import Grid, Log, clock, run_dir, threads_per_job
-from .paired import paired_comparisons
-from .presets import method_order, swap_setting
+from .paired import COMPARED, paired_comparisons
+from .presets import METHODS, SEG_CLASSIFY, method_order, swap_setting
 from .report import listed_train_options
+from .segmenter import prepare_segmenter
 
-__all__ = ["bench_results", "begin", "finish", "heatmap_figure", "make_grid", "measured_lrp"]
+__all__ = ["bench_methods", "bench_results", "begin", "finish", "heatmap_figure", "make_grid", "measured_lrp"]
 
 Evaluate = Callable[..., dict[str, Any]]
 """A benchmark's ``evaluate_classifier(model, config, test, *, raw_input=False)``."""
@@ -85,16 +86,31 @@ def begin(cfg: Any, out: str | Path, log: Log, prepare_data: Callable[[Path, Any
     return out, start, data, tests
 
 
+def bench_methods(cfg: Any, out: Path, data: Mapping[str, Path], tests: Mapping[str, Any], log: Log, start: float,
+                  *, components: int, in_channels: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """The configured methods' training options in table order and, when ``seg-classify`` is among them, its
+    segmenter (:func:`isnet.bench.segmenter.prepare_segmenter`, scored on ``tests``; else None)."""
+    methods = {m: dict(METHODS[m]) for m in sorted(cfg.methods, key=method_order)}
+    if SEG_CLASSIFY not in methods:
+        return methods, None
+    segmenter = prepare_segmenter(out, data, tests, components=components, in_channels=in_channels, log=log,
+                                  start=start)
+    methods[SEG_CLASSIFY]["segmenter"] = segmenter["run"]
+    return methods, segmenter
+
+
 def bench_results(cfg: Any, grid: Grid, records: Mapping[str, list[dict]],
-                  aggregated: tuple[dict, dict, dict], **config: Any) -> dict[str, Any]:
-    """The results dict: ``aggregated`` (methods, train and step times), the paired comparisons and the
-    configuration; ``config`` adds benchmark entries after ``measured_lrp``."""
+                  aggregated: tuple[dict, dict, dict], *, compared: Sequence[tuple[str, str]] = COMPARED,
+                  **config: Any) -> dict[str, Any]:
+    """The results dict: ``aggregated`` (methods, train and step times), the paired comparisons of the
+    ``compared`` (test set, metric) pairs and the configuration; ``config`` adds benchmark entries after
+    ``measured_lrp``."""
     methods, train_time, step_time = aggregated
     return {
         "methods": methods,
         "train_time_s": train_time,
         "step_time_s": step_time,
-        "paired": paired_comparisons(records),
+        "paired": paired_comparisons(records, compared),
         "config": {
             "bench": dataclasses.asdict(cfg),
             "train": listed_train_options(cfg),
