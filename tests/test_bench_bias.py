@@ -257,3 +257,14 @@ def test_grid_modes_write_their_results(tmp_path):
     assert trained["train"] == str(out / "data-masks" / "dilated" / "train")
     assert json.loads((out / "data-masks" / "dilated" / "bg-digits.json").read_text())["train_mask"] == "dilated"
     assert (out / "mask_quality.md").is_file() and (out / "mask_quality.json").is_file()
+
+
+def test_settings_key_changes_with_what_changes_the_network_only():
+    from isnet.bench.grid import settings_key
+
+    base = {"train": "t", "val": "v", "variant": "selective", "seed": 0}
+    key = settings_key(base, {"n": 10})
+    assert settings_key({**base, "C1_zplus": None, "quiet": True, "workers": 3}, {"n": 10}) == key
+    assert settings_key({**base, "P": 0.9}, {"n": 10}) != key
+    assert settings_key({**base, "C1": 1.0, "C2": 2.0}, {"n": 10}) != key
+    assert settings_key(base, {"n": 11}) != key

@@ -115,9 +115,14 @@ def run_options(grid: Grid, method: str, seed: int) -> dict[str, Any]:
 
 
 def settings_key(options: Mapping[str, Any], test_key: Mapping[str, Any]) -> str:
-    """What a stored run depends on: every training option (defaults included) and the test data."""
+    """What a stored run depends on: every training option (defaults included) and the test data.
+
+    Options that are None by default and in this run are left out, so an option added to a
+    later isnet (None unless given) leaves the keys of stored runs unchanged.
+    """
     resolved = TrainConfig.from_dict(options).to_dict()
-    relevant = {k: v for k, v in resolved.items() if k not in BOOKKEEPING}
+    unset = {k for k, v in TrainConfig().to_dict().items() if v is None and resolved[k] is None}
+    relevant = {k: v for k, v in resolved.items() if k not in BOOKKEEPING and k not in unset}
     relevant["test"] = dict(test_key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
