@@ -295,6 +295,9 @@ def _add_bench(sub) -> None:
         b.add_argument("--quick", action="store_true", help="small inputs, fewer K and repeats (a few minutes)")
         b.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
         b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    explain.add_argument("--archs", nargs="+", metavar="ARCH",
+                         help="architectures to time (default: resnet18 vgg11 densenet121 vit_b_16 convnext_tiny "
+                              "swin_t efficientnet_b0; --quick: resnet18)")
     _add_bench_bias(bench)
     _add_bench_cxr(bench)
 
@@ -310,8 +313,10 @@ def _run_bench(args: argparse.Namespace) -> None:
         return
     from .bench import speed
 
-    run = {"speed": speed.run_speed, "explain": speed.run_explain}[args.bench]
-    run(args.out, quick=args.quick, device=args.device, threads=args.threads)
+    if args.bench == "explain":
+        speed.run_explain(args.out, quick=args.quick, device=args.device, threads=args.threads, archs=args.archs)
+    else:
+        speed.run_speed(args.out, quick=args.quick, device=args.device, threads=args.threads)
 
 
 def _add_demo(sub) -> None:

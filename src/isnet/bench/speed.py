@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,11 @@ def run_speed(out: str | Path, *, quick: bool = False, device: str = "cpu", prog
 
 
 def run_explain(out: str | Path, *, quick: bool = False, device: str = "cpu", progress: Progress = print,
-                threads: int | None = None) -> dict:
-    """``isnet bench explain``: LRP-Flex explain time against gradient x input (and zennit)."""
-    setup = SpeedSetup(explain=quick_setup().explain if quick else ExplainSetup(), steps=[])
+                threads: int | None = None, archs: Sequence[str] | None = None) -> dict:
+    """``isnet bench explain``: LRP-Flex explain time against gradient x input (and zennit) on ``archs``
+    (default: the setup's)."""
+    explain = quick_setup().explain if quick else ExplainSetup()
+    if archs:
+        explain = replace(explain, archs=tuple(archs))
+    setup = SpeedSetup(explain=explain, steps=[])
     return run(setup, out, quick=quick, device=device, progress=progress, name="explain", threads=threads)

@@ -28,7 +28,8 @@ from .timing import Progress, median, round_robin
 class ExplainSetup:
     """One explain-time comparison per architecture."""
 
-    archs: tuple[str, ...] = ("resnet18", "vgg11", "densenet121")
+    archs: tuple[str, ...] = ("resnet18", "vgg11", "densenet121", "vit_b_16", "convnext_tiny", "swin_t",
+                              "efficientnet_b0")
     image_size: int = 64
     batch: int = 16
     num_classes: int = 1000
