@@ -21,7 +21,7 @@ from isnet.objectives.baselines import (
     rrr_objective,
     rrr_penalty,
 )
-from isnet.models import small_cnn
+from isnet.small_models import small_cnn
 
 
 def _tiny_cnn(classes: int = 3) -> nn.Sequential:

@@ -71,7 +71,7 @@ def test_original_batched_matches_original():
 
     from isnet import ISNet, ISNetLoss
     from isnet.bench.speed_steps import _original_batched, _original_naive
-    from isnet.models import small_cnn
+    from isnet.small_models import small_cnn
 
     torch.manual_seed(0)
     model = small_cnn(4).train()

@@ -97,7 +97,8 @@ def test_train_resume_and_eval(data, tmp_path, capsys):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("arch, variant", [("small_vit", "selective"), ("small_convnext", "stochastic"),
-                                           ("small_vit", "dual"), ("small_convnext", "original")])
+                                           ("small_vit", "dual"), ("small_convnext", "original"),
+                                           ("timm:vit_tiny_patch16_224", "selective")])
 def test_train_and_eval_a_transformer_and_a_modern_cnn(data, tmp_path, arch, variant):
     """ISNets train through the CLI on a ViT (GELU, LayerNorm, attention) and a ConvNeXt (LayerNorm stem, GELU)."""
     run = tmp_path / arch

@@ -155,3 +155,29 @@ def test_small_models_and_vits_are_built_for_the_image_size():
         build_model("vit_b_16", 2, image_size=40)
     with pytest.raises(UserError, match="divisible by its patch size 4"):
         build_model("small_vit", 2, image_size=30)
+
+
+def test_timm_models_by_name_with_their_errors(tmp_path):
+    pytest.importorskip("timm")
+    import timm
+
+    from isnet import explain
+    from test_lrp import assert_same, snapshot
+
+    vit = build_model("timm:vit_tiny_patch16_224", 3, image_size=32)
+    assert vit.patch_embed.img_size == (32, 32) and vit(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    cnn = build_model("timm:resnet10t", 3, image_size=32, in_channels=1).eval()
+    before = snapshot(cnn)
+    heat = explain(cnn, torch.rand(2, 1, 32, 32), "argmax")
+    assert heat.shape == (2, 1, 32, 32) and torch.isfinite(heat).all()
+    assert_same(before, snapshot(cnn))
+    # weights from a file: a 1000-class state dict, the head replaced for 3 classes
+    torch.manual_seed(0)
+    source = timm.create_model("resnet10t", pretrained=False, num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "r10t.pt")
+    loaded = build_model("timm:resnet10t", 3, image_size=32, weights=tmp_path / "r10t.pt", new_head=True)
+    assert torch.equal(loaded.conv1[0].weight, source.conv1[0].weight) and loaded.fc.out_features == 3
+    with pytest.raises(UserError, match="timm has no model 'no_such_net'"):
+        build_model("timm:no_such_net", 3)
+    with pytest.raises(UserError, match="state-dict file.*timm.create_model"):
+        build_model("timm:resnet10t", 3, weights="DEFAULT")

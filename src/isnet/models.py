@@ -1,9 +1,6 @@
-"""Classifier builders: any torchvision classification model by name, and small CPU models.
-
-``small_cnn`` (a ReLU CNN), ``small_vit`` (a four-block vision transformer, torchvision's
-``VisionTransformer``) and ``small_convnext`` (a three-stage ConvNeXt, torchvision's
-``ConvNeXt``) train in minutes on a CPU at 32-64 px. torchvision's ``vit_*`` models are built
-for the data's image size (a multiple of their patch size).
+"""Classifier builders: any torchvision classification model by name, the small CPU models and
+``timm:NAME`` (:mod:`isnet.small_models`). torchvision's ``vit_*`` models are built for the
+data's image size (a multiple of their patch size).
 
 **Weights.** ``weights`` is None (random initialisation), a torchvision weights name
 (``DEFAULT``, ``IMAGENET1K_V1``, ``ResNet18_Weights.IMAGENET1K_V1``) or a state-dict file. A
@@ -42,61 +39,16 @@ import torch
 from torch import nn
 
 from .errors import UserError, UserFileNotFoundError
+from .small_models import BUILTIN, TIMM, builtin_model, timm_model
 
 __all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "build_model", "check_state_dict",
            "first_conv", "fold_input", "hub_checkpoints", "is_weights_name", "last_linear", "read_torch_file",
-           "resolve_normalize", "small_cnn", "small_convnext", "small_vit", "torchvision_weights", "weights_categories"]
+           "resolve_normalize", "torchvision_weights", "weights_categories"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = {"none": None, "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 _WEIGHTS_NAME = re.compile(r"([A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
-
-
-def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()]
-
-
-def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Sequential:
-    """A small ReLU CNN for quick CPU runs on 32x32 images.
-
-    Four conv -> batch norm -> ReLU blocks (three max-pools), then two dense layers.
-    Batch norm makes it learn BG-Digits' digits about twice as fast as without.
-    """
-    w = width
-    return nn.Sequential(
-        *_conv_block(in_channels, w), *_conv_block(w, 2 * w), nn.MaxPool2d(2),
-        *_conv_block(2 * w, 4 * w), nn.MaxPool2d(2),
-        *_conv_block(4 * w, 4 * w), nn.MaxPool2d(2),
-        nn.Flatten(), nn.LazyLinear(8 * w), nn.ReLU(), nn.Linear(8 * w, num_classes),
-    )
-
-
-def small_vit(num_classes: int = 10, image_size: int = 32) -> nn.Module:
-    """A small vision transformer: 4x4 patches, 4 blocks of 4 heads, width 64 (``image_size`` divisible by 4)."""
-    from torchvision.models.vision_transformer import VisionTransformer
-
-    if image_size % 4:
-        raise UserError(f"small_vit needs an image size divisible by its patch size 4, got {image_size}")
-    return VisionTransformer(image_size=image_size, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64,
-                             mlp_dim=128, num_classes=num_classes)
-
-
-def small_convnext(num_classes: int = 10) -> nn.Module:
-    """A small ConvNeXt: a 4x4 patch stem, stages of width 32, 64, 128 with two blocks each."""
-    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
-
-    stages = [CNBlockConfig(32, 64, 2), CNBlockConfig(64, 128, 2), CNBlockConfig(128, None, 2)]
-    return ConvNeXt(stages, stochastic_depth_prob=0.0, num_classes=num_classes)
-
-
-def _builtin(arch: str, num_classes: int, image_size: int) -> nn.Module:
-    if arch == "small_vit":
-        return small_vit(num_classes, image_size)
-    return BUILTIN[arch](num_classes=num_classes)
-
-
-BUILTIN = {"small_cnn": small_cnn, "small_vit": small_vit, "small_convnext": small_convnext}
 
 
 def read_torch_file(path: str | Path, *, what: str = "weights file") -> Any:
@@ -218,6 +170,10 @@ _DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
 
 
 def _read_weights(arch: str, weights: str | Path) -> tuple[dict, str]:
+    if is_weights_name(str(weights)) and arch.startswith(TIMM):
+        raise UserError(f"--weights {weights}: a timm model reads its weights from a state-dict file, e.g. saved where "
+                        f"it can be downloaded with torch.save(timm.create_model({arch[len(TIMM):]!r}, "
+                        "pretrained=True).state_dict(), FILE); give that FILE as --weights")
     if is_weights_name(str(weights)):
         path, source = _cached_file(arch, str(weights))
     else:
@@ -335,14 +291,17 @@ def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: s
         raise UserError(f"--in-channels must be 1 (grayscale) or 3 (RGB), got {in_channels}")
     normalize = resolve_normalize(normalize, weights, arch)
     if arch in BUILTIN:
-        model = _builtin(arch, num_classes, image_size)
+        model = builtin_model(arch, num_classes, image_size)
+    elif arch.startswith(TIMM):
+        model = timm_model(arch, num_classes, image_size)
     else:
         from torchvision import models
 
         names = models.list_models(module=models)
         if arch not in names:
-            raise UserError(f"unknown architecture {arch!r}; choose {', '.join(BUILTIN)} or a torchvision "
-                             f"classification model such as resnet18, densenet121, convnext_tiny, vit_b_16")
+            raise UserError(f"unknown architecture {arch!r}; choose {', '.join(BUILTIN)}, a torchvision "
+                             f"classification model such as resnet18, densenet121, convnext_tiny, vit_b_16, or "
+                             f"timm:NAME")
         size = {}
         if arch.startswith("vit_"):  # built for the data's size, else for 224 px
             patch = int(arch.rsplit("_", 1)[-1])
