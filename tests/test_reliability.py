@@ -208,6 +208,27 @@ def test_every_input_gets_its_own_heatmap_and_foreign_files_are_kept(tmp_path, c
     assert "isnet did not write" in capsys.readouterr().err and (out / "1" / "004.npy").read_text() == "mine"
 
 
+def test_explain_with_the_zplus_rule_writes_lrpflex_zplus_relevance(tmp_path):
+    from isnet import LRPFlex
+    from isnet.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 2, image_size=16).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    images = tmp_path / "in"
+    images.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "a.png")
+    out = tmp_path / "out"
+    assert _cli(["explain", "--arch", "small_cnn", "--num-classes", "2", "--weights", tmp_path / "w.pt",
+                 "--rule", "z+", "--images", images, "--out", out]) == 0
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    expected = LRPFlex(model, rule="z+").explain(x, "argmax")[0]
+    written = torch.from_numpy(np.load(out / "a.npy"))
+    assert torch.allclose(written, expected, atol=1e-6)
+    assert not torch.allclose(written, LRPFlex(model).explain(x, "argmax")[0], atol=1e-4)
+
+
 @pytest.mark.e2e
 def test_a_start_that_failed_on_a_truncated_image_restarts_with_overwrite(space, tmp_path, capsys):
     train = tmp_path / "train"

@@ -31,8 +31,8 @@ def _add_explain(sub) -> None:
                      help="state dict (.pt) of --arch, or a torchvision weights name (DEFAULT, IMAGENET1K_V1) read "
                           "from the torch hub cache ($TORCH_HOME/hub/checkpoints; never downloaded)")
     src.add_argument("--checkpoint", type=Path, help="a run folder or checkpoint written by `isnet train`")
-    p.add_argument("--arch", help="small_cnn, small_vit, small_convnext or a torchvision model name (not needed "
-                                  "with --checkpoint)")
+    p.add_argument("--arch", help="small_cnn, small_vit, small_convnext, a torchvision model name or timm:NAME (not "
+                                  "needed with --checkpoint)")
     p.add_argument("--num-classes", type=number(int, at_least=1), default=None,
                    help="classes (outputs) of --arch (default 1000)")
     p.add_argument("--images", type=Path, required=True,
@@ -47,6 +47,9 @@ def _add_explain(sub) -> None:
                         "torchvision weights name, else none; not with --checkpoint, whose models see pixels in [0, 1]")
     p.add_argument("--epsilon", type=number(float, at_least=0), default=0.01)
     p.add_argument("--no-zb", action="store_true", help="LRP-epsilon down to the input instead of Z^B")
+    p.add_argument("--rule", choices=["epsilon", "z+"], default="epsilon",
+                   help="rule on convolutions and linear layers: LRP-epsilon (default) or LRP-z+ (positive "
+                        "contributions only, stabilised by --epsilon)")
     p.add_argument("--batch-size", type=number(int, at_least=1), default=16)
 
 
@@ -56,7 +59,7 @@ def _run_explain(args: argparse.Namespace) -> None:
     written = explain_files(
         images=args.images, out=args.out, arch=args.arch, weights=args.weights, checkpoint=args.checkpoint,
         num_classes=args.num_classes, target=args.target, image_size=args.image_size,
-        normalize=args.normalize, epsilon=args.epsilon, zb=not args.no_zb, batch_size=args.batch_size,
+        normalize=args.normalize, epsilon=args.epsilon, zb=not args.no_zb, batch_size=args.batch_size, rule=args.rule,
     )
     print(f"wrote {len(written)} heatmaps to {args.out}")
 

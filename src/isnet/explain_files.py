@@ -190,10 +190,11 @@ def _targets(target: str, files: list[tuple[Path, Path, str | None]], names: lis
 def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: str | Path | None = None,
                   checkpoint: Path | None = None, num_classes: int | None = None, target: str = "pred",
                   image_size: int | None = None, normalize: str | None = None, epsilon: float = 0.01,
-                  zb: bool = True, batch_size: int = 16) -> list[Path]:
+                  zb: bool = True, batch_size: int = 16, rule: str = "epsilon") -> list[Path]:
     """Write a heatmap figure and a relevance array per image (see the module docstring); returns the PNGs.
 
     ``target``: ``"pred"``, ``"label"`` (class folders of a dataset root) or a class index.
+    ``rule``: ``"epsilon"`` or ``"z+"`` on convolutions and linear layers (:class:`isnet.LRPFlex`).
     ``weights``: a state-dict file or a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``;
     read from the torch hub cache, never downloaded). With ``normalize="imagenet"`` (the default
     for a weights name) the model sees normalised inputs and Z^B uses the matching per-channel
@@ -206,6 +207,8 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     if batch_size < 1 or (image_size is not None and image_size < 1) or (num_classes is not None and num_classes < 1):
         raise UserError(f"need batch_size, image_size and num_classes >= 1, got {batch_size}, {image_size}, "
                         f"{num_classes}")
+    if rule not in ("epsilon", "z+"):
+        raise UserError(f"--rule must be epsilon or z+, got {rule!r}")
     if target not in ("pred", "label") and not target.isdigit():
         raise UserError(f"--target must be pred, label or a class index, got {target!r}")
     files = find_images(images)
@@ -228,7 +231,7 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     w, h = (image_size, image_size) if image_size else next(iter(sizes))
     outputs = _check_model_input(model, (h, w), (torch.zeros(1, channels, h, w) - mean) / std, trained)
     names = _targets(target, files, class_names, outputs)
-    lrp = LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds)
+    lrp = LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, rule=rule)
 
     out.mkdir(parents=True, exist_ok=True)
     written, summary = [], []
