@@ -5,6 +5,7 @@ calibration, masks and random weights are not silent."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import hashlib
 import io
 import json
@@ -172,6 +173,29 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_does_not(monkeypatch, tmp_pa
     monkeypatch.setattr(isnet.explain_files, "explain_files", mistake)
     assert main(["explain", "--arch", "small_cnn", "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == "isnet explain: error: --thing is wrong"
+
+
+@pytest.mark.e2e
+def test_ctrl_c_in_training_says_how_to_continue_and_the_run_resumes(space, tmp_path, capsys, monkeypatch):
+    from lightning.pytorch.callbacks import Callback
+
+    fit_module = importlib.import_module("isnet.training.fit")  # the module (isnet.training.fit is the function)
+
+    class CtrlC(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    real = fit_module._checkpoints
+    monkeypatch.setattr(fit_module, "_checkpoints", lambda run, monitored: [*real(run, monitored), CtrlC()])
+    run = tmp_path / "run"
+    args = ["train", "--train", str(space["data"]["train"]), "--variant", "standard", "--epochs", "2",
+            "--out", str(run), *FAST]
+    assert main(args) == 130
+    assert "isnet train: interrupted; continue the run with --resume" in capsys.readouterr().err
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "model.pt").exists()
+    monkeypatch.setattr(fit_module, "_checkpoints", real)
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0 and (run / "model.pt").is_file()
 
 
 def test_calibration_is_printed_and_the_config_records_the_values_used(space):

@@ -386,6 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _REPORTED as error:
         print(f"isnet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = {"train": "; continue the run with --resume (from its last checkpoint)",
+                "segment": "; continue a training run with --resume (from its last checkpoint)",
+                "bench": "; run the same command again: finished runs are reused"}.get(args.command, "")
+        print(f"isnet {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
     return 0
 
 

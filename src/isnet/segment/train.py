@@ -26,7 +26,7 @@ from ..data.folder import DatasetError
 from ..errors import UserError, UserFileNotFoundError
 from ..paths import CHECKPOINTS, CONFIG, MODEL, check_run_folder, clear_run, read_run_config
 from ..training.data import MaskedDataModule
-from ..training.fit import _check_hardware, _quiet_lightning, _RunFiles, _RunLogger, _trainer
+from ..training.fit import _check_hardware, _quiet_lightning, _RunFiles, _RunLogger, _trainer, run_trainer
 from ..training.resume import completed_epochs
 from .config import SEGMENT_RESUMABLE, SegmentConfig
 from .predict import build_unet
@@ -160,5 +160,5 @@ def fit_segmenter(config: SegmentConfig | Mapping[str, Any]) -> Path:
                                enable_version_counter=False)
         trainer = _trainer(cfg, max_epochs=cfg.epochs, logger=_RunLogger(run), checkpointing=True,  # type: ignore
                            callbacks=[best, last, _Files(run, cfg.to_dict())])
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        run_trainer(trainer, module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     return run

@@ -111,6 +111,17 @@ def _quiet_lightning(quiet: bool) -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def run_trainer(trainer: L.Trainer, module: L.LightningModule, **kwargs: Any) -> None:
+    """``trainer.fit(module, **kwargs)``; a Ctrl-C stays a KeyboardInterrupt (Lightning ends the process with
+    ``sys.exit(1)`` after its graceful shutdown), so the command line can say how to continue."""
+    try:
+        trainer.fit(module, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+
+
 def _trainer(cfg: TrainConfig, *, max_epochs: int, logger, callbacks: Sequence[Callback],
              checkpointing: bool) -> L.Trainer:
     return L.Trainer(
@@ -218,7 +229,7 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dic
     module = ISNetModule.from_config(cfg, calibrate=True)
     logger = CSVLogger(run, name="calibration", version="")
     trainer = _trainer(cfg, max_epochs=cfg.calibrate_epochs, logger=logger, callbacks=[], checkpointing=False)
-    trainer.fit(module, datamodule=datamodule)
+    run_trainer(trainer, module, datamodule=datamodule)
     metrics = trainer.callback_metrics
     if "calibration/C1" not in metrics:
         raise RuntimeError("calibration run ended without recording relevance totals")
@@ -333,7 +344,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
                                           *pictures, *callbacks])
             last = run / CHECKPOINTS / "last.ckpt"
             try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+                run_trainer(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
             except TrainingDiverged as err:
                 kept = (f"the last good checkpoint is {last}" if last.is_file()
                         else "no checkpoint had been written yet")
