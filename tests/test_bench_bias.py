@@ -259,8 +259,12 @@ def test_grid_modes_write_their_results(tmp_path):
     assert (out / "mask_quality.md").is_file() and (out / "mask_quality.json").is_file()
 
 
-def test_settings_key_changes_with_what_changes_the_network_only():
+def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
+    import dataclasses
+
+    import isnet.bench.grid as grid
     from isnet.bench.grid import settings_key
+    from isnet.config import TrainConfig
 
     base = {"train": "t", "val": "v", "variant": "selective", "seed": 0}
     key = settings_key(base, {"n": 10})
@@ -268,3 +272,8 @@ def test_settings_key_changes_with_what_changes_the_network_only():
     assert settings_key({**base, "P": 0.9}, {"n": 10}) != key
     assert settings_key({**base, "C1": 1.0, "C2": 2.0}, {"n": 10}) != key
     assert settings_key(base, {"n": 11}) != key
+    # an option added by a later version (None unless given) keeps the keys of stored runs
+    later = dataclasses.make_dataclass("Later", [("added", float | None, dataclasses.field(default=None))],
+                                       bases=(TrainConfig,))
+    monkeypatch.setattr(grid, "TrainConfig", later)
+    assert settings_key(base, {"n": 10}) == key and settings_key({**base, "added": 0.5}, {"n": 10}) != key

@@ -181,3 +181,17 @@ def test_timm_models_by_name_with_their_errors(tmp_path):
         build_model("timm:no_such_net", 3)
     with pytest.raises(UserError, match="state-dict file.*timm.create_model"):
         build_model("timm:resnet10t", 3, weights="DEFAULT")
+
+
+def test_vit_weights_for_another_size_get_resized_position_embeddings(tmp_path):
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    torch.manual_seed(0)
+    source = build_model("small_vit", 10, image_size=32)
+    torch.save(source.state_dict(), tmp_path / "vit32.pt")
+    bigger = build_model("small_vit", 3, image_size=48, weights=tmp_path / "vit32.pt", new_head=True)
+    expected = interpolate_embeddings(48, 4, source.state_dict())["encoder.pos_embedding"]
+    assert bigger.encoder.pos_embedding.shape == (1, 1 + 12 * 12, 64)
+    assert torch.equal(bigger.encoder.pos_embedding, expected)
+    assert torch.equal(bigger.conv_proj.weight, source.conv_proj.weight)
+    assert bigger(torch.rand(1, 3, 48, 48)).shape == (1, 3)

@@ -133,7 +133,7 @@ def test_binary_masks_keep_the_largest_regions():
         for rows, cols in regions[:n]:
             expected[0, rows, cols] = True
         expected[0, 9, 9] = True
-        assert kept.dtype == torch.bool and torch.equal(kept, expected), n
+        assert type(kept) is torch.Tensor and kept.dtype == torch.bool and torch.equal(kept, expected), n
     (every,) = binary_masks([prob], 0)
     assert torch.equal(every, prob > 0.5) and every.sum() == 64 + 36 + 16 + 4 + 2
 
@@ -152,3 +152,31 @@ def test_predict_and_eval_keep_the_requested_regions(space, capsys):
     with pytest.raises(SystemExit):
         main(["segment", "eval", "--model", str(seg), "--test", f"val={data['val']}", "--components", "-1"])
     assert "--components: must be >= 0" in capsys.readouterr().err
+
+
+def test_seg_classify_is_evaluated_on_the_segmenters_masks(monkeypatch):
+    """At test time (benchmarks, isnet eval) a seg-classify classifier sees the image masked by the segmenter's
+    prediction, never by the true masks."""
+    import isnet.checkpoints
+    from isnet import LRPFlex
+    from isnet.evaluate import predict_batch
+    from isnet.small_models import small_cnn
+
+    calls = []
+
+    def predicted(run, images):
+        calls.append(run)
+        keep = torch.zeros(len(images), 1, *images.shape[-2:])
+        keep[..., 8:24, 8:24] = 1  # a square the true masks below do not have
+        return keep
+
+    monkeypatch.setattr(isnet.checkpoints, "predicted_masks", predicted)
+    torch.manual_seed(0)
+    model = small_cnn(3).eval()
+    images, true_masks = torch.rand(4, 3, 32, 32), torch.ones(4, 1, 32, 32)
+    config = {"variant": "seg-classify", "segmenter": "runs/seg", "epsilon": 0.01, "zb": True}
+    logits, heat = predict_batch(model, LRPFlex(model), config, images, true_masks)
+    square = torch.zeros_like(images)
+    square[..., 8:24, 8:24] = images[..., 8:24, 8:24]
+    assert calls == ["runs/seg"] and torch.allclose(logits, model(square), atol=1e-6)
+    assert torch.allclose(heat, LRPFlex(model).explain_prediction(square)[1], atol=1e-7)  # the masked image's map

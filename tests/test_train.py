@@ -266,14 +266,31 @@ def test_dual_calibrates_each_rule_and_keeps_given_bounds(data, tmp_path):
     calibration = config["calibration"]
     assert (config["C1"], config["C2"]) == (2.0, 30.0)
     assert config["C1_zplus"] == calibration["C1_zplus"] and config["C2_zplus"] == calibration["C2_zplus"]
-    assert calibration["n_zplus"] == calibration["n"] == 64 and calibration["C1"] != calibration["C1_zplus"]
-    for suffix in ("", "_zplus"):
-        mean, std = calibration["mean" + suffix], calibration["std" + suffix]
-        assert calibration["C1" + suffix] == pytest.approx(max(mean / 5, mean - 3 * std))
+    assert calibration["n_zplus"] == 64 and "C1" not in calibration  # only what was calibrated is recorded
+    mean, std = calibration["mean_zplus"], calibration["std_zplus"]
+    assert calibration["C1_zplus"] == pytest.approx(max(mean / 5, mean - 3 * std))
     with pytest.raises(ValueError, match="needs C1 and C2, C1_zplus and C2_zplus"):
         ISNetModule.from_config(TrainConfig(train="x", variant="dual", num_classes=10, image_size=32, C1=1.0, C2=2.0))
     with pytest.raises(UserError, match="both --c1-zplus and --c2-zplus"):
         TrainConfig(train="x", C1_zplus=1.0).validate()
+
+
+def test_dual_calibration_takes_each_group_from_its_own_columns():
+    """Totals (N, K=2) gathered over two ranks: C1/C2 from column 0 (LRP-epsilon), C1_zplus/C2_zplus from column 1."""
+    from isnet import calibrate
+
+    module = ISNetModule.from_config(TrainConfig(train="x", variant="dual", num_classes=10, image_size=32),
+                                     calibrate=True)
+    eps, zplus = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 30.0, 50.0, 70.0])
+    local = torch.stack([eps, zplus], 1)  # (N, 2) on this rank
+    module.all_gather = lambda t: torch.stack([t, t + 1.0])  # (ranks, N, 2)
+    module.log = lambda *args, **kwargs: None
+    module._recording, module._totals = True, [local[:2], local[2:]]
+    module.on_train_epoch_end()
+    got = module.calibration
+    assert (got["C1"], got["C2"]) == pytest.approx(calibrate(torch.cat([eps, eps + 1])))
+    assert (got["C1_zplus"], got["C2_zplus"]) == pytest.approx(calibrate(torch.cat([zplus, zplus + 1])))
+    assert got["n"] == got["n_zplus"] == 8
 
 
 def test_calibration_trains_with_its_own_swap(data, tmp_path):

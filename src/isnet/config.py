@@ -90,8 +90,8 @@ class TrainConfig:
     workers: int = option(2, "DataLoader workers per process", "data", resumable=True, bookkeeping=True,
                           at_least=0)
     # model
-    arch: str = option("small_cnn", "small_cnn, small_vit, small_convnext or a torchvision classification model "
-                                    "name", "model")
+    arch: str = option("small_cnn", "small_cnn, small_vit, small_convnext, a torchvision classification model "
+                                    "name or timm:NAME", "model")
     weights: str | None = option(
         None, "start from pretrained weights: a torchvision weights name (DEFAULT, IMAGENET1K_V1), read from the "
               "torch hub cache ($TORCH_HOME/hub/checkpoints, never downloaded), or a state-dict file; the last "

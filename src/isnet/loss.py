@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ Bound = float | Sequence[float]
 
 def _per_heatmap(value: Bound, k: int, like: Tensor) -> float | Tensor:
     """A float, or a sequence of G values repeated over K = G n heatmaps (heatmap k gets value k mod G)."""
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real) or (isinstance(value, Tensor) and value.dim() == 0):
         return float(value)
     values = [float(v) for v in value]
     if not values or k % len(values):
@@ -130,7 +131,8 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
     options = dict(d=d, E=E, A=A, B=B, C1=C1, C2=C2, foreground=foreground, norm=norm)
     if isinstance(heatmaps, Tensor):
         return _single_heatmap_loss(_at_least_float32(heatmaps), masks, **options).mean()
-    per_layer = torch.stack([_single_heatmap_loss(_at_least_float32(h), masks, **options).mean() for h in heatmaps.values()])
+    per_layer = torch.stack([_single_heatmap_loss(_at_least_float32(h), masks, **options).mean()
+                             for h in heatmaps.values()])
     return gwrp(per_layer, d_loss)
 
 

@@ -1,6 +1,7 @@
 """Classifier builders: any torchvision classification model by name, the small CPU models and
 ``timm:NAME`` (:mod:`isnet.small_models`). torchvision's ``vit_*`` models are built for the
-data's image size (a multiple of their patch size).
+data's image size (a multiple of their patch size); pretrained ViT weights made for another
+size get their position embeddings resized (bicubic), as torchvision does for fine-tuning.
 
 **Weights.** ``weights`` is None (random initialisation), a torchvision weights name
 (``DEFAULT``, ``IMAGENET1K_V1``, ``ResNet18_Weights.IMAGENET1K_V1``) or a state-dict file. A
@@ -39,11 +40,11 @@ import torch
 from torch import nn
 
 from .errors import UserError, UserFileNotFoundError
-from .small_models import BUILTIN, TIMM, builtin_model, timm_model
+from .small_models import BUILTIN, TIMM, builtin_model, small_cnn, timm_model
 
 __all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "build_model", "check_state_dict",
            "first_conv", "fold_input", "hub_checkpoints", "is_weights_name", "last_linear", "read_torch_file",
-           "resolve_normalize", "torchvision_weights", "weights_categories"]
+           "resolve_normalize", "small_cnn", "torchvision_weights", "weights_categories"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,8 +194,23 @@ def last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
+def _fit_position_table(model: nn.Module, state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A torchvision ViT's position embeddings resized (bicubic) to the model's image size, as torchvision
+    does when fine-tuning at another resolution; any other state unchanged."""
+    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+    key = "encoder.pos_embedding"
+    if not isinstance(model, VisionTransformer) or key not in state:
+        return state
+    if tuple(state[key].shape) == tuple(model.state_dict()[key].shape):
+        return state
+    return interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+
+
 def _load_weights(model: nn.Module, arch: str, weights: str | Path, new_head: bool) -> None:
     state, source = _read_weights(arch, weights)
+    if isinstance(state, Mapping):
+        state = _fit_position_table(model, state)
     skip: tuple[str, ...] = ()
     if new_head and isinstance(state, Mapping):
         head = last_linear(model)
@@ -306,8 +322,9 @@ def build_model(arch: str, num_classes: int, *, image_size: int = 32, weights: s
         if arch.startswith("vit_"):  # built for the data's size, else for 224 px
             patch = int(arch.rsplit("_", 1)[-1])
             if image_size % patch:
+                fitting = patch * max(1, image_size // patch)
                 raise UserError(f"{arch} cuts images into {patch}x{patch} patches; the image size {image_size} is "
-                                f"not a multiple of {patch} (choose --image-size {patch * max(1, image_size // patch)})")
+                                f"not a multiple of {patch} (choose --image-size {fitting})")
             size = {"image_size": image_size}
         model = models.get_model(arch, weights=None, num_classes=num_classes, **size)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):

@@ -67,15 +67,14 @@ BUILTIN = {"small_cnn": small_cnn, "small_vit": small_vit, "small_convnext": sma
 """The small models by name."""
 
 
-
-
 def timm_model(arch: str, num_classes: int, image_size: int) -> nn.Module:
     """``timm.create_model(NAME)`` for ``arch = "timm:NAME"``, random weights, ``num_classes`` outputs and, for
     models that take one, the image size ``image_size``."""
     try:
         import timm
     except ImportError:
-        raise UserError(f"--arch {arch} needs the timm package: pip install timm (or pip install 'isnet[timm]')") from None
+        raise UserError(f"--arch {arch} needs the timm package: pip install timm (or pip install "
+                        "'isnet[timm]')") from None
     name = arch[len(TIMM):]
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:5]

@@ -32,8 +32,11 @@ VARIANTS = ("standard", "original", "selective", "stochastic", "dual")
 def calibration_groups(variant: str) -> tuple[str, ...]:
     """The groups of a variant's K heatmaps that get their own C1/C2, named by the suffix of their
     :class:`isnet.config.TrainConfig` fields: ``("",)`` (C1, C2) for one group, ``("", "_zplus")``
-    (C1, C2 for LRP-epsilon; C1_zplus, C2_zplus for LRP-z+) for dual. Group i is ``heatmaps[:, i::groups]``."""
+    (C1, C2 for LRP-epsilon; C1_zplus, C2_zplus for LRP-z+) for dual. With G groups, group i is
+    ``heatmaps[:, i::G]``."""
     return ("", "_zplus") if variant == "dual" else ("",)
+
+
 SELECTIVE_CLASSES = ("lowest", "label", "highest")
 
 
@@ -84,6 +87,12 @@ def default_supervised_layers(model: nn.Module) -> list[str]:
 def input_heatmaps(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor:
     """The input heatmaps of :meth:`ISNet.forward`'s output (a dict with deep supervision)."""
     return heatmaps["input"] if isinstance(heatmaps, Mapping) else heatmaps
+
+
+def epsilon_heatmaps(heatmaps: Tensor | Mapping[str, Tensor], variant: str) -> Tensor:
+    """The LRP-epsilon input heatmaps of :meth:`ISNet.forward`'s output: all of them, or for dual its first group
+    (the LRP-z+ maps have another scale, so logged background shares use these only)."""
+    return input_heatmaps(heatmaps)[:, ::len(calibration_groups(variant))]
 
 
 class ISNet(nn.Module):
@@ -158,7 +167,7 @@ class ISNet(nn.Module):
             parts = []
             for trace in traces:
                 with torch.enable_grad():
-                    quantity = self.quantity(trace.output, classes)
+                    quantity = self.quantity(trace.output, classes=classes)
                 parts.append(trace.relevance(quantity, create_graph=create_graph))
         maps = torch.stack([p.input for p in parts], 1)
         if not self.layers:
@@ -184,7 +193,7 @@ class ISNet(nn.Module):
             return labels
         return logits.detach().argmin(1)
 
-    def quantity(self, logits: Tensor, classes: Tensor) -> Tensor:
+    def quantity(self, logits: Tensor, *, classes: Tensor) -> Tensor:
         """The scalar explained by selective, dual, stochastic and standard (batch sum)."""
         if self.variant in ("stochastic", "standard"):
             return select_logits(logits, classes).sum()

@@ -9,6 +9,7 @@ so the command line builds its help from it without loading PyTorch.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -118,6 +119,13 @@ MASK_QUALITY_METHODS = ("standard+swap", "selective+swap", "stochastic+swap", "r
 """``--mask-quality``: methods trained with every training-mask quality (default list)."""
 
 
+def check_segmenter_available(methods: list[str]) -> None:
+    """Raise ValueError when ``seg-classify`` is selected but MONAI (its U-Net) is not installed."""
+    if SEG_CLASSIFY in methods and importlib.util.find_spec("monai") is None:
+        raise ValueError("method seg-classify trains a MONAI U-Net: pip install 'isnet[seg]' (or pip install monai), "
+                         "or leave seg-classify out of --methods")
+
+
 def swap_setting(method: str) -> float | None:
     """The swap probability a benchmark method trains with; None where it is irrelevant (masked input)."""
     options = METHODS[method.removesuffix(RAW_INPUT)]
@@ -208,6 +216,7 @@ class BiasBenchConfig:
         if own:
             raise ValueError(f"train_options cannot set {own}: the selected methods set them (the swap is part of "
                              "a method's name; --swap-dose trains other swap probabilities)")
+        check_segmenter_available(self.methods)
         if self.placement not in PLACEMENTS or self.cue not in CUES:
             raise ValueError(f"placement must be one of {PLACEMENTS} and cue one of {CUES}, "
                              f"got {self.placement!r}, {self.cue!r}")

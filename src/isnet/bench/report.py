@@ -279,8 +279,9 @@ def report_start(out: Path, setup: str, results: Mapping[str, Any],
     timing = [{"method": m, "fit wall time (s)": f"{results['train_time_s'][m]:.1f}",
                "training steps only (s)": f"{results['step_time_s'][m]:.1f}"} for m in results["train_time_s"]]
     note = segmenter_note(results)
-    section = ("Setup", [setup + (f" {note}" if note else ""), "Training options (isnet.config.TrainConfig defaults plus benchmark "
-                         "overrides):\n" + options + "\n", "Each method's own options:\n" + methods + "\n",
+    section = ("Setup", [setup + (f" {note}" if note else ""),
+                         "Training options (isnet.config.TrainConfig defaults plus benchmark overrides):\n" + options
+                         + "\n", "Each method's own options:\n" + methods + "\n",
                          f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
                          f"{c['torch_threads']} torch thread(s) each; total time {c['total_time_s']:.0f} s."])
     return section, timing

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..paths import CONFIG, MODEL, read_run_config
+from ..segment.config import SegmentConfig
 from ..segment.predict import predicted_masks
 from ..segment.train import fit_segmenter
 from .grid import Log
@@ -67,9 +68,13 @@ def prepare_segmenter(out: Path, data: Mapping[str, Path], tests: Mapping[str, A
     options = {**SEGMENTER_OPTIONS, "train": str(data["train"]), "val": str(data["val"]), "out": str(run),
                "in_channels": in_channels, "components": components}
     if (run / MODEL).is_file():
-        saved = read_run_config(run / CONFIG)
-        changed = sorted(k for k in ("train", "val", "in_channels", "components", *SEGMENTER_OPTIONS)
-                         if k not in ("workers", "quiet") and str(saved.get(k)) != str(options[k]))
+        saved = SegmentConfig.from_dict({k: v for k, v in read_run_config(run / CONFIG).items()
+                                         if k in SegmentConfig.__dataclass_fields__})
+        wanted = SegmentConfig.from_dict(options)
+        changed = [k for k in ("in_channels", "components", *SEGMENTER_OPTIONS)
+                   if k not in ("workers", "quiet") and getattr(saved, k) != getattr(wanted, k)]
+        changed += [k for k in ("train", "val")
+                    if Path(getattr(saved, k) or "").resolve() != Path(options[k]).resolve()]
         if changed:
             raise FileExistsError(f"{run} holds a segmenter trained with other settings ({', '.join(changed)}); "
                                   "choose another --out")

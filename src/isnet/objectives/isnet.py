@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..loss import float32_region
-from ..variants import input_heatmaps
+from ..variants import epsilon_heatmaps
 from .registry import StepContext, StepOutput, register_objective
 
 __all__ = ["cross_entropy", "heatmap_objective"]
@@ -66,4 +66,4 @@ def heatmap_objective(ctx: StepContext, x: Tensor, masks: Tensor, labels: Tensor
     with float32_region(x):
         terms = ctx.criterion(logits.float(), labels, _as_float(heatmaps), masks.float(), warmup=ctx.warmup)
     return StepOutput(terms.total, logits, {"ce": terms.cross_entropy, "heatmap": terms.heatmap},
-                      input_heatmaps(heatmaps).detach())
+                      epsilon_heatmaps(heatmaps, ctx.net.variant).detach())

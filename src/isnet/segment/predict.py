@@ -127,7 +127,8 @@ def binary_masks(probs: list[Tensor], components: int = 0) -> list[Tensor]:
 
     keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, independent=True, connectivity=2,
                                          num_components=components)
-    return [torch.as_tensor(keep(m.to(torch.uint8).clone())).bool() for m in masks]
+    # MONAI returns its MetaTensor subclass; the classifier gets plain tensors
+    return [keep(m.to(torch.uint8).clone()).as_subclass(Tensor).bool() for m in masks]
 
 
 def predicted_masks(run: str | Path, images: Tensor) -> Tensor:

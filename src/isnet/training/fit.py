@@ -221,8 +221,9 @@ def _unfinished_run_hints(run: Path) -> Iterator[None]:
                            "--resume, or start again with --overwrite.") from None
 
 
-def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dict[str, float]:
-    """Train a standard classifier for ``calibrate_epochs``; C1/C2 from its last epoch's heatmaps."""
+def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path, groups: Sequence[str]) -> dict[str, float]:
+    """Train a standard classifier for ``calibrate_epochs``; C1/C2 of the heatmap ``groups`` (their suffixes,
+    :func:`isnet.variants.calibration_groups`) from its last epoch's heatmaps."""
     _log.info(f"calibrating C1 and C2: a standard classifier trains for {cfg.calibrate_epochs} epoch(s); its "
               f"last epoch records the total relevance of the {cfg.variant} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -234,7 +235,7 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path) -> dic
     if "calibration/C1" not in metrics:
         raise RuntimeError("calibration run ended without recording relevance totals")
     result: dict[str, float] = {}
-    for suffix in calibration_groups(get_objective(cfg.variant).explains):
+    for suffix in groups:
         keys = [key + suffix for key in ("C1", "C2", "mean", "std", "n")]
         result |= {key: float(metrics[f"calibration/{key}"]) for key in keys}
         result["n" + suffix] = int(result["n" + suffix])
@@ -329,7 +330,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         with _unfinished_run_hints(run):
             missing = [g for g in calibration_groups(objective.explains) if getattr(cfg, "C1" + g) is None]
             if objective.heatmap_loss and missing:
-                cfg.calibration = _calibrate(cfg, datamodule, run)
+                cfg.calibration = _calibrate(cfg, datamodule, run, missing)
                 for suffix in missing:  # bounds given on the command line are kept
                     for key in ("C1" + suffix, "C2" + suffix):
                         setattr(cfg, key, cfg.calibration[key])

@@ -32,7 +32,7 @@ from ..metrics import BackgroundRelevance
 from ..models import build_model, resolve_normalize
 from ..objectives import Objective, StepContext, StepOutput, get_objective
 from ..segment.predict import predicted_masks
-from ..variants import ISNet, calibration_groups, input_heatmaps
+from ..variants import ISNet, calibration_groups, epsilon_heatmaps, input_heatmaps
 from .data import epoch_seed
 
 __all__ = ["ISNetModule", "TrainingDiverged"]
@@ -223,7 +223,7 @@ class ISNetModule(L.LightningModule):
         x = self.classifier_input(x, masks)
         with torch.enable_grad():  # LRP needs autograd; eval mode keeps the heatmap out of any graph
             logits, heatmaps = self.net(x, heatmaps=True, labels=labels)
-        logits, maps = logits.detach(), input_heatmaps(heatmaps).detach().float()
+        logits, maps = logits.detach(), epsilon_heatmaps(heatmaps, self.net.variant).detach().float()
         n = labels.shape[0]
         with float32_region(x):
             self.val_ce.update(F.cross_entropy(logits.float(), labels), n)
