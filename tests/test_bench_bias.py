@@ -277,3 +277,14 @@ def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
                                        bases=(TrainConfig,))
     monkeypatch.setattr(grid, "TrainConfig", later)
     assert settings_key(base, {"n": 10}) == key and settings_key({**base, "added": 0.5}, {"n": 10}) != key
+
+
+def test_bench_bias_takes_an_architecture():
+    from isnet.bench.command import add_parser
+    from isnet.bench.presets import QUICK, bench_config
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "bias", "--out", "x", "--quick", "--arch", "small_vit"])
+    assert bench_config(BiasBenchConfig, QUICK, vars(args), args.train_options).arch == "small_vit"

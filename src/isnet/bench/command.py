@@ -65,6 +65,8 @@ def _add_bench_bias(bench) -> None:
     mode.add_argument("--mask-quality", action="store_true",
                       help="train with degraded masks (dilated, eroded, bounding box, shifted; test masks exact): "
                            "mask_quality.json / .md")
+    b.add_argument("--arch", help="small_cnn (default), small_vit, small_convnext, a torchvision model name or "
+                                  "timm:NAME (BG-Digits images are 32x32)")
     b.add_argument("--mask", choices=["box", "strokes"], help="foreground masks: the digit's box (default) or strokes")
     b.add_argument("--placement", choices=list(PLACEMENTS),
                    help="digit box inside the central 24x24 area (centre, default) or anywhere on the canvas")

@@ -78,10 +78,10 @@ class CxrBenchConfig:
 
 CXR_QUICK: dict[str, Any] = dict(
     methods=["standard", "standard+swap", "selective", "selective+swap", "rrr+swap", "masked"],
-    seeds=1, n_train=1200, n_val=200, n_test=300, epochs=8, arch="small_cnn", image_size=64, n_examples=2, jobs=2,
+    seeds=1, n_train=1000, n_val=200, n_test=300, epochs=6, arch="small_cnn", image_size=64, n_examples=2, jobs=2,
 )
 """``--quick``: the standard classifier and the selective ISNet without and with the swap, RRR with
-the swap and masked input; one seed, 1,200 training images at 64x64, small_cnn, 8 epochs, two
+the swap and masked input; one seed, 1,000 training images at 64x64, small_cnn, 6 epochs, two
 training processes (about 10 minutes on two CPU cores)."""
 CXR_FULL: dict[str, Any] = dict(
     methods=list(METHODS), seeds=3, n_train=1500, n_val=300, n_test=300, epochs=8, arch="resnet18", image_size=128,
