@@ -138,12 +138,20 @@ def test_test_sets_in_memory_are_the_files_on_disk(tiny_bench):
 
 
 @pytest.mark.e2e
-def test_a_second_call_reuses_the_stored_runs_and_other_data_settings_are_refused(tiny_bench, capsys):
+def test_a_second_call_reuses_the_stored_runs_and_other_data_settings_are_refused(tiny_bench, capsys, monkeypatch):
     out, argv = tiny_bench
     capsys.readouterr()
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count("reused stored run") == 3 and "training the seg-classify segmenter" not in printed
+    monkeypatch.chdir(out.parent)  # the same folder written relatively: the same runs
+    relative = [a if a != str(out) else out.name for a in argv]
+    assert main(relative) == 0 and capsys.readouterr().out.count("reused stored run") == 3
+    # other training options would replace finished runs: refused before anything is trained or deleted
+    stored = (out / "runs" / "standard" / "seed0" / "result.json").read_text()
+    assert main([*argv, "--set", "lr=0.01"]) == 2
+    assert "finished runs trained with other settings" in capsys.readouterr().err
+    assert (out / "runs" / "standard" / "seed0" / "result.json").read_text() == stored
     other = [a if a != "60" else "66" for a in argv]  # another --n-train into the same folder
     assert main(other) == 2
     assert "BG-CXR made with other settings" in capsys.readouterr().err

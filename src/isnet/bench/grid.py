@@ -118,11 +118,16 @@ def settings_key(options: Mapping[str, Any], test_key: Mapping[str, Any]) -> str
     """What a stored run depends on: every training option (defaults included) and the test data.
 
     Options that are None by default and in this run are left out, so an option added to a
-    later isnet (None unless given) leaves the keys of stored runs unchanged.
+    later isnet (None unless given) leaves the keys of stored runs unchanged. Data and
+    segmenter folders count as resolved paths, so ``--out runs/x`` and ``--out /abs/runs/x``
+    give the same keys.
     """
     resolved = TrainConfig.from_dict(options).to_dict()
     unset = {k for k, v in TrainConfig().to_dict().items() if v is None and resolved[k] is None}
     relevant = {k: v for k, v in resolved.items() if k not in BOOKKEEPING and k not in unset}
+    for name in ("train", "val", "segmenter"):  # the same folder however it is written (relative, absolute)
+        if relevant.get(name):
+            relevant[name] = str(Path(relevant[name]).expanduser().resolve())
     relevant["test"] = dict(test_key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -177,7 +182,7 @@ def _train_run(name: str, method: str, seed: int, options: Mapping[str, Any], th
         log(f"{method} seed {seed}: training" + (f" (process {os.getpid()})" if threads else ""), start)
     out = Path(options["out"])
     if out.exists():
-        shutil.rmtree(out)  # an interrupted or outdated run of this grid
+        shutil.rmtree(out)  # an interrupted run of this grid (finished ones were refused by run_grid)
     timer = StepTimer(f"{method} seed {seed}", log, start)
     began = time.perf_counter()
     fit(options, callbacks=[timer])
@@ -207,6 +212,19 @@ def _evaluate_run(grid: Grid, method: str, seed: int, key: str, timing: Mapping[
     return record
 
 
+def _check_no_finished_run_replaced(folders: list[Path]) -> None:
+    """Raise FileExistsError, before anything is trained, when a run to train holds a finished run
+    (``model.pt`` or ``result.json``) of other settings: stored runs are never deleted silently.
+    Unfinished runs (an interrupted grid) are trained again."""
+    finished = [f for f in folders if (f / "model.pt").is_file() or (f / "result.json").is_file()]
+    if finished:
+        more = f" and {len(finished) - 3} more" if len(finished) > 3 else ""
+        listed = ", ".join(str(f) for f in finished[:3]) + more
+        raise FileExistsError(
+            f"{listed} hold(s) finished runs trained with other settings (other options, data or isnet version), "
+            "which this grid would replace; choose another --out, or delete those folders to train them again")
+
+
 def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
     """Train and evaluate every method/seed (``grid.jobs`` training processes at a time).
 
@@ -227,6 +245,7 @@ def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
         if record is not None:
             found[task] = record
             report(record, "reused stored run")
+    _check_no_finished_run_replaced([run_dir(grid.runs, *t) for t in tasks if t not in found])
     todo = sorted((t for t in tasks if t not in found), key=lambda t: -grid.cost.get(t[0], 1))
     if grid.jobs <= 1 or len(todo) <= 1:
         for method, seed in todo:
