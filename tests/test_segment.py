@@ -180,3 +180,23 @@ def test_seg_classify_is_evaluated_on_the_segmenters_masks(monkeypatch):
     square[..., 8:24, 8:24] = images[..., 8:24, 8:24]
     assert calls == ["runs/seg"] and torch.allclose(logits, model(square), atol=1e-6)
     assert torch.allclose(heat, LRPFlex(model).explain_prediction(square)[1], atol=1e-7)  # the masked image's map
+
+
+@pytest.mark.e2e
+def test_segment_train_with_ddp_on_two_processes(space, tmp_path):
+    """``isnet segment train --strategy ddp --devices 2``: Lightning relaunches the command; one run folder."""
+    import os
+    import subprocess
+    import sys
+
+    data, run = space["data"], tmp_path / "seg-ddp"
+    cmd = [sys.executable, "-m", "isnet.cli", "segment", "train", "--train", str(data["train"]), "--val",
+           str(data["val"]), "--epochs", "1", "--out", str(run), "--accelerator", "cpu", "--devices", "2",
+           "--strategy", "ddp", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("segmentation run written to") == 1
+    assert json.loads((run / "config.json").read_text())["devices"] == 2
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1  # 30 / (2 x 16)
+    assert (run / "model.pt").is_file() and "val/dice" in (run / "metrics.csv").read_text().splitlines()[0]
