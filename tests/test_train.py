@@ -311,3 +311,13 @@ def test_an_option_of_another_objective_is_named_as_unused(data, tmp_path, caplo
     with caplog.at_level("WARNING", logger="isnet.training"):
         fit(_config(data, tmp_path / "run", variant="standard", gradcam_weight=3.0))
     assert "--gradcam-weight is not used by --variant standard" in caplog.text
+
+
+@pytest.mark.e2e
+def test_a_calibration_run_that_learnt_nothing_is_named(data, tmp_path, caplog):
+    """C1/C2 from a network at chance level (here: a learning rate too small to move it) get a warning."""
+    with caplog.at_level("WARNING", logger="isnet.training"):
+        fit(_config(data, tmp_path / "run", variant="selective", calibrate_epochs=1, epochs=1, lr=1e-12))
+    warned = [r.getMessage() for r in caplog.records if "calibration run's training accuracy" in r.getMessage()]
+    assert len(warned) == 1 and "--calibrate-epochs" in warned[0]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["calibration"]["train_accuracy"] < 0.15

@@ -243,6 +243,13 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path, groups
                   f"(relevance totals of {result['n' + suffix]} heatmaps: mean {result['mean' + suffix]:.4g}, "
                   f"std {result['std' + suffix]:.4g})")
     result["epochs"] = cfg.calibrate_epochs
+    accuracy = metrics.get("train/acc_epoch")
+    if accuracy is not None and cfg.num_classes and float(accuracy) < 1.5 / cfg.num_classes:
+        result["train_accuracy"] = float(accuracy)
+        _log.warning(f"the calibration run's training accuracy was {100 * float(accuracy):.1f}% (chance "
+                     f"{100 / cfg.num_classes:.1f}%): C1/C2 come from a network that has not learnt yet, and an "
+                     "ISNet trained with them can satisfy its heatmap loss without learning to classify. Give "
+                     "more --calibrate-epochs (or --calibration-swap 0), or --c1/--c2")
     return result
 
 
