@@ -25,8 +25,8 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["BOOKKEEPING", "OPTIMIZERS", "RESUMABLE", "SCHEDULES", "TrainConfig", "flag", "from_fields", "option",
-           "out_of_range", "plain_fields", "validate_ranges"]
+__all__ = ["BOOKKEEPING", "BOUND_GROUPS", "OPTIMIZERS", "RESUMABLE", "SCHEDULES", "TrainConfig", "flag", "from_fields",
+           "option", "out_of_range", "plain_fields", "validate_ranges"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -76,6 +76,10 @@ def out_of_range(meta: Mapping[str, Any], value: Any) -> str | None:
         return f"must be <= {show(high)}, got {show(value)}"
     return None
 
+
+BOUND_GROUPS = ("", "_zplus")
+"""Suffixes of the foreground-range fields: ``C1``/``C2`` (LRP-epsilon heatmaps) and
+``C1_zplus``/``C2_zplus`` (the Dual ISNet's LRP-z+ heatmaps)."""
 
 @dataclass
 class TrainConfig:
@@ -216,7 +220,7 @@ class TrainConfig:
         by their registries when training starts.
         """
         validate_ranges(self)
-        for suffix in ("", "_zplus"):
+        for suffix in BOUND_GROUPS:
             low, high = getattr(self, "C1" + suffix), getattr(self, "C2" + suffix)
             flags = f"--c1{suffix.replace('_', '-')}", f"--c2{suffix.replace('_', '-')}"
             if (low is None) != (high is None):

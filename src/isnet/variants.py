@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .config import BOUND_GROUPS
 from .lrp import Bounds, LRPFlex, Trace, select_logits
 
 VARIANTS = ("standard", "original", "selective", "stochastic", "dual")
@@ -34,7 +35,7 @@ def calibration_groups(variant: str) -> tuple[str, ...]:
     :class:`isnet.config.TrainConfig` fields: ``("",)`` (C1, C2) for one group, ``("", "_zplus")``
     (C1, C2 for LRP-epsilon; C1_zplus, C2_zplus for LRP-z+) for dual. With G groups, group i is
     ``heatmaps[:, i::G]``."""
-    return ("", "_zplus") if variant == "dual" else ("",)
+    return BOUND_GROUPS if variant == "dual" else BOUND_GROUPS[:1]
 
 
 SELECTIVE_CLASSES = ("lowest", "label", "highest")

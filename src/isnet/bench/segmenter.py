@@ -33,10 +33,12 @@ SEGMENTER_OPTIONS: dict[str, Any] = dict(width=8, depth=4, res_units=2, epochs=1
 
 
 def _dice(pred: Tensor, truth: Tensor) -> Tensor:
-    """Per image Dice of boolean masks (N, 1, H, W); 1 where both are empty."""
-    both = (pred & truth).flatten(1).sum(1).double()
-    total = (pred.flatten(1).sum(1) + truth.flatten(1).sum(1)).double()
-    return torch.where(total > 0, 2 * both / total.clamp(min=1), torch.ones_like(total))
+    """Per image Dice of boolean masks (N, 1, H, W) with MONAI's metric, as ``isnet segment eval``; 1 where
+    both are empty."""
+    from monai.metrics import compute_dice
+
+    dice = compute_dice(pred.float(), truth.float(), include_background=True, ignore_empty=False)
+    return dice.flatten().double().nan_to_num(1.0)
 
 
 def segmenter_scores(run: Path, tests: Mapping[str, Any], batch_size: int = 100) -> dict[str, dict[str, float]]:

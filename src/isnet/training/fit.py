@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..checkpoints import CHECKPOINTS, CONFIG, MODEL, write_json
-from ..config import TrainConfig
+from ..config import BOUND_GROUPS, TrainConfig
 from ..data.folder import DatasetError
 from ..errors import UserError
 from ..models import is_weights_name, resolve_normalize
@@ -172,7 +172,7 @@ def _check_hardware(cfg: TrainConfig) -> None:
 def _check_model(cfg: TrainConfig, *, pretrained: bool) -> None:
     """Build the module once (architecture, weights, deep-supervision layers, the objective's own checks)."""
     probe = TrainConfig.from_dict(cfg.to_dict())
-    for suffix in ("", "_zplus"):
+    for suffix in BOUND_GROUPS:
         if getattr(probe, "C1" + suffix) is None:  # placeholders: only the construction is checked
             setattr(probe, "C1" + suffix, 1.0)
             setattr(probe, "C2" + suffix, 25.0)

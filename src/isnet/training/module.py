@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..config import TrainConfig
+from ..config import BOUND_GROUPS, TrainConfig
 from ..data.augment import swap_backgrounds
 from ..loss import ISNetLoss, calibrate, float32_region
 from ..masks import mask_background
@@ -110,9 +110,9 @@ class ISNetModule(L.LightningModule):
         if not calibrate:
             net = ISNet(model, objective.explains, deep_supervision=cfg.deep_supervision, **lrp)
             return cls(net, criterion, objective, cfg)
-        plain = TrainConfig.from_dict(cfg.to_dict() | {"variant": "standard", "C1": None, "C2": None, "C1_zplus": None,
-                                                        "C2_zplus": None, "p_warmup": 0.0,
-                                                        "background_swap": cfg.calibration_swap})
+        unset = {f"{bound}{group}": None for bound in ("C1", "C2") for group in BOUND_GROUPS}
+        plain = TrainConfig.from_dict(cfg.to_dict() | unset | {"variant": "standard", "p_warmup": 0.0,
+                                                                "background_swap": cfg.calibration_swap})
         return cls(ISNet(model, "standard", **lrp), criterion, get_objective("standard"), plain,
                    calibrate_for=ISNet(model, objective.explains, **lrp))
 
