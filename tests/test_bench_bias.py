@@ -288,3 +288,33 @@ def test_bench_bias_takes_an_architecture():
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "bias", "--out", "x", "--quick", "--arch", "small_vit"])
     assert bench_config(BiasBenchConfig, QUICK, vars(args), args.train_options).arch == "small_vit"
+
+
+def test_test_sets_are_evaluated_at_the_runs_training_size():
+    # a run trained with --set image_size=64 on 32x32 BG-Digits sees its test images resized as its training
+    # images were; before, it was scored on 32x32 images and fell to chance
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from isnet.bench.bias import BiasTestSet
+    from isnet.bench.run import _evaluate_run, at_training_size
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(4, 1, 32, 32, generator=g) > 0.5
+    test = BiasTestSet(torch.rand(4, 3, 32, 32, generator=g), masks.float(), torch.arange(4),
+                       torch.rand(4, 1, 32, 32, generator=g) > 0.9)
+    assert at_training_size(test, None) is test and at_training_size(test, 32) is test
+    big = at_training_size(test, 64)
+    assert torch.equal(big.labels, test.labels)
+    assert torch.equal(big.masks, F.interpolate(test.masks, scale_factor=2, mode="nearest"))
+    assert big.patches.dtype == torch.bool
+    assert torch.equal(big.patches, F.interpolate(test.patches.float(), scale_factor=2, mode="nearest").bool())
+    assert torch.allclose(big.images, v2.Resize((64, 64), antialias=True)(test.images), atol=1e-6)
+
+    seen = []
+    def evaluate(model, config, t, raw_input=False):
+        seen.append(tuple(t.images.shape[-2:]))
+        return {}
+    _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": 64})
+    _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": None})
+    assert seen == [(64, 64), (32, 32)]

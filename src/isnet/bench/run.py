@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
-from torch import nn
+from torch import Tensor, nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from ..checkpoints import explainer, load_classifier
 from ..config import TrainConfig
@@ -31,7 +33,8 @@ from .presets import METHODS, SEG_CLASSIFY, method_order, swap_setting
 from .report import listed_train_options
 from .segmenter import prepare_segmenter
 
-__all__ = ["bench_methods", "bench_results", "begin", "finish", "heatmap_figure", "make_grid", "measured_lrp"]
+__all__ = ["at_training_size", "bench_methods", "bench_results", "begin", "finish", "heatmap_figure", "make_grid",
+           "measured_lrp"]
 
 Evaluate = Callable[..., dict[str, Any]]
 """A benchmark's ``evaluate_classifier(model, config, test, *, raw_input=False)``."""
@@ -44,10 +47,32 @@ def measured_lrp(cfg: Any) -> dict[str, Any]:
     return {key: cfg.train_options.get(key, getattr(defaults, key)) for key in ("epsilon", "zb")}
 
 
+def _resized(t: Tensor, size: int, *, image: bool) -> Tensor:
+    if image:
+        return TF.resize(t, [size, size], antialias=True)
+    return TF.resize(t.to(torch.uint8), [size, size], interpolation=InterpolationMode.NEAREST).to(t.dtype)
+
+
+def at_training_size(test: Any, image_size: int | None) -> Any:
+    """A test set (a dataclass of ``images`` (N, C, H, W), labels and other (N, c, H, W) maps such as
+    masks) at the size a run's training images were resized to (``image_size``, as
+    :func:`isnet.data.folder.make_transform` does): images bilinear with antialiasing, the
+    maps nearest, so they stay binary. The same object when no resize is needed."""
+    height, width = test.images.shape[-2:]
+    if image_size is None or (height, width) == (image_size, image_size):
+        return test
+    changes = {f.name: _resized(value, image_size, image=f.name == "images")
+               for f in dataclasses.fields(test)
+               if isinstance(value := getattr(test, f.name), Tensor) and value.shape[-2:] == (height, width)}
+    return dataclasses.replace(test, **changes)
+
+
 def _evaluate_run(evaluate: Evaluate, tests: Mapping[str, Any], lrp: Mapping[str, Any], model: nn.Module,
                   config: dict) -> dict[str, Any]:
-    """A run's record entries: every test set, and for masked-input methods also the raw images."""
+    """A run's record entries: every test set (at the run's training image size), and for masked-input
+    methods also the raw images."""
     config = {**config, **lrp}
+    tests = {name: at_training_size(test, config.get("image_size")) for name, test in tests.items()}
     results = {name: evaluate(model, config, test) for name, test in tests.items()}
     raw = {}
     if get_objective(config["variant"]).masked_input:
@@ -137,12 +162,13 @@ def heatmap_figure(cfg: Any, runs: Path, tests: Mapping[str, Any], names: Sequen
     picks = [(name, i) for name in names for i in range(min(cfg.n_examples, cfg.n_test))]
     if not picks:
         return None
-    images = torch.stack([tests[n].images[i] for n, i in picks])
-    masks = torch.stack([tests[n].masks[i] for n, i in picks])
     maps, preds = {}, {}
     for method in sorted(cfg.methods, key=method_order):
         model, config = load_classifier(run_dir(runs, method, 0))
         config = {**config, **measured_lrp(cfg)}
+        sized = {n: at_training_size(tests[n], config.get("image_size")) for n in names}
+        images = torch.stack([sized[n].images[i] for n, i in picks])
+        masks = torch.stack([sized[n].masks[i] for n, i in picks])
         logits, maps[method] = predict_batch(model, explainer(model, config), config, images, masks)
         preds[method] = logits.argmax(1)
     fig = heatmap_grid(images, maps, col_titles=[col_title(n, i) for n, i in picks])
