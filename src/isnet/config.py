@@ -118,6 +118,10 @@ class TrainConfig:
     selective_eps: float = option(0.01, "e_s of the selective quantity", "model", at_least=0)
     epsilon: float = option(0.01, "LRP epsilon", "model", at_least=0)
     zb: bool = option(True, "Z^B rule on the first layer (--no-zb: LRP-epsilon down to the input)", "model")
+    batch_stats: str = option("gradient", "training-mode batch norm in the heatmap pass: gradient (its batch "
+                                          "statistics' ordinary derivative, as the reference implementation) or "
+                                          "constant (held constant: each image's heatmap is its own)", "model",
+                              choices=("gradient", "constant"))
     # ISNet loss
     P: float = option(0.7, "heatmap-loss weight: (1-P) CE + P heatmap loss", "ISNet loss",
                       at_least=0, at_most=1)
@@ -213,7 +217,7 @@ class TrainConfig:
 
     def lrp_options(self) -> dict[str, Any]:
         """The LRP-Flex options of this run (keyword arguments of :class:`isnet.LRPFlex`)."""
-        return {"epsilon": self.epsilon, "zb": self.zb}
+        return {"epsilon": self.epsilon, "zb": self.zb, "batch_stats": self.batch_stats}
 
     def validate(self) -> None:
         """Raise :class:`isnet.errors.UserError` naming the first option out of range.

@@ -111,7 +111,7 @@ class ISNet(nn.Module):
         The classifier (any network LRP-Flex explains); kept unchanged as ``net.model``.
     variant
         ``standard | original | selective | stochastic | dual``.
-    epsilon, zb, bounds
+    epsilon, zb, bounds, batch_stats
         LRP-Flex options (see :class:`isnet.LRPFlex`).
     selective_eps
         ``e_s`` of the selective quantity.
@@ -124,7 +124,7 @@ class ISNet(nn.Module):
 
     def __init__(self, model: nn.Module, variant: str = "selective", *, epsilon: float = 0.01, zb: bool = True,
                  bounds: Bounds = (0.0, 1.0), selective_eps: float = 0.01, selective_class: str = "lowest",
-                 deep_supervision: bool | Sequence[str] = False) -> None:
+                 deep_supervision: bool | Sequence[str] = False, batch_stats: str = "gradient") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -139,7 +139,7 @@ class ISNet(nn.Module):
         self.layers = layers
         rules = ("epsilon", "z+") if variant == "dual" else ("epsilon",)
         self.explainers = [LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, layers=layers, check_finite=False,
-                                   rule=rule) for rule in rules]
+                                   rule=rule, batch_stats=batch_stats) for rule in rules]
 
     @property
     def lrp(self) -> LRPFlex:

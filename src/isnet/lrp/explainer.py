@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .rules import BackwardSwitch, Bounds, FirstBlock, ZBRule
-from .tracing import LRPMode, check_activations, named_submodules, record_outputs
+from .tracing import BATCH_STATS, LRPMode, check_activations, named_submodules, record_outputs
 
 Target = Tensor | int | str
 
@@ -167,16 +167,23 @@ class LRPFlex:
     rule
         ``"epsilon"`` (LRP-epsilon on conv/linear layers) or ``"z+"`` (LRP-z+, stabilised by
         ``epsilon``; see :mod:`isnet.lrp.zplus`). The first block keeps Z^B either way.
+    batch_stats
+        Batch norm in training mode: ``"gradient"`` (its batch statistics' ordinary derivative,
+        as the reference implementation; each image's heatmap then also depends on the other
+        images' gradients) or ``"constant"`` (statistics held constant: each heatmap is its
+        image's own). Batch norm in eval mode is linear either way.
     """
 
     def __init__(self, model: nn.Module, *, epsilon: float = 0.01, zb: bool = True,
                  bounds: Bounds = (0.0, 1.0), layers: Sequence[str] = (), check_finite: bool = True,
-                 rule: str = "epsilon") -> None:
+                 rule: str = "epsilon", batch_stats: str = "gradient") -> None:
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
         if rule not in ("epsilon", "z+"):
             raise ValueError(f"rule must be 'epsilon' or 'z+', got {rule!r}")
-        self.rule = rule
+        if batch_stats not in BATCH_STATS:
+            raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
+        self.rule, self.batch_stats = rule, batch_stats
         _check_bounds(bounds)
         check_activations(model)
         named_submodules(model, layers)
@@ -192,7 +199,8 @@ class LRPFlex:
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         zplus = self.rule == "z+"  # then activations pass relevance unchanged, the layers divide by z+
         switch = BackwardSwitch(0.0 if zplus else self.epsilon)
-        mode = LRPMode(switch, x_in, first_block=self.zb, zplus=self.epsilon if zplus else None)
+        mode = LRPMode(switch, x_in, first_block=self.zb, zplus=self.epsilon if zplus else None,
+                       batch_stats=self.batch_stats)
         with torch.enable_grad(), record_outputs(self.model, self.layers) as layer_outputs, mode:
             output = self.model(x_in)
         if not isinstance(output, Tensor) or output.dim() != 2:

@@ -12,10 +12,13 @@ the relevance pass treats that divisor as a constant, which makes the layer line
   the mean taken over each normalised group.
 * RMSNorm: ``g_x = gamma * g_y / rms(x)``; ``F.normalize``: ``g_x = g_y / max(||x||, eps)``.
 
-Batch norm is not intercepted: with running statistics it is already linear, and in
-training mode its batch statistics keep their ordinary derivative (as the authors'
-reference implementation does). Outside the relevance pass every normalisation has
-its ordinary derivative.
+Batch norm with running statistics is already linear. In training mode its batch statistics
+keep their ordinary derivative by default, as the authors' reference implementation does;
+that derivative mixes the images of a batch, so each image's heatmap also carries the
+other images' gradients (averaged, times its own pixels). ``batch_stats="constant"``
+(:class:`isnet.LRPFlex`) holds the batch mean and variance constant instead, like the
+statistics above: ``g_x = gamma * g_y / s`` per channel, and each heatmap is its image's
+own. Outside the relevance pass every normalisation has its ordinary derivative.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .rules import BackwardSwitch, ordinary_vjp
 class NormCall:
     """One normalisation call: its kind and the arguments besides input, weight and bias."""
 
-    kind: str  # "layer", "group", "rms" or "normalize"
+    kind: str  # "layer", "group", "rms", "normalize" or "batch" (training-mode batch statistics)
     shape: tuple[int, ...] = ()  # normalized_shape (layer, rms)
     groups: int = 1  # group
     eps: float | None = None
@@ -50,12 +53,19 @@ class NormCall:
             return F.group_norm(x, self.groups, weight, bias, self.eps)
         if self.kind == "rms":
             return F.rms_norm(x, self.shape, weight, self.eps)
+        if self.kind == "batch":  # batch statistics; the running ones are updated by apply_normalisation
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
         return F.normalize(x, self.p, self.dim, self.eps)
 
     def linearised_backward(self, grad: Tensor, x: Tensor, weight: Tensor | None) -> Tensor:
         """``g_x`` with the statistic held constant (see the module docstring)."""
         if self.kind == "normalize":
             return grad / x.norm(self.p, self.dim, keepdim=True).clamp_min(self.eps)
+        if self.kind == "batch":
+            channel = (1, -1, *([1] * (x.dim() - 2)))
+            h = grad * weight.view(channel) if weight is not None else grad
+            dims = (0, *range(2, x.dim()))
+            return h * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + self.eps)
         if self.kind == "group":
             channel = (1, -1, *([1] * (x.dim() - 2)))
             h = grad * weight.view(channel) if weight is not None else grad
@@ -113,6 +123,12 @@ def _read(func: Callable, args: tuple, kwargs: dict) -> tuple[NormCall, Tensor |
         x = args[0]
         return (NormCall("group", groups=x.shape[1], eps=_arg(args, kwargs, 7, "eps", 1e-5)),
                 _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"))
+    if func is F.batch_norm:
+        training = bool(_arg(args, kwargs, 5, "training", False)) or _arg(args, kwargs, 1, "running_mean") is None
+        if not training:
+            return None  # running statistics: already linear
+        return (NormCall("batch", eps=_arg(args, kwargs, 7, "eps", 1e-5)),
+                _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"))
     if func is F.normalize:
         return NormCall("normalize", eps=_arg(args, kwargs, 3, "eps", 1e-12), p=_arg(args, kwargs, 1, "p", 2.0),
                         dim=_arg(args, kwargs, 2, "dim", 1)), None, None
@@ -133,10 +149,14 @@ def apply_normalisation(func: Callable, args: tuple, kwargs: dict, switch: Backw
     if read is None or not x.requires_grad or (func is F.normalize and kwargs.get("out") is not None):
         return func(*args, **kwargs)
     call, weight, bias = read
-    if func is F.instance_norm:  # running statistics are updated as the model's own call would
-        running = (_arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var"))
-        if running[0] is not None:
-            with torch.no_grad():
+    running = (_arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var"))
+    if func in (F.instance_norm, F.batch_norm) and running[0] is not None:
+        # running statistics are updated as the model's own call would
+        with torch.no_grad():
+            if func is F.instance_norm:
                 F.instance_norm(x, *running, use_input_stats=True, momentum=_arg(args, kwargs, 6, "momentum", 0.1),
                                 eps=call.eps)
+            else:
+                F.batch_norm(x, *running, training=True, momentum=_arg(args, kwargs, 6, "momentum", 0.1),
+                             eps=call.eps)
     return NormRule.apply(switch, call, x, weight, bias)

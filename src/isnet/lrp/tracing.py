@@ -69,7 +69,9 @@ _KINDS: dict[Callable, str] = {
     **{f: "hardtanh" for f in _HARDTANH_FUNCS}, **{f: "activation" for f in ACTIVATIONS},
     **{f: "norm" for f in NORMALISATIONS}, **{f: "product" for f in PRODUCTS}, **ATTENTION,
     **{f: "no_rule" for f in _NO_RULE_FUNCS}, **{f: "division" for f in _DIVISIONS}, Tensor.__rdiv__: "rdivision",
+    F.batch_norm: "batch_norm",
 }
+BATCH_STATS = ("gradient", "constant")
 UNSUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.RNNBase, nn.RNNCellBase, nn.LocalResponseNorm, nn.CrossMapLRN2d,
 )
@@ -169,12 +171,17 @@ class LRPMode(TorchFunctionMode):
         Follow ``x`` through the first block (for Z^B).
     zplus
         If given, convolutions and linear layers use LRP-z+ with this stabiliser.
+    batch_stats
+        Training-mode batch norm in the relevance pass: ``"gradient"`` (the batch statistics'
+        ordinary derivative) or ``"constant"`` (see :mod:`isnet.lrp.normalisation`).
     """
 
     def __init__(self, switch: BackwardSwitch, x: Tensor, *, first_block: bool = True,
-                 zplus: float | None = None) -> None:
+                 zplus: float | None = None, batch_stats: str = "gradient") -> None:
         super().__init__()
-        self.switch, self.zplus = switch, zplus
+        if batch_stats not in BATCH_STATS:
+            raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
+        self.switch, self.zplus, self.constant_bn = switch, zplus, batch_stats == "constant"
         self.depends = Dependence(x)
         self.tracker = FirstBlockTracker(x if first_block else None)
 
@@ -194,8 +201,10 @@ class LRPMode(TorchFunctionMode):
             out, pre = apply_activation(func, args, kwargs, self.switch)
             self.tracker.activation(qualname(func), args[0], out, pre)
             return out
-        elif kind == "norm":
+        elif kind == "norm" or (kind == "batch_norm" and self.constant_bn):
             out = apply_normalisation(func, args, kwargs, self.switch)
+        elif kind == "batch_norm":
+            out = func(*args, **kwargs)
         elif kind == "product":
             out = apply_product(func, args, kwargs, self.switch, self.depends)
         elif kind == "sdpa":
