@@ -246,7 +246,7 @@ def test_grid_modes_write_their_results(tmp_path):
     assert sweep["sweep"]["gradcam+swap"]["background_swap"] == 1.0
     assert "| gradcam+swap | yes | gradcam_weight |" in (out / "sweep.md").read_text()
 
-    dose = run_swap_dose(cfg, out, methods=["standard"], probabilities=(0.0, 1.0))
+    dose = run_swap_dose(cfg, out, methods=["standard"], probabilities=(1.0, 0.0))  # reported in order
     assert dose["methods"]["standard"]["probabilities"] == [0.0, 1.0]
     assert len(json.loads((out / "swap_dose.json").read_text())["methods"]["standard"]["deceiving"]) == 2
     assert (out / "figures" / "swap_dose.png").stat().st_size > 1000
@@ -277,6 +277,25 @@ def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
                                        bases=(TrainConfig,))
     monkeypatch.setattr(grid, "TrainConfig", later)
     assert settings_key(base, {"n": 10}) == key and settings_key({**base, "added": 0.5}, {"n": 10}) != key
+
+
+def test_swap_dose_probabilities_are_checked(tmp_path):
+    from isnet.bench.command import add_parser, run
+    from isnet.bench.modes import run_swap_dose
+    from isnet.errors import UserError
+    import argparse
+
+    cfg = BiasBenchConfig(seeds=1, n_train=60, n_val=20, n_test=20, epochs=1, threads=1)
+    for bad in ((0.5, 1.5), (0.5, 0.5), ()):
+        with pytest.raises(ValueError, match="probabilities must be distinct values in"):
+            run_swap_dose(cfg, tmp_path / "dose", methods=["standard"], probabilities=bad)
+    assert not (tmp_path / "dose").exists()  # refused before anything is written
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "bias", "--out", str(tmp_path / "x"), "--quick", "--probabilities", "0.1"])
+    with pytest.raises(UserError, match="--probabilities sets the swap probabilities of --swap-dose"):
+        run(args)
+    assert not (tmp_path / "x").exists()
 
 
 def test_bench_bias_takes_an_architecture():

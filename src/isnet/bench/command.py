@@ -62,6 +62,8 @@ def _add_bench_bias(bench) -> None:
     mode.add_argument("--swap-dose", action="store_true",
                       help="standard, selective, stochastic, rrr and gradcam at swap probabilities 0, 0.25, 0.5, 0.75 "
                            "and 1: swap_dose.json / .md and figures/swap_dose.png")
+    b.add_argument("--probabilities", type=float, nargs="+", metavar="P",
+                   help="--swap-dose: the swap probabilities, each in [0, 1] (default 0 0.25 0.5 0.75 1)")
     mode.add_argument("--mask-quality", action="store_true",
                       help="train with degraded masks (dilated, eroded, bounding box, shifted; test masks exact): "
                            "mask_quality.json / .md")
@@ -92,6 +94,7 @@ def _add_bench_cxr(bench) -> None:
 
 
 def _run_bench_bias(args: argparse.Namespace) -> None:
+    from ..errors import UserError
     from .bias import run_benchmark
     from .modes import run_mask_quality, run_swap_dose, run_sweep
     from .presets import FULL, QUICK, BiasBenchConfig, bench_config
@@ -100,12 +103,16 @@ def _run_bench_bias(args: argparse.Namespace) -> None:
     cfg = bench_config(BiasBenchConfig, QUICK if args.quick else FULL, vars(args), args.train_options)
     modes = {"sweep": (run_sweep, "sweep.md"), "swap_dose": (run_swap_dose, "swap_dose.md"),
              "mask_quality": (run_mask_quality, "mask_quality.md")}
-    chosen = next((modes[m] for m in modes if getattr(args, m, False)), None)
+    chosen = next((m for m in modes if getattr(args, m, False)), None)
+    if args.probabilities is not None and chosen != "swap_dose":
+        raise UserError("--probabilities sets the swap probabilities of --swap-dose; add --swap-dose or drop it")
     if chosen is None:
         print(format_table(run_benchmark(cfg, args.out)))
         return
-    chosen[0](cfg, args.out, methods=args.methods)
-    print((args.out.expanduser() / chosen[1]).read_text())
+    runner, table = modes[chosen]
+    extra = {"probabilities": args.probabilities} if args.probabilities is not None else {}
+    runner(cfg, args.out, methods=args.methods, **extra)
+    print((args.out.expanduser() / table).read_text())
 
 
 def _run_bench_cxr(args: argparse.Namespace) -> None:

@@ -174,6 +174,10 @@ def run_swap_dose(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[st
                   probabilities: Sequence[float] = SWAP_PROBABILITIES, log: Log = _log) -> dict[str, Any]:
     """Each method at every swap probability (module docstring); returns what ``swap_dose.json`` holds."""
     bases = _check(methods or list(SWAP_DOSE_METHODS), SWAP_DOSE_METHODS, "swap dose")
+    bad = [p for p in probabilities if not 0.0 <= p <= 1.0]
+    if bad or not probabilities or len(set(probabilities)) != len(probabilities):
+        raise ValueError(f"swap dose: probabilities must be distinct values in [0, 1], got {list(probabilities)}")
+    probabilities = sorted(float(p) for p in probabilities)
     out, data, tests, start = _setup(cfg, out, [b + SWAP for b in bases], log)
     runs = {f"{b}:swap={p:g}": {**METHODS[b + SWAP], "background_swap": float(p)} for b in bases for p in probabilities}
     summary = _train(cfg, out, "runs-swap-dose", runs, data, tests, start, log)
