@@ -67,7 +67,7 @@ def test_train_help_is_generated_from_the_config(capsys):
     assert all(name in variant_help for name in objective_names())
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "(default 0.7)" in " ".join(capsys.readouterr().out.split())
+    assert f"(default {TrainConfig().P})" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.e2e

@@ -76,7 +76,7 @@ def test_training_step_decreases_loss_on_a_fixed_batch(variant):
 def test_p_warmup_and_option_checks():
     config = TrainConfig(train="x", num_classes=10, image_size=32, C1=1.0, C2=25.0, p_warmup=2).to_dict()
     module = ISNetModule.from_config(config)
-    assert module.criterion.weight(module.warmup()) == 0.7  # no trainer attached: the target value
+    assert module.criterion.weight(module.warmup()) == TrainConfig().P  # no trainer attached: the target value
     with pytest.raises(ValueError, match="needs C1 and C2"):
         ISNetModule.from_config(TrainConfig(train="x", num_classes=10, image_size=32).to_dict())
     with pytest.raises(ValueError, match="unknown variant"):
@@ -234,9 +234,9 @@ def test_bf16_mixed_precision_run_has_finite_losses(data, tmp_path):
     losses = [float(v["train/loss_epoch"]) for v in values if v["train/loss_epoch"]]
     heat = [float(v["train/heatmap_epoch"]) for v in values if v["train/heatmap_epoch"]]
     assert losses and heat and all(math.isfinite(v) for v in losses + heat)
-    # P warms up per step over 2 epochs of 2 steps: 0.7 * 1/4 and 0.7 * 2/4 in the first epoch
+    # P warms up per step over 2 epochs of 2 steps: P * 1/4 and P * 2/4 in the first epoch
     p_mean = [float(v["train/P_epoch"]) for v in values if v["train/P_epoch"]]
-    assert p_mean == [pytest.approx(0.7 * 1.5 / 4)]
+    assert p_mean == [pytest.approx(TrainConfig().P * 1.5 / 4)]
     assert json.loads((out / "config.json").read_text())["precision"] == "bf16-mixed"
     model, _ = load_classifier(out)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
