@@ -118,12 +118,13 @@ class TrainConfig:
     selective_eps: float = option(0.01, "e_s of the selective quantity", "model", at_least=0)
     epsilon: float = option(0.01, "LRP epsilon", "model", at_least=0)
     zb: bool = option(True, "Z^B rule on the first layer (--no-zb: LRP-epsilon down to the input)", "model")
-    batch_stats: str = option("gradient", "training-mode batch norm in the heatmap pass: gradient (its batch "
-                                          "statistics' ordinary derivative, as the reference implementation) or "
-                                          "constant (held constant: each image's heatmap is its own)", "model",
-                              choices=("gradient", "constant"))
+    batch_stats: str = option("constant", "training-mode batch norm in the heatmap pass: constant (its batch "
+                                          "statistics held constant: each image's heatmap is its own) or gradient "
+                                          "(their ordinary derivative, as the reference implementation: each "
+                                          "heatmap also carries the other images' gradients)", "model",
+                              choices=("constant", "gradient"))
     # ISNet loss
-    P: float = option(0.7, "heatmap-loss weight: (1-P) CE + P heatmap loss", "ISNet loss",
+    P: float = option(0.5, "heatmap-loss weight: (1-P) CE + P heatmap loss (the papers: 0.7)", "ISNet loss",
                       at_least=0, at_most=1)
     p_warmup: float = option(3.0, "epochs of linear warm-up of P from 0 (0: none)", "ISNet loss", at_least=0)
     d: float = option(0.99, "GWRP decay over background pixels (the papers use 0.9)", "ISNet loss",
