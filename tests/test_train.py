@@ -307,7 +307,7 @@ def test_an_option_of_another_objective_is_named_as_unused(data, tmp_path, caplo
     from isnet.objectives import foreign_options, get_objective
 
     assert foreign_options(get_objective("selective"), ["rrr_lambda", "P", "lr"]) == ["rrr_lambda"]
-    assert foreign_options(get_objective("rrr"), ["rrr_lambda", "P"]) == ["P"]
+    assert foreign_options(get_objective("rrr"), ["rrr_lambda", "P", "batch_stats"]) == ["P", "batch_stats"]
     with caplog.at_level("WARNING", logger="isnet.training"):
         fit(_config(data, tmp_path / "run", variant="standard", gradcam_weight=3.0))
     assert "--gradcam-weight is not used by --variant standard" in caplog.text

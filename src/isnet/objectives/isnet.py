@@ -32,7 +32,7 @@ from .registry import StepContext, StepOutput, register_objective
 __all__ = ["cross_entropy", "heatmap_objective"]
 
 _LOSS_OPTIONS = ("P", "p_warmup", "d", "E", "A", "B", "C1", "C2", "foreground", "norm", "d_loss",
-                 "calibrate_epochs", "calibration_swap", "epsilon", "zb")
+                 "calibrate_epochs", "calibration_swap", "epsilon", "zb", "batch_stats")
 
 
 @register_objective("swap", needs_masks=True, background_swap=1.0)
