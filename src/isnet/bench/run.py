@@ -162,13 +162,16 @@ def heatmap_figure(cfg: Any, runs: Path, tests: Mapping[str, Any], names: Sequen
     picks = [(name, i) for name in names for i in range(min(cfg.n_examples, cfg.n_test))]
     if not picks:
         return None
-    maps, preds = {}, {}
+    maps, preds, inputs = {}, {}, {}
     for method in sorted(cfg.methods, key=method_order):
         model, config = load_classifier(run_dir(runs, method, 0))
         config = {**config, **measured_lrp(cfg)}
-        sized = {n: at_training_size(tests[n], config.get("image_size")) for n in names}
-        images = torch.stack([sized[n].images[i] for n, i in picks])
-        masks = torch.stack([sized[n].masks[i] for n, i in picks])
+        size = config.get("image_size")
+        if size not in inputs:  # the example images at each training size, resized once
+            sized = {n: at_training_size(tests[n], size) for n in names}
+            inputs[size] = (torch.stack([sized[n].images[i] for n, i in picks]),
+                            torch.stack([sized[n].masks[i] for n, i in picks]))
+        images, masks = inputs[size]
         logits, maps[method] = predict_batch(model, explainer(model, config), config, images, masks)
         preds[method] = logits.argmax(1)
     fig = heatmap_grid(images, maps, col_titles=[col_title(n, i) for n, i in picks])

@@ -19,9 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from .rules import BackwardSwitch, Bounds, FirstBlock, ZBRule
-from .tracing import BATCH_STATS, LRPMode, check_activations, named_submodules, record_outputs
+from .tracing import LRPMode, check_activations, named_submodules, record_outputs
 
 Target = Tensor | int | str
+BATCH_STATS = ("gradient", "constant")
+"""How training-mode batch norm enters the relevance pass (:class:`LRPFlex`'s ``batch_stats``)."""
 
 
 def select_logits(output: Tensor, target: Target) -> Tensor:
@@ -200,7 +202,7 @@ class LRPFlex:
         zplus = self.rule == "z+"  # then activations pass relevance unchanged, the layers divide by z+
         switch = BackwardSwitch(0.0 if zplus else self.epsilon)
         mode = LRPMode(switch, x_in, first_block=self.zb, zplus=self.epsilon if zplus else None,
-                       batch_stats=self.batch_stats)
+                       constant_bn=self.batch_stats == "constant")
         with torch.enable_grad(), record_outputs(self.model, self.layers) as layer_outputs, mode:
             output = self.model(x_in)
         if not isinstance(output, Tensor) or output.dim() != 2:

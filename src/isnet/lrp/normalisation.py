@@ -53,7 +53,7 @@ class NormCall:
             return F.group_norm(x, self.groups, weight, bias, self.eps)
         if self.kind == "rms":
             return F.rms_norm(x, self.shape, weight, self.eps)
-        if self.kind == "batch":  # batch statistics; the running ones are updated by apply_normalisation
+        if self.kind == "batch":  # batch statistics, running ones untouched (the model's own call updates them)
             return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
         return F.normalize(x, self.p, self.dim, self.eps)
 
@@ -62,13 +62,11 @@ class NormCall:
         if self.kind == "normalize":
             return grad / x.norm(self.p, self.dim, keepdim=True).clamp_min(self.eps)
         if self.kind == "batch":
-            channel = (1, -1, *([1] * (x.dim() - 2)))
-            h = grad * weight.view(channel) if weight is not None else grad
             dims = (0, *range(2, x.dim()))
-            return h * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + self.eps)
+            return _times_channel_weight(grad, weight) * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True)
+                                                                     + self.eps)
         if self.kind == "group":
-            channel = (1, -1, *([1] * (x.dim() - 2)))
-            h = grad * weight.view(channel) if weight is not None else grad
+            h = _times_channel_weight(grad, weight)
             grouped = x.reshape(x.shape[0], self.groups, -1)
             scale = torch.rsqrt(grouped.var(-1, unbiased=False, keepdim=True) + self.eps)
             h = h.reshape(grouped.shape)
@@ -82,22 +80,33 @@ class NormCall:
         return (h - h.mean(dims, keepdim=True)) * scale
 
 
+def _times_channel_weight(grad: Tensor, weight: Tensor | None) -> Tensor:
+    """``grad`` times the per-channel scale ``gamma`` (channels on axis 1), if any."""
+    if weight is None:
+        return grad
+    return grad * weight.view(1, -1, *([1] * (grad.dim() - 2)))
+
+
 class NormRule(torch.autograd.Function):
-    """A normalisation whose relevance backward holds its statistic constant."""
+    """A normalisation whose relevance backward holds its statistic constant.
+
+    The forward is the model's own call (``model_call``), so it also updates running
+    statistics exactly once; the backward re-runs ``call``, which leaves them alone.
+    """
 
     @staticmethod
-    def forward(ctx: Any, switch: BackwardSwitch, call: NormCall, x: Tensor, weight: Tensor | None,
-                bias: Tensor | None) -> Tensor:
+    def forward(ctx: Any, switch: BackwardSwitch, call: NormCall, model_call: Callable[[], Tensor], x: Tensor,
+                weight: Tensor | None, bias: Tensor | None) -> Tensor:
         ctx.switch, ctx.call = switch, call
         ctx.save_for_backward(x, weight, bias)
-        return call(x, weight, bias)
+        return model_call()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
         if ctx.switch.lrp:
-            return None, None, ctx.call.linearised_backward(grad, x, weight), None, None
-        return None, None, *ordinary_vjp(ctx.call, (x, weight, bias), ctx.needs_input_grad[2:], grad)
+            return None, None, None, ctx.call.linearised_backward(grad, x, weight), None, None
+        return None, None, None, *ordinary_vjp(ctx.call, (x, weight, bias), ctx.needs_input_grad[3:], grad)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
@@ -149,14 +158,4 @@ def apply_normalisation(func: Callable, args: tuple, kwargs: dict, switch: Backw
     if read is None or not x.requires_grad or (func is F.normalize and kwargs.get("out") is not None):
         return func(*args, **kwargs)
     call, weight, bias = read
-    running = (_arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var"))
-    if func in (F.instance_norm, F.batch_norm) and running[0] is not None:
-        # running statistics are updated as the model's own call would
-        with torch.no_grad():
-            if func is F.instance_norm:
-                F.instance_norm(x, *running, use_input_stats=True, momentum=_arg(args, kwargs, 6, "momentum", 0.1),
-                                eps=call.eps)
-            else:
-                F.batch_norm(x, *running, training=True, momentum=_arg(args, kwargs, 6, "momentum", 0.1),
-                             eps=call.eps)
-    return NormRule.apply(switch, call, x, weight, bias)
+    return NormRule.apply(switch, call, lambda: func(*args, **kwargs), x, weight, bias)

@@ -71,7 +71,6 @@ _KINDS: dict[Callable, str] = {
     **{f: "no_rule" for f in _NO_RULE_FUNCS}, **{f: "division" for f in _DIVISIONS}, Tensor.__rdiv__: "rdivision",
     F.batch_norm: "batch_norm",
 }
-BATCH_STATS = ("gradient", "constant")
 UNSUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.RNNBase, nn.RNNCellBase, nn.LocalResponseNorm, nn.CrossMapLRN2d,
 )
@@ -171,23 +170,24 @@ class LRPMode(TorchFunctionMode):
         Follow ``x`` through the first block (for Z^B).
     zplus
         If given, convolutions and linear layers use LRP-z+ with this stabiliser.
-    batch_stats
-        Training-mode batch norm in the relevance pass: ``"gradient"`` (the batch statistics'
-        ordinary derivative) or ``"constant"`` (see :mod:`isnet.lrp.normalisation`).
+    constant_bn
+        Training-mode batch norm holds its batch statistics constant in the relevance pass
+        (``batch_stats="constant"``, see :mod:`isnet.lrp.normalisation`); else they keep
+        their ordinary derivative.
     """
 
     def __init__(self, switch: BackwardSwitch, x: Tensor, *, first_block: bool = True,
-                 zplus: float | None = None, batch_stats: str = "gradient") -> None:
+                 zplus: float | None = None, constant_bn: bool = False) -> None:
         super().__init__()
-        if batch_stats not in BATCH_STATS:
-            raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
-        self.switch, self.zplus, self.constant_bn = switch, zplus, batch_stats == "constant"
+        self.switch, self.zplus, self.constant_bn = switch, zplus, constant_bn
         self.depends = Dependence(x)
         self.tracker = FirstBlockTracker(x if first_block else None)
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         kind = _KINDS.get(func)
+        if kind == "batch_norm":  # a normalisation rule only when its statistics are held constant
+            kind = "norm" if self.constant_bn else None
         if kind is None:
             if self.zplus is not None and func in ZPLUS_LAYERS:
                 out = apply_zplus(func, args, kwargs, self.switch, self.zplus)
@@ -201,10 +201,8 @@ class LRPMode(TorchFunctionMode):
             out, pre = apply_activation(func, args, kwargs, self.switch)
             self.tracker.activation(qualname(func), args[0], out, pre)
             return out
-        elif kind == "norm" or (kind == "batch_norm" and self.constant_bn):
+        elif kind == "norm":
             out = apply_normalisation(func, args, kwargs, self.switch)
-        elif kind == "batch_norm":
-            out = func(*args, **kwargs)
         elif kind == "product":
             out = apply_product(func, args, kwargs, self.switch, self.depends)
         elif kind == "sdpa":
