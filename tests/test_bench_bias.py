@@ -10,6 +10,7 @@ import torch
 
 from isnet.bench.bias import occlude_patches
 from isnet.bench.presets import METHODS, OCCLUDED, TEST_SETS, BiasBenchConfig
+from isnet.errors import UserError
 
 
 def test_occlusion_replaces_only_the_patch_with_neighbouring_background():
@@ -34,6 +35,11 @@ def test_config_validation():
         BiasBenchConfig(methods=["nope"]).validate()
     with pytest.raises(ValueError, match="cannot set"):
         BiasBenchConfig(train_options={"variant": "standard"}).validate()
+    # a --set value is checked against its training option before any data or run is made
+    with pytest.raises(UserError, match="--batch-stats must be one of"):
+        BiasBenchConfig(train_options={"batch_stats": "frozen"}).validate()
+    with pytest.raises(UserError, match="unknown training options"):
+        BiasBenchConfig(train_options={"P_typo": 0.5}).validate()
     assert {"standard", "original+swap", "selective", "stochastic", "rrr", "gradcam", "masked"} <= set(METHODS)
 
 
@@ -282,7 +288,6 @@ def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
 def test_swap_dose_probabilities_are_checked(tmp_path):
     from isnet.bench.command import add_parser, run
     from isnet.bench.modes import run_swap_dose
-    from isnet.errors import UserError
     import argparse
 
     cfg = BiasBenchConfig(seeds=1, n_train=60, n_val=20, n_test=20, epochs=1, threads=1)

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from ..config import TrainConfig, validate_ranges
+
 __all__ = [
     "CUES",
     "DEMO",
@@ -195,7 +197,8 @@ class BiasBenchConfig:
     title: str = "BG-Digits background-bias benchmark"
 
     def validate(self) -> None:
-        """Raise ValueError on an unknown method, a size out of range or a reserved training option."""
+        """Raise ValueError on an unknown method, a size out of range or a reserved training option;
+        :class:`isnet.errors.UserError` on an unknown training option or a value out of its range."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
@@ -209,6 +212,7 @@ class BiasBenchConfig:
             raise ValueError(f"jobs and threads must be >= 1, got jobs={self.jobs}, threads={self.threads}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        validate_ranges(TrainConfig.from_dict(dict(self.train_options)))  # before any data or run is made
         clash = sorted(set(RUN_OPTIONS) & set(self.train_options))
         if clash:
             raise ValueError(f"train_options cannot set {clash}; the benchmark sets them")
