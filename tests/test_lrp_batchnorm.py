@@ -105,16 +105,22 @@ def test_eval_mode_is_the_same_in_both_modes():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("zb", [False, True])
-def test_a_loss_on_the_heatmap_has_the_exact_gradient_through_constant_statistics(zb):
-    """The heatmap stays differentiable (create_graph): its loss's gradient matches finite differences."""
+@pytest.mark.parametrize("zb, explainer", [(False, "lrp"), (True, "lrp"), (True, "selective")])
+def test_a_loss_on_the_heatmap_has_the_exact_gradient_through_constant_statistics(zb, explainer):
+    """The heatmap stays differentiable (create_graph): its loss's gradient matches finite differences,
+    for a plain LRP-Flex heatmap and for the selective ISNet's (whose quantity keeps float64)."""
     model, (x, y) = _model(), _inputs()
-    lrp = LRPFlex(model, zb=zb, batch_stats="constant")
+    if explainer == "lrp":
+        lrp = LRPFlex(model, zb=zb, batch_stats="constant")
+        heatmap = lambda: lrp.explain(x, y, create_graph=True)  # noqa: E731
+    else:
+        net = ISNet(model, "selective", batch_stats="constant").train()
+        heatmap = lambda: net(x, heatmaps=True, labels=y)[1]  # noqa: E731
     weight = model[4].weight
     buffers = [b.clone() for b in model.buffers()]
 
     def loss() -> torch.Tensor:
-        value = lrp.explain(x, y, create_graph=True).pow(2).sum()
+        value = heatmap().pow(2).sum()
         with torch.no_grad():  # the same running statistics for every evaluation
             for b, saved in zip(model.buffers(), buffers):
                 b.copy_(saved)

@@ -75,6 +75,19 @@ def test_selective_quantity_formula():
     assert torch.allclose(selective_quantity(logits, classes, 0.05), eta(logits, classes, 0.05))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_selective_quantity_precision(dtype):
+    """Half precision is promoted to float32; float64 keeps its precision (gradients included)."""
+    logits = torch.randn(5, 4, dtype=torch.float64).to(dtype).requires_grad_()
+    classes = torch.randint(0, 4, (5,))
+    value = selective_quantity(logits, classes)
+    assert value.dtype == torch.promote_types(dtype, torch.float32)
+    value.backward()
+    assert logits.grad.dtype == dtype
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda t: selective_quantity(t, classes), (logits.detach().requires_grad_(),))
+
+
 def test_stochastic_class_statistics():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(20000, 10, generator=g)

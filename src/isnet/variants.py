@@ -42,8 +42,11 @@ SELECTIVE_CLASSES = ("lowest", "label", "highest")
 
 
 def selective_quantity(logits: Tensor, classes: Tensor, eps: float = 0.01) -> Tensor:
-    """Sum over the batch of ``log(p_c + eps) - log(1 - p_c + eps)``, ``p = softmax(logits)``."""
-    p = torch.softmax(logits.float(), 1).gather(1, classes[:, None]).squeeze(1)
+    """Sum over the batch of ``log(p_c + eps) - log(1 - p_c + eps)``, ``p = softmax(logits)``.
+
+    Computed in at least float32 (half-precision logits are promoted; float64 stays float64).
+    """
+    p = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), 1).gather(1, classes[:, None]).squeeze(1)
     return (torch.log(p + eps) - torch.log(1.0 - p + eps)).sum()
 
 
