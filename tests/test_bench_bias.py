@@ -342,3 +342,46 @@ def test_test_sets_are_evaluated_at_the_runs_training_size():
     _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": 64})
     _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": None})
     assert seen == [(64, 64), (32, 32)]
+
+
+def test_grid_modes_report_spread_and_paired_differences_over_seeds(tmp_path, monkeypatch):
+    """With several seeds the dose and mask-quality tables give mean ± sd, and each run is compared seed by seed
+    with its reference (standard at the same probability; the same method with exact masks)."""
+    import statistics
+
+    import isnet.bench.modes as modes
+    from scipy.stats import t
+
+    def value(name: str, seed: int, test: str, metric: str) -> float:  # distinct, reproducible per run and seed
+        return (sum(map(ord, f"{name}/{test}/{metric}")) % 97 + 3 * seed * seed) / 100
+
+    def fake_grid(grid, start, log):
+        return {name: [{"seed": s, "val_accuracy": value(name, s, "val", "acc"), "train_time_s": 1.0,
+                        "step_time_s": 1.0,
+                        "results": {test: {m: value(name, s, test, m) for m in ("accuracy", "background_relevance",
+                                                                                  "patch_relevance")}
+                                    for test in (*TEST_SETS, OCCLUDED)}} for s in range(grid.seeds)]
+                for name in grid.methods}
+
+    monkeypatch.setattr(modes, "run_grid", fake_grid)
+    cfg = BiasBenchConfig(seeds=3, n_train=40, n_val=20, n_test=20, epochs=1, threads=1)
+    dose = modes.run_swap_dose(cfg, tmp_path, methods=["selective", "standard"], probabilities=(0.1, 0.5))
+    curve = dose["methods"]["selective"]
+    decv = [value("selective:swap=0.5", s, "deceiving", "accuracy") for s in range(3)]
+    assert curve["deceiving"][1] == pytest.approx(statistics.mean(decv))
+    assert curve["deceiving_std"][1] == pytest.approx(statistics.stdev(decv))
+    ref = [value("standard:swap=0.5", s, "deceiving", "accuracy") for s in range(3)]
+    diffs = [a - b for a, b in zip(decv, ref)]
+    half = t.ppf(0.975, 2) * statistics.stdev(diffs) / 3 ** 0.5
+    entry, = [e for e in dose["paired"] if e["method"] == "selective:swap=0.5"
+              and (e["test_set"], e["metric"]) == ("deceiving", "accuracy")]
+    assert entry["reference"] == "standard:swap=0.5" and entry["mean"] == pytest.approx(statistics.mean(diffs))
+    assert entry["ci95"] == pytest.approx([statistics.mean(diffs) - half, statistics.mean(diffs) + half])
+    assert {e["method"] for e in dose["paired"]} == {"selective:swap=0.1", "selective:swap=0.5"}
+    text = (tmp_path / "swap_dose.md").read_text()
+    assert f"{100 * statistics.mean(decv):.1f} ± {100 * statistics.stdev(decv):.1f}" in text
+    assert "selective:swap=0.5 vs standard:swap=0.5: deceiving accuracy" in text and "3 seeds, paired by seed" in text
+
+    masks = modes.run_mask_quality(cfg, tmp_path, methods=["rrr+swap"], qualities=("exact", "eroded"))
+    assert [(e["method"], e["reference"]) for e in masks["paired"]][:1] == [("rrr+swap:eroded", "rrr+swap:exact")]
+    assert "rrr+swap:eroded vs rrr+swap:exact" in (tmp_path / "mask_quality.md").read_text()

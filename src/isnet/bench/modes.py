@@ -10,11 +10,16 @@ like the main grid (:mod:`isnet.bench.bias`); an interrupted mode continues wher
   last epoch, mean over seeds); the *oracle* pick is the best on the unbiased test set, an upper
   bound that peeks at the test data. Writes ``sweep.json`` and ``sweep.md``.
 * ``--swap-dose`` (:func:`run_swap_dose`): each method at every swap probability of
-  :data:`~isnet.bench.presets.SWAP_PROBABILITIES`. Writes ``swap_dose.json``, ``swap_dose.md``
-  and ``figures/swap_dose.png`` (deceiving and unbiased accuracy against the probability).
+  :data:`~isnet.bench.presets.SWAP_PROBABILITIES`, compared seed by seed with ``standard`` at the
+  same probability. Writes ``swap_dose.json``, ``swap_dose.md`` and ``figures/swap_dose.png``
+  (deceiving and unbiased accuracy against the probability).
 * ``--mask-quality`` (:func:`run_mask_quality`): each method trained with degraded training
-  masks (:func:`isnet.data.bg_digits.degrade_masks`; validation and test masks stay exact).
-  Writes ``mask_quality.json`` and ``mask_quality.md``.
+  masks (:func:`isnet.data.bg_digits.degrade_masks`; validation and test masks stay exact),
+  compared seed by seed with the same method trained with exact masks. Writes
+  ``mask_quality.json`` and ``mask_quality.md``.
+
+With several seeds, tables give mean ± sd and comparisons a paired 95% t-interval
+(:mod:`isnet.bench.paired`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ..figures import save_figure
 from ..tables import markdown_table, percent
 from .bias import BiasTestSet, bench_grid, make_test_sets, measured_lrp, prepare_data
 from .grid import Log, clock, console_log, run_grid
+from .paired import comparison_sentence, paired_differences
 from .presets import (
     MASK_QUALITIES, MASK_QUALITY_METHODS, METHODS, OCCLUDED, RELATIVE_COST, SEG_CLASSIFY, SWAP, SWAP_DOSE_METHODS,
     SWAP_PROBABILITIES, SWEEP, TEST_SETS, BiasBenchConfig,
@@ -44,6 +50,7 @@ __all__ = ["run_mask_quality", "run_swap_dose", "run_sweep"]
 
 _log = console_log("bench bias")
 Runs = dict[str, dict[str, Any]]
+Records = dict[str, list[dict[str, Any]]]
 
 
 def _check(methods: Sequence[str], allowed: Sequence[str], mode: str) -> list[str]:
@@ -70,8 +77,12 @@ def _setup(cfg: BiasBenchConfig, out: str | Path, used: Sequence[str], log: Log
 
 def _train(cfg: BiasBenchConfig, out: Path, folder: str, runs: Runs, data: dict[str, Path],
            tests: dict[str, BiasTestSet], start: float, log: Log,
-           method_data: Mapping[str, Mapping[str, Path]] | None = None) -> dict[str, dict[str, Any]]:
-    """Train and evaluate ``runs`` into ``out/folder``; per run: val accuracy, test accuracies, relevance."""
+           method_data: Mapping[str, Mapping[str, Path]] | None = None) -> tuple[dict[str, dict[str, Any]], Records]:
+    """Train and evaluate ``runs`` into ``out/folder``.
+
+    Returns per run its val accuracy, test accuracies and background relevance (means over seeds, each
+    with its ``_std``), and the per-seed records.
+    """
     cost = {name: RELATIVE_COST.get(name.partition(":")[0], 1) for name in runs}
     log(f"{len(runs)} run(s) x {cfg.seeds} seed(s) into {out / folder}", start)
     records = run_grid(bench_grid(cfg, out / folder, runs, data, tests, cost=cost, method_data=method_data),
@@ -81,19 +92,42 @@ def _train(cfg: BiasBenchConfig, out: Path, folder: str, runs: Runs, data: dict[
     for name, recs in records.items():
         sets = aggregated[name]
         vals = [r["val_accuracy"] for r in recs if r.get("val_accuracy") is not None]
+        tested = [test for test in (*TEST_SETS, OCCLUDED) if test in sets]
         summary[name] = {
             "val_accuracy": float(np.mean(vals)) if vals else None,
-            **{test: sets[test]["accuracy"] for test in (*TEST_SETS, OCCLUDED) if test in sets},
+            "val_accuracy_std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            **{test: sets[test]["accuracy"] for test in tested},
+            **{f"{test}_std": sets[test]["accuracy_std"] for test in tested},
             "background_relevance": sets["deceiving"]["background_relevance"],
+            "background_relevance_std": sets["deceiving"]["background_relevance_std"],
             "seeds": len(recs), "train_time_s": train_time[name],
         }
-    return summary
+    return summary, records
 
 
 def _row(summary: Mapping[str, Any]) -> dict[str, str]:
-    return {"val acc (%)": percent(summary["val_accuracy"]),
-            **{f"{test} (%)": percent(summary.get(test)) for test in TEST_SETS},
-            "bg rel. deceiving (%)": percent(summary["background_relevance"])}
+    """Table cells of one run: means, with ± sd over seeds when there are several."""
+    def cell(key: str) -> str:
+        return percent(summary.get(key), summary.get(f"{key}_std") if summary["seeds"] > 1 else None)
+
+    return {"val acc (%)": cell("val_accuracy"), **{f"{test} (%)": cell(test) for test in TEST_SETS},
+            "bg rel. deceiving (%)": cell("background_relevance")}
+
+
+def _compare(records: Records, pairs: Sequence[tuple[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Paired differences of each (run, reference run) pair, and one sentence per pair."""
+    entries, sentences = [], []
+    for method, reference in pairs:
+        found = [{"method": method, "reference": reference, **e}
+                 for e in paired_differences(records[method], records[reference])]
+        if found:
+            entries += found
+            sentences.append(comparison_sentence(found))
+    return entries, sentences
+
+
+def _bullets(title: str, sentences: Sequence[str]) -> str:
+    return f"\n## {title}\n\n" + "".join(f"* {s}\n" for s in sentences) if sentences else ""
 
 
 def _config(cfg: BiasBenchConfig, runs: Runs, start: float) -> dict[str, Any]:
@@ -127,7 +161,7 @@ def run_sweep(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] |
         option, values = sweep[method.removesuffix(SWAP)]
         for value in values:
             runs[f"{method}:{option}={value:g}"] = {**METHODS[method], option: value}
-    summary = _train(cfg, out, "runs-sweep", runs, data, tests, start, log)
+    summary, _ = _train(cfg, out, "runs-sweep", runs, data, tests, start, log)
     picks: dict[str, Any] = {}
     rows, chosen = [], []
     for method in variants:
@@ -155,12 +189,14 @@ def run_sweep(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] |
 
 
 def _dose_figure(curves: Mapping[str, Mapping[str, list]]) -> Figure:
-    """Deceiving and unbiased accuracy against the swap probability, one line per method."""
+    """Deceiving and unbiased accuracy against the swap probability, one line per method (± sd over seeds)."""
     figure = Figure(figsize=(9.0, 3.6), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
     for ax, test in zip(axes, ("deceiving", "unbiased")):
         for method, curve in curves.items():
-            ax.plot(curve["probabilities"], [100 * v for v in curve[test]], marker="o", label=method)
+            spread = [100 * s if s is not None else 0.0 for s in curve[f"{test}_std"]]
+            ax.errorbar(curve["probabilities"], [100 * v for v in curve[test]], yerr=spread, marker="o",
+                        capsize=3, label=method)
         ax.set_title(f"{test} test set")
         ax.set_xlabel("background-swap probability")
         ax.set_ylim(0.0, 102.0)
@@ -180,16 +216,21 @@ def run_swap_dose(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[st
     probabilities = sorted(float(p) for p in probabilities)
     out, data, tests, start = _setup(cfg, out, [b + SWAP for b in bases], log)
     runs = {f"{b}:swap={p:g}": {**METHODS[b + SWAP], "background_swap": float(p)} for b in bases for p in probabilities}
-    summary = _train(cfg, out, "runs-swap-dose", runs, data, tests, start, log)
+    summary, records = _train(cfg, out, "runs-swap-dose", runs, data, tests, start, log)
+    keys = [k for key in ("val_accuracy", *TEST_SETS, "background_relevance") for k in (key, f"{key}_std")]
     curves = {b: {"probabilities": [float(p) for p in probabilities],
-                  **{key: [summary[f"{b}:swap={p:g}"][key] for p in probabilities]
-                     for key in ("val_accuracy", *TEST_SETS, "background_relevance")}} for b in bases}
+                  **{key: [summary[f"{b}:swap={p:g}"][key] for p in probabilities] for key in keys}} for b in bases}
     rows = [{"method": b, "swap probability": f"{p:g}", **_row(summary[f"{b}:swap={p:g}"])}
             for b in bases for p in probabilities]
+    reference = "standard" if "standard" in bases else None
+    paired, sentences = _compare(records, [(f"{b}:swap={p:g}", f"{reference}:swap={p:g}") for p in probabilities
+                                           for b in bases if reference and b != reference])
     save_figure(_dose_figure(curves), out / "figures" / "swap_dose.png", dpi=110)
-    result = {"methods": curves, "config": _config(cfg, runs, start)}
+    result = {"methods": curves, "paired": paired, "config": _config(cfg, runs, start)}
     write_json(out / "swap_dose.json", result)
-    (out / "swap_dose.md").write_text("# Background-swap dose\n\n" + markdown_table(rows) + "\n")
+    (out / "swap_dose.md").write_text(
+        "# Background-swap dose\n\n" + markdown_table(rows) + "\n"
+        + _bullets("Each method against the standard classifier at the same swap probability (points)", sentences))
     log(f"wrote {out / 'swap_dose.json'}, swap_dose.md and figures/swap_dose.png "
         f"(total {clock(time.perf_counter() - start)})", start)
     return result
@@ -214,13 +255,16 @@ def run_mask_quality(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence
     roots = {q: data if q == "exact" else prepare_data(out / "data-masks" / q, cfg, train_mask=q) for q in kept}
     runs = {f"{m}:{q}": dict(METHODS[m]) for m in chosen for q in kept}
     method_data = {f"{m}:{q}": roots[q] for m in chosen for q in kept}
-    summary = _train(cfg, out, "runs-mask-quality", runs, data, tests, start, log, method_data=method_data)
+    summary, records = _train(cfg, out, "runs-mask-quality", runs, data, tests, start, log, method_data=method_data)
     table = {m: {q: summary[f"{m}:{q}"] for q in kept} for m in chosen}
     rows = [{"method": m, "training masks": q, **_row(table[m][q])} for m in chosen for q in kept]
-    result = {"methods": table, "skipped": skipped, "config": _config(cfg, runs, start)}
+    paired, sentences = _compare(records, [(f"{m}:{q}", f"{m}:exact") for m in chosen for q in kept
+                                           if q != "exact" and "exact" in kept])
+    result = {"methods": table, "skipped": skipped, "paired": paired, "config": _config(cfg, runs, start)}
     write_json(out / "mask_quality.json", result)
     (out / "mask_quality.md").write_text(
         "# Training-mask quality\n\nTraining masks degraded as named (validation and test masks exact).\n\n"
-        + markdown_table(rows) + "\n")
+        + markdown_table(rows) + "\n"
+        + _bullets("Each degradation against the same method trained with exact masks (points)", sentences))
     log(f"wrote {out / 'mask_quality.json'} and mask_quality.md (total {clock(time.perf_counter() - start)})", start)
     return result

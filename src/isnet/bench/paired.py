@@ -18,7 +18,7 @@ from typing import Any
 
 from .presets import comparison_pairs
 
-__all__ = ["COMPARED", "comparison_sentence", "paired_comparisons", "paired_interval"]
+__all__ = ["COMPARED", "comparison_sentence", "paired_comparisons", "paired_differences", "paired_interval"]
 
 COMPARED = (("deceiving", "accuracy"), ("unbiased", "accuracy"), ("deceiving", "background_relevance"))
 """(test set, metric) pairs compared: the accuracies that expose a shortcut, and where the relevance lies."""
@@ -39,29 +39,35 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[
     return mean - half, mean + half
 
 
+def paired_differences(method: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
+                       compared: Sequence[tuple[str, str]] = COMPARED) -> list[dict[str, Any]]:
+    """Per compared (test set, metric): the per-seed differences of two runs' records (method minus reference),
+    their mean and 95% interval.
+
+    Records hold ``seed`` and ``results[test][metric]``; only seeds both ran, and values both have, are paired.
+    """
+    mine = {r["seed"]: r["results"] for r in method}
+    theirs = {r["seed"]: r["results"] for r in reference}
+    seeds = sorted(set(mine) & set(theirs))
+    out = []
+    for test, metric in compared:
+        diffs = [mine[s][test][metric] - theirs[s][test][metric] for s in seeds
+                 if mine[s][test][metric] is not None and theirs[s][test][metric] is not None]
+        if not diffs:
+            continue
+        interval = paired_interval(diffs)
+        out.append({"test_set": test, "metric": metric, "seeds": len(diffs), "differences": diffs,
+                    "mean": sum(diffs) / len(diffs), "ci95": list(interval) if interval else None})
+    return out
+
+
 def paired_comparisons(records: Mapping[str, Sequence[Mapping[str, Any]]],
                        compared: Sequence[tuple[str, str]] = COMPARED) -> list[dict[str, Any]]:
-    """Per pair and compared (test set, metric): per-seed differences (method minus reference), their mean and
-    95% interval.
-
-    ``records`` maps a method to its runs' records (``seed`` and ``results[test][metric]``);
-    only seeds both methods ran are paired.
-    """
-    out = []
-    for method, reference in comparison_pairs(list(records)):
-        mine = {r["seed"]: r["results"] for r in records[method]}
-        theirs = {r["seed"]: r["results"] for r in records[reference]}
-        seeds = sorted(set(mine) & set(theirs))
-        for test, metric in compared:
-            diffs = [mine[s][test][metric] - theirs[s][test][metric] for s in seeds
-                     if mine[s][test][metric] is not None and theirs[s][test][metric] is not None]
-            if not diffs:
-                continue
-            interval = paired_interval(diffs)
-            out.append({"method": method, "reference": reference, "test_set": test, "metric": metric,
-                        "seeds": len(diffs), "differences": diffs, "mean": sum(diffs) / len(diffs),
-                        "ci95": list(interval) if interval else None})
-    return out
+    """:func:`paired_differences` of every pair of :func:`~isnet.bench.presets.comparison_pairs`, with its
+    ``method`` and ``reference`` named."""
+    return [{"method": method, "reference": reference, **entry}
+            for method, reference in comparison_pairs(list(records))
+            for entry in paired_differences(records[method], records[reference], compared)]
 
 
 def _points(value: float) -> str:
