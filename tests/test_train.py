@@ -313,6 +313,19 @@ def test_an_option_of_another_objective_is_named_as_unused(data, tmp_path, caplo
     assert "--gradcam-weight is not used by --variant standard" in caplog.text
 
 
+def test_a_heatmap_loss_run_with_a_weak_swap_is_warned_that_its_heatmaps_can_hide_a_shortcut(data, tmp_path, caplog):
+    def warned(**options) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="isnet.training"):
+            fit(_config(data, tmp_path / f"run{len(list(tmp_path.iterdir()))}", epochs=1, C1=0.5, C2=7.0, **options))
+        return [r.getMessage() for r in caplog.records if "heatmaps hide it" in r.getMessage()]
+
+    message, = warned(variant="selective", background_swap=0.25)
+    assert "--variant selective with --background-swap 0.25" in message
+    assert warned(variant="selective", background_swap=0.5) == []
+    assert warned(variant="swap", background_swap=0.0) == []  # no heatmap loss
+
+
 @pytest.mark.e2e
 def test_a_calibration_run_that_learnt_nothing_is_named(data, tmp_path, caplog):
     """C1/C2 from a network at chance level (here: a learning rate too small to move it) get a warning."""

@@ -43,6 +43,8 @@ from .tracking import HeatmapPictures, check_logger, extra_loggers
 __all__ = ["fit"]
 
 _log = logging.getLogger("isnet.training")
+WEAK_SWAP = 0.5
+"""Below this background-swap probability, a heatmap-loss run is warned that its heatmaps can hide a shortcut."""
 
 
 class _RunFiles(Callback):
@@ -313,6 +315,11 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     for name in foreign_options(objective, given):
         _log.warning(f"--{name.replace('_', '-')} is not used by --variant {cfg.variant}; it has no effect")
     cfg.background_swap = objective.swap_probability(cfg.background_swap)  # config.json records the value used
+    if objective.heatmap_loss and cfg.background_swap < WEAK_SWAP and not cfg.resume:
+        _log.warning(f"--variant {cfg.variant} with --background-swap {cfg.background_swap:g}: on BG-Digits, ISNets "
+                     f"trained with less than {WEAK_SWAP:g} swap read a background shortcut more than a plain "
+                     "classifier with the same swap, while their heatmaps hide it (docs/benchmark.md, swap dose); "
+                     "judge this run by its accuracy on data without the shortcut, not by its heatmaps")
     _resolve_inputs(cfg, objective, new=not cfg.resume)
     _check_hardware(cfg)
     with _quiet_lightning(cfg.quiet):
