@@ -46,7 +46,8 @@ def selective_quantity(logits: Tensor, classes: Tensor, eps: float = 0.01) -> Te
 
     Computed in at least float32 (half-precision logits are promoted; float64 stays float64).
     """
-    p = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), 1).gather(1, classes[:, None]).squeeze(1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    p = torch.softmax(logits, 1).gather(1, classes[:, None]).squeeze(1)
     return (torch.log(p + eps) - torch.log(1.0 - p + eps)).sum()
 
 

@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -44,7 +43,7 @@ from .presets import (
     MASK_QUALITIES, MASK_QUALITY_METHODS, METHODS, OCCLUDED, RELATIVE_COST, SEG_CLASSIFY, SWAP, SWAP_DOSE_METHODS,
     SWAP_PROBABILITIES, SWEEP, TEST_SETS, BiasBenchConfig,
 )
-from .report import aggregate, swap_label
+from .report import aggregate, mean_std, swap_label
 
 __all__ = ["run_mask_quality", "run_swap_dose", "run_sweep"]
 
@@ -91,11 +90,10 @@ def _train(cfg: BiasBenchConfig, out: Path, folder: str, runs: Runs, data: dict[
     summary = {}
     for name, recs in records.items():
         sets = aggregated[name]
-        vals = [r["val_accuracy"] for r in recs if r.get("val_accuracy") is not None]
+        val_mean, val_std = mean_std([r.get("val_accuracy") for r in recs])
         tested = [test for test in (*TEST_SETS, OCCLUDED) if test in sets]
         summary[name] = {
-            "val_accuracy": float(np.mean(vals)) if vals else None,
-            "val_accuracy_std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            "val_accuracy": val_mean, "val_accuracy_std": val_std,
             **{test: sets[test]["accuracy"] for test in tested},
             **{f"{test}_std": sets[test]["accuracy_std"] for test in tested},
             "background_relevance": sets["deceiving"]["background_relevance"],
@@ -222,9 +220,9 @@ def run_swap_dose(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[st
                   **{key: [summary[f"{b}:swap={p:g}"][key] for p in probabilities] for key in keys}} for b in bases}
     rows = [{"method": b, "swap probability": f"{p:g}", **_row(summary[f"{b}:swap={p:g}"])}
             for b in bases for p in probabilities]
-    reference = "standard" if "standard" in bases else None
-    paired, sentences = _compare(records, [(f"{b}:swap={p:g}", f"{reference}:swap={p:g}") for p in probabilities
-                                           for b in bases if reference and b != reference])
+    against_standard = [(f"{b}:swap={p:g}", f"standard:swap={p:g}") for p in probabilities for b in bases
+                        if b != "standard"] if "standard" in bases else []
+    paired, sentences = _compare(records, against_standard)
     save_figure(_dose_figure(curves), out / "figures" / "swap_dose.png", dpi=110)
     result = {"methods": curves, "paired": paired, "config": _config(cfg, runs, start)}
     write_json(out / "swap_dose.json", result)

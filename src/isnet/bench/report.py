@@ -45,7 +45,8 @@ METRICS = ("accuracy", "background_relevance", "patch_relevance")
 _SET_TITLES = {"biased": "biased", "unbiased": "unbiased", "deceiving": "deceiving", OCCLUDED: "patch occluded"}
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample sd of the given values (None and NaN left out); sd None with fewer than two."""
     xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not xs:
         return None, None
@@ -67,7 +68,7 @@ def aggregate(records: Mapping[str, list[dict]], metrics: Sequence[str] = METRIC
             for test in recs[0][key]:
                 entry: dict[str, Any] = {}
                 for metric in metrics:
-                    entry[metric], entry[f"{metric}_std"] = _mean_std([r[key][test][metric] for r in recs])
+                    entry[metric], entry[f"{metric}_std"] = mean_std([r[key][test][metric] for r in recs])
                 entry["seeds"] = len(recs)
                 per_set[test] = entry
             methods[name] = per_set
