@@ -173,12 +173,36 @@ def test_every_method_states_its_swap_in_its_name():
     assert DEMO["methods"] == ["standard", "standard+swap", "selective+swap"]
 
 
+def test_sweep_selection_keeps_the_value_in_use_among_equals():
+    from isnet.bench.modes import _best, _in_use
+    from isnet.bench.presets import SWEEP
+
+    tied = {"0.1": {"val_accuracy": (0.1 + 0.2 + 0.3) / 3}, "1": {"val_accuracy": (0.3 + 0.2 + 0.1) / 3},
+            "10": {"val_accuracy": 0.15}}
+    assert tied["0.1"]["val_accuracy"] != tied["1"]["val_accuracy"]  # equal means, different float sums
+    assert _best(tied, "val_accuracy", keep="1") == "1"
+    assert _best(tied, "val_accuracy", keep="10") == "0.1"  # the value in use scores lower: first of the best
+    assert _best(tied, "val_accuracy") == "0.1"
+    assert _best({"1": {"val_accuracy": 0.9}, "10": {"val_accuracy": 0.8}}, "val_accuracy", keep="10") == "1"
+    assert _best({"1": {"unbiased": None}}, "unbiased") is None
+    # every method trains with one of the values its sweep tries, so the sweep can select it again
+    for method in METHODS:
+        base = method.removesuffix("+swap")
+        if base in SWEEP:
+            option, values = SWEEP[base]
+            assert _in_use(method, option) in {f"{v:g}" for v in values}, method
+    assert _in_use("rrr+swap", "rrr_lambda") == "1" and _in_use("rrr", "rrr_lambda") == "10"
+
+
 def test_train_options_cannot_change_what_a_method_sets():
     with pytest.raises(ValueError, match="background_swap"):
         BiasBenchConfig(train_options={"background_swap": 0.5}).validate()
     with pytest.raises(ValueError, match="epsilon"):
         BiasBenchConfig(train_options={"epsilon": 0.1}).validate()  # gxi+swap sets it
     BiasBenchConfig(methods=["standard"], train_options={"epsilon": 0.1}).validate()
+    with pytest.raises(ValueError, match="rrr_lambda"):
+        BiasBenchConfig(methods=["rrr+swap"], train_options={"rrr_lambda": 10.0}).validate()  # its swept value
+    BiasBenchConfig(methods=["rrr"], train_options={"rrr_lambda": 100.0}).validate()
     with pytest.raises(ValueError, match="cue"):
         BiasBenchConfig(cue="glow").validate()
 

@@ -7,7 +7,7 @@ like the main grid (:mod:`isnet.bench.bias`); an interrupted mode continues wher
 * ``--sweep`` (:func:`run_sweep`): every value of :data:`~isnet.bench.presets.SWEEP` for each
   method, without and with the swap. The value *selected* for a method is the one with the best
   accuracy on the biased validation split (what a practitioner without unbiased data would pick,
-  last epoch, mean over seeds); the *oracle* pick is the best on the unbiased test set, an upper
+  last epoch, mean over seeds; among equals, the value the method uses now); the *oracle* pick is the best on the unbiased test set, an upper
   bound that peeks at the test data. Writes ``sweep.json`` and ``sweep.md``.
 * ``--swap-dose`` (:func:`run_swap_dose`): each method at every swap probability of
   :data:`~isnet.bench.presets.SWAP_PROBABILITIES`, compared seed by seed with ``standard`` at the
@@ -25,6 +25,7 @@ With several seeds, tables give mean ± sd and comparisons a paired 95% t-interv
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..checkpoints import write_json
+from ..config import TrainConfig
 from ..figures import save_figure
 from ..tables import markdown_table, percent
 from .bias import BiasTestSet, bench_grid, make_test_sets, measured_lrp, prepare_data
@@ -133,10 +135,22 @@ def _config(cfg: BiasBenchConfig, runs: Runs, start: float) -> dict[str, Any]:
             "total_time_s": time.perf_counter() - start}
 
 
-def _best(values: Mapping[str, Mapping[str, Any]], key: str) -> str | None:
-    """The value whose run scores highest on ``key`` (the first of equals)."""
+def _best(values: Mapping[str, Mapping[str, Any]], key: str, keep: str | None = None) -> str | None:
+    """The value whose run scores highest on ``key``; among equals ``keep`` (the value in use), else the first.
+
+    Scores are means of per-seed accuracies, so equal ones may differ in the last bits of a float.
+    """
     scored = [(v, s[key]) for v, s in values.items() if s.get(key) is not None]
-    return max(scored, key=lambda item: item[1])[0] if scored else None
+    if not scored:
+        return None
+    top = max(score for _, score in scored)
+    best = [v for v, score in scored if math.isclose(score, top, rel_tol=0.0, abs_tol=1e-9)]
+    return keep if keep in best else best[0]
+
+
+def _in_use(method: str, option: str) -> str:
+    """The value of ``option`` the benchmark trains ``method`` with (its own setting, else isnet train's default)."""
+    return f"{METHODS[method].get(option, getattr(TrainConfig(), option)):g}"
 
 
 def _pair(summary: Mapping[str, Any] | None) -> str:
@@ -165,7 +179,8 @@ def run_sweep(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] |
     for method in variants:
         option, values = sweep[method.removesuffix(SWAP)]
         by_value = {f"{v:g}": summary[f"{method}:{option}={v:g}"] for v in values}
-        selected, oracle = _best(by_value, "val_accuracy"), _best(by_value, "unbiased")
+        selected = _best(by_value, "val_accuracy", keep=_in_use(method, option))
+        oracle = _best(by_value, "unbiased")
         picks[method] = {"option": option, "values": by_value, "selected": selected, "oracle": oracle,
                          "background_swap": METHODS[method]["background_swap"]}
         for value, s in by_value.items():
@@ -179,8 +194,8 @@ def run_sweep(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] |
     result = {"sweep": picks, "config": _config(cfg, runs, start)}
     write_json(out / "sweep.json", result)
     (out / "sweep.md").write_text(
-        "# Hyper-parameter sweep\n\nSelected: best accuracy on the biased validation split (last epoch). Oracle: best "
-        "accuracy on the unbiased test set (peeks at the test data).\n\n"
+        "# Hyper-parameter sweep\n\nSelected: best accuracy on the biased validation split (last epoch; among equals, "
+        "the value the benchmark uses). Oracle: best accuracy on the unbiased test set (peeks at the test data).\n\n"
         f"{markdown_table(chosen)}\n\n{markdown_table(rows)}\n")
     log(f"wrote {out / 'sweep.json'} and sweep.md (total {clock(time.perf_counter() - start)})", start)
     return result

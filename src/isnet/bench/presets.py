@@ -64,7 +64,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "standard": {"variant": "standard", "background_swap": 0.0},
     "standard+swap": {"variant": "swap", "background_swap": 1.0},
     "rrr": {"variant": "rrr", "background_swap": 0.0},
-    "rrr+swap": {"variant": "rrr", "background_swap": 1.0},
+    "rrr+swap": {"variant": "rrr", "rrr_lambda": 1.0, "background_swap": 1.0},
     "gradcam": {"variant": "gradcam", "background_swap": 0.0},
     "gradcam+swap": {"variant": "gradcam", "background_swap": 1.0},
     "selective": {"variant": "selective", "background_swap": 0.0},
@@ -89,7 +89,10 @@ ablation. ``dual+swap``: the Dual ISNet (the selective quantity's LRP-epsilon an
 heatmaps both penalised). ``masked`` classifies background-zeroed images, so a swap would change
 nothing. ``seg-classify`` classifies images whose background a U-Net predicts and zeroes
 (:mod:`isnet.bench.segmenter`).
-``standard+swap`` uses the ``swap`` objective: the standard loss, with masks loaded."""
+``standard+swap`` uses the ``swap`` objective: the standard loss, with masks loaded.
+Each method trains with the value of its :data:`SWEEP` option that the validation sweep
+selected (docs/benchmark.md): ``rrr+swap`` with ``rrr_lambda`` 1; for every other method
+it is ``isnet train``'s default."""
 
 RELATIVE_COST: dict[str, float] = {
     "standard": 1, "standard+swap": 1, "masked": 1, "seg-classify": 1.2, "gradcam": 1.1, "gradcam+swap": 1.1,
@@ -219,7 +222,8 @@ class BiasBenchConfig:
         own = sorted({key for m in self.methods for key in METHODS[m]} & set(self.train_options))
         if own:
             raise ValueError(f"train_options cannot set {own}: the selected methods set them (the swap is part of "
-                             "a method's name; --swap-dose trains other swap probabilities)")
+                             "a method's name, and rrr+swap trains with its swept lambda; --swap-dose trains other "
+                             "swap probabilities, --sweep other values)")
         check_segmenter_available(self.methods)
         if self.placement not in PLACEMENTS or self.cue not in CUES:
             raise ValueError(f"placement must be one of {PLACEMENTS} and cue one of {CUES}, "
