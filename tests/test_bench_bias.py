@@ -300,6 +300,7 @@ def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
     key = settings_key(base, {"n": 10})
     assert settings_key({**base, "C1_zplus": None, "quiet": True, "workers": 3}, {"n": 10}) == key
     assert settings_key({**base, "P": 0.9}, {"n": 10}) != key
+    assert settings_key({**base, "P": 1}, {"n": 10}) == settings_key({**base, "P": 1.0}, {"n": 10})  # --set P=1
     assert settings_key({**base, "C1": 1.0, "C2": 2.0}, {"n": 10}) != key
     assert settings_key(base, {"n": 11}) != key
     # an option added by a later version (None unless given) keeps the keys of stored runs

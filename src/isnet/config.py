@@ -246,11 +246,19 @@ class TrainConfig:
 def from_fields(cls: type, values: Mapping[str, Any], kind: str) -> Any:
     """An instance of the dataclass ``cls`` from a mapping of its field values; an unknown key is a
     :class:`isnet.errors.UserError` (``kind`` names the options in its message)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    declared = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(declared))
     if unknown:
-        raise UserError(f"unknown {kind} options {unknown}; known: {sorted(known)}")
-    return cls(**values)
+        raise UserError(f"unknown {kind} options {unknown}; known: {sorted(declared)}")
+    return cls(**{key: _as_declared(declared[key], value) for key, value in values.items()})
+
+
+def _as_declared(declared: Any, value: Any) -> Any:
+    """An integer given for a float field as a float, so ``1`` and ``1.0`` make the same configuration."""
+    floats = ("float", "float | None", float, float | None)  # annotations as text or as types
+    if declared in floats and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def plain_fields(instance: Any) -> dict[str, Any]:
