@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -189,6 +190,21 @@ def _train_run(name: str, method: str, seed: int, options: Mapping[str, Any], th
     return {"train_time_s": time.perf_counter() - began, "step_time_s": timer.seconds, "epochs": timer.epochs}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Training-process initializer: end this process once ``parent`` (the grid's process) is gone.
+
+    A grid killed from outside (``kill``, a scheduler's time limit) would otherwise leave its
+    training processes running, still taking queued runs and writing into run folders that the
+    restarted grid trains again.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-grid", daemon=True).start()
+
+
 def last_val_accuracy(run: Path) -> float | None:
     """``val/acc`` of a run's last logged epoch (``RUN/metrics.csv``), None without validation."""
     found = None
@@ -257,7 +273,8 @@ def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
         threads = threads_per_job(grid.jobs, grid.threads)
         log(f"training {len(todo)} run(s) in {grid.jobs} processes ({threads} torch thread(s) each)", start)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch or Lightning state
-        with concurrent.futures.ProcessPoolExecutor(grid.jobs, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(grid.jobs, mp_context=context, initializer=_exit_with_parent,
+                                                    initargs=(os.getpid(),)) as pool:
             running = {pool.submit(_train_run, grid.name, method, seed, options[method, seed], threads, start):
                        (method, seed) for method, seed in todo}
             for future in concurrent.futures.as_completed(running):
