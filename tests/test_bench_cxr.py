@@ -130,7 +130,7 @@ def test_test_sets_in_memory_are_the_files_on_disk(tiny_bench):
     tests = make_test_sets(cfg)
     for name in ("external", "deceiving"):
         first = next(csv.DictReader((out / "data" / "test" / name / "index.csv").open()))
-        image = np.asarray(Image.open(out / "data" / "test" / name / "images" / first["file"]))
+        image = np.array(Image.open(out / "data" / "test" / name / "images" / first["file"]))
         shortcut = np.asarray(Image.open(out / "data" / "test" / name / "shortcuts" / first["file"])) > 0
         assert torch.equal(tests[name].images[0, 0], torch.from_numpy(image).float() / 255)
         assert torch.equal(tests[name].shortcuts[0, 0], torch.from_numpy(shortcut).float())
