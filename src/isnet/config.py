@@ -19,6 +19,7 @@ PyTorch.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,17 +247,16 @@ class TrainConfig:
 def from_fields(cls: type, values: Mapping[str, Any], kind: str) -> Any:
     """An instance of the dataclass ``cls`` from a mapping of its field values; an unknown key is a
     :class:`isnet.errors.UserError` (``kind`` names the options in its message)."""
-    declared = {f.name: f.type for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(declared))
+    declared = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise UserError(f"unknown {kind} options {unknown}; known: {sorted(declared)}")
+        raise UserError(f"unknown {kind} options {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
     return cls(**{key: _as_declared(declared[key], value) for key, value in values.items()})
 
 
 def _as_declared(declared: Any, value: Any) -> Any:
     """An integer given for a float field as a float, so ``1`` and ``1.0`` make the same configuration."""
-    floats = ("float", "float | None", float, float | None)  # annotations as text or as types
-    if declared in floats and isinstance(value, int) and not isinstance(value, bool):
+    if declared in (float, float | None) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 

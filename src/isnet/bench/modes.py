@@ -7,8 +7,8 @@ like the main grid (:mod:`isnet.bench.bias`); an interrupted mode continues wher
 * ``--sweep`` (:func:`run_sweep`): every value of :data:`~isnet.bench.presets.SWEEP` for each
   method, without and with the swap. The value *selected* for a method is the one with the best
   accuracy on the biased validation split (what a practitioner without unbiased data would pick,
-  last epoch, mean over seeds; among equals, the value the method uses now); the *oracle* pick is the best on the unbiased test set, an upper
-  bound that peeks at the test data. Writes ``sweep.json`` and ``sweep.md``.
+  last epoch, mean over seeds; among equals, the value the method uses now); the *oracle* pick
+  is the best on the unbiased test set, an upper bound that peeks at the test data. Writes ``sweep.json`` and ``sweep.md``.
 * ``--swap-dose`` (:func:`run_swap_dose`): each method at every swap probability of
   :data:`~isnet.bench.presets.SWAP_PROBABILITIES`, compared seed by seed with ``standard`` at the
   same probability. Writes ``swap_dose.json``, ``swap_dose.md`` and ``figures/swap_dose.png``

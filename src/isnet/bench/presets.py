@@ -219,11 +219,12 @@ class BiasBenchConfig:
         clash = sorted(set(RUN_OPTIONS) & set(self.train_options))
         if clash:
             raise ValueError(f"train_options cannot set {clash}; the benchmark sets them")
-        own = sorted({key for m in self.methods for key in METHODS[m]} & set(self.train_options))
+        own = {m: sorted(set(METHODS[m]) & set(self.train_options)) for m in self.methods}
+        own = {m: keys for m, keys in own.items() if keys}
         if own:
-            raise ValueError(f"train_options cannot set {own}: the selected methods set them (the swap is part of "
-                             "a method's name, and rrr+swap trains with its swept lambda; --swap-dose trains other "
-                             "swap probabilities, --sweep other values)")
+            raise ValueError(f"train_options cannot set what a selected method sets itself: {own} (the swap is "
+                             "part of a method's name, a tuned value part of its definition; --swap-dose trains "
+                             "other swap probabilities, --sweep other values)")
         check_segmenter_available(self.methods)
         if self.placement not in PLACEMENTS or self.cue not in CUES:
             raise ValueError(f"placement must be one of {PLACEMENTS} and cue one of {CUES}, "
