@@ -5,6 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -174,19 +179,12 @@ if __name__ == "__main__":
 
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie that nobody reaped counts as ended)."""
-    import pathlib
-
     stat = pathlib.Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
 def test_training_processes_end_when_the_grid_is_killed(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     script = tmp_path / "grid.py"
     script.write_text(_KILLED_GRID)
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)

@@ -248,9 +248,10 @@ def from_fields(cls: type, values: Mapping[str, Any], kind: str) -> Any:
     """An instance of the dataclass ``cls`` from a mapping of its field values; an unknown key is a
     :class:`isnet.errors.UserError` (``kind`` names the options in its message)."""
     declared = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"unknown {kind} options {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
+        raise UserError(f"unknown {kind} options {unknown}; known: {sorted(known)}")
     return cls(**{key: _as_declared(declared[key], value) for key, value in values.items()})
 
 

@@ -219,8 +219,7 @@ class BiasBenchConfig:
         clash = sorted(set(RUN_OPTIONS) & set(self.train_options))
         if clash:
             raise ValueError(f"train_options cannot set {clash}; the benchmark sets them")
-        own = {m: sorted(set(METHODS[m]) & set(self.train_options)) for m in self.methods}
-        own = {m: keys for m, keys in own.items() if keys}
+        own = {m: keys for m in self.methods if (keys := sorted(set(METHODS[m]) & set(self.train_options)))}
         if own:
             raise ValueError(f"train_options cannot set what a selected method sets itself: {own} (the swap is "
                              "part of a method's name, a tuned value part of its definition; --swap-dose trains "
