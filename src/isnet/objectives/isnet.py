@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..gradients import combine_gradients
 from ..loss import float32_region
 from ..variants import epsilon_heatmaps
 from .registry import StepContext, StepOutput, register_objective
@@ -32,7 +33,8 @@ from .registry import StepContext, StepOutput, register_objective
 __all__ = ["cross_entropy", "heatmap_objective"]
 
 _LOSS_OPTIONS = ("P", "p_warmup", "d", "E", "A", "B", "C1", "C2", "foreground", "norm", "d_loss",
-                 "calibrate_epochs", "calibration_swap", "epsilon", "zb", "batch_stats")
+                 "calibrate_epochs", "calibration_swap", "warm_start", "epsilon", "zb", "batch_stats", "heatmap_gradient",
+                 "gradient_ratio", "log_gradients")
 
 
 @register_objective("swap", needs_masks=True, background_swap=1.0)
@@ -65,5 +67,8 @@ def heatmap_objective(ctx: StepContext, x: Tensor, masks: Tensor, labels: Tensor
     logits, heatmaps = ctx.net(x, heatmaps=True, labels=labels)
     with float32_region(x):
         terms = ctx.criterion(logits.float(), labels, _as_float(heatmaps), masks.float(), warmup=ctx.warmup)
-    return StepOutput(terms.total, logits, {"ce": terms.cross_entropy, "heatmap": terms.heatmap},
-                      epsilon_heatmaps(heatmaps, ctx.net.variant).detach())
+    cfg = ctx.config
+    combined = combine_gradients(terms.cross_entropy, terms.heatmap, terms.P, list(ctx.net.model.parameters()),
+                                 rule=cfg.heatmap_gradient, ratio=cfg.gradient_ratio, measure=cfg.log_gradients)
+    return StepOutput(terms.total, logits, {"ce": terms.cross_entropy, "heatmap": terms.heatmap, **combined.stats},
+                      epsilon_heatmaps(heatmaps, ctx.net.variant).detach(), backward=combined.backward)

@@ -50,14 +50,17 @@ class StepContext:
 class StepOutput:
     """What an objective returns for one batch.
 
-    ``loss`` is optimised; ``terms`` are logged as ``train/<name>``; ``heatmaps`` (detached
-    input heatmaps, (B, K, C, H, W)), when given, feed the logged background share.
+    ``loss`` is what the step minimises (logged as ``train/loss``); ``backward``, when given, is
+    differentiated instead of ``loss`` (a surrogate whose gradient is a combination of the terms'
+    gradients, :mod:`isnet.gradients`); ``terms`` are logged as ``train/<name>``; ``heatmaps``
+    (detached input heatmaps, (B, K, C, H, W)), when given, feed the logged background share.
     """
 
     loss: Tensor
     logits: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
     heatmaps: Tensor | None = None
+    backward: Tensor | None = None
 
 
 StepFn = Callable[[StepContext, Tensor, Tensor, Tensor], StepOutput]

@@ -223,9 +223,10 @@ def _unfinished_run_hints(run: Path) -> Iterator[None]:
                            "--resume, or start again with --overwrite.") from None
 
 
-def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path, groups: Sequence[str]) -> dict[str, float]:
+def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
+               groups: Sequence[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Train a standard classifier for ``calibrate_epochs``; C1/C2 of the heatmap ``groups`` (their suffixes,
-    :func:`isnet.variants.calibration_groups`) from its last epoch's heatmaps."""
+    :func:`isnet.variants.calibration_groups`) from its last epoch's heatmaps, and the classifier's weights."""
     _log.info(f"calibrating C1 and C2: a standard classifier trains for {cfg.calibrate_epochs} epoch(s); its "
               f"last epoch records the total relevance of the {cfg.variant} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -252,7 +253,7 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path, groups
                      f"{100 / cfg.num_classes:.1f}%): C1/C2 come from a network that has not learnt yet, and an "
                      "ISNet trained with them can satisfy its heatmap loss without learning to classify. Give "
                      "more --calibrate-epochs (or --calibration-swap 0), or --c1/--c2")
-    return result
+    return result, module.net.model.state_dict()
 
 
 def _checkpoints(run: Path, monitored: bool) -> list[ModelCheckpoint]:
@@ -343,8 +344,9 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         run.mkdir(parents=True, exist_ok=True)
         with _unfinished_run_hints(run):
             missing = [g for g in calibration_groups(objective.explains) if getattr(cfg, "C1" + g) is None]
+            warm = None
             if objective.heatmap_loss and missing:
-                cfg.calibration = _calibrate(cfg, datamodule, run, missing)
+                cfg.calibration, warm = _calibrate(cfg, datamodule, run, missing)
                 for suffix in missing:  # bounds given on the command line are kept
                     for key in ("C1" + suffix, "C2" + suffix):
                         setattr(cfg, key, cfg.calibration[key])
@@ -352,9 +354,12 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
             L.seed_everything(cfg.seed, workers=True, verbose=False)  # the ISNet starts from a fresh init
             resolved = cfg.to_dict()
             module = ISNetModule.from_config(cfg, pretrained=ckpt_path is None)
+            if warm is not None and cfg.warm_start and ckpt_path is None:
+                module.net.model.load_state_dict(warm)
+                _log.info("warm start: training continues from the calibration network's weights")
             loggers = [_RunLogger(run), *extra_loggers(cfg, run)]
             pictures = [HeatmapPictures(cfg.log_images)] if len(loggers) > 1 and cfg.log_images else []
-            trainer = _trainer(cfg, max_epochs=cfg.epochs, logger=loggers, checkpointing=True,
+            trainer = _trainer(cfg, max_epochs=cfg.main_epochs(), logger=loggers, checkpointing=True,
                                callbacks=[*_checkpoints(run, cfg.val is not None), _RunFiles(run, resolved),
                                           *pictures, *callbacks])
             last = run / CHECKPOINTS / "last.ckpt"

@@ -180,7 +180,7 @@ class ISNetModule(L.LightningModule):
                      sync_dist=False)
         if self._recording:
             self._record_totals(x, labels)
-        return out.loss
+        return out.loss if out.backward is None else out.backward
 
     def _log_mean(self, name: str, value: Tensor, n: int, prog_bar: bool = False) -> None:
         # a MeanMetric per term: local values per step, exact means over all ranks per epoch,
@@ -247,8 +247,8 @@ class ISNetModule(L.LightningModule):
         if c.schedule == "none":
             return opt
         if c.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.main_epochs())
         else:
-            step = c.lr_step or max(1, c.epochs // 3)
+            step = c.lr_step or max(1, c.main_epochs() // 3)
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=c.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,93 @@
+"""How the gradients of the cross-entropy and of the heatmap loss are combined in one step.
+
+The ISNet objective is ``(1 - P) CE + P HL``. Summed as they are, the heatmap loss's gradient
+can dominate: its value is easy to lower by moving relevance around, and when its gradient
+points against the cross-entropy's, a step that keeps relevance off the background undoes
+classification progress. The combination rules, applied to the parameter gradients ``g_ce``
+and ``g_hl`` of the two terms:
+
+=========== ============================================================================
+rule        gradient of one step
+=========== ============================================================================
+sum         ``(1 - P) g_ce + P g_hl``: the plain sum (the papers)
+project     ``g_hl`` loses its component along ``g_ce`` when the two conflict
+            (negative dot product), so the heatmap term cannot raise the cross-entropy
+            to first order; then summed as above
+balance     ``g_hl`` scaled down to at most ``ratio * |g_ce|`` in norm; then summed
+=========== ============================================================================
+
+Every rule but ``sum`` takes the two gradients separately (one more backward pass through
+the classifier) and returns a surrogate scalar whose gradient is the combination, so the
+training loop, gradient clipping and DDP's gradient averaging see an ordinary backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .config import GRADIENT_RULES
+
+__all__ = ["GRADIENT_RULES", "Combined", "combine_gradients"]
+
+
+@dataclass
+class Combined:
+    """A step's objective: ``backward`` is what to differentiate; ``stats`` are the gradient
+    measurements (``grad_ce``, ``grad_heatmap``: norms; ``grad_cos``: their cosine; ``grad_scale``:
+    the factor the heatmap gradient got), empty when the gradients were not taken apart."""
+
+    backward: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
+
+
+def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Sequence[nn.Parameter], *,
+                      rule: str = "sum", ratio: float = 1.0, measure: bool = False) -> Combined:
+    """The objective of one step whose gradient combines ``ce``'s and ``heatmap``'s by ``rule``.
+
+    Parameters
+    ----------
+    ce, heatmap
+        The two scalar losses, in the autograd graph of ``parameters``.
+    P
+        Weight of the heatmap loss in this step (after any warm-up).
+    rule
+        ``"sum"``, ``"project"`` or ``"balance"`` (module docstring).
+    ratio
+        ``balance``: the largest heatmap-gradient norm, as a multiple of the cross-entropy's.
+    measure
+        With ``"sum"``: take the gradients apart anyway, to report their norms and cosine.
+    """
+    if rule not in GRADIENT_RULES:
+        raise ValueError(f"rule must be one of {GRADIENT_RULES}, got {rule!r}")
+    if not ratio > 0:
+        raise ValueError(f"ratio must be > 0, got {ratio}")
+    total = (1.0 - P) * ce + P * heatmap
+    if (rule == "sum" and not measure) or P == 0.0 or not heatmap.requires_grad:
+        return Combined(total)
+    params = [p for p in parameters if p.requires_grad]
+    g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
+    g_hl = torch.autograd.grad(heatmap, params, retain_graph=False, allow_unused=True)
+    g_ce = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_ce)]
+    g_hl = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_hl)]
+    ce_sq, hl_sq, dot = _dot(g_ce, g_ce), _dot(g_hl, g_hl), _dot(g_ce, g_hl)
+    ce_norm, hl_norm = ce_sq.sqrt(), hl_sq.sqrt()
+    along = torch.zeros_like(dot)  # multiple of g_ce added to the heatmap gradient
+    scale = torch.ones_like(dot)
+    if rule == "project" and dot < 0 and ce_sq > 0:
+        along = -dot / ce_sq
+    elif rule == "balance" and hl_norm > ratio * ce_norm:
+        scale = ratio * ce_norm / hl_norm
+    combined = [(1.0 - P + P * along.to(gc.dtype)) * gc + (P * scale.to(gh.dtype)) * gh
+                for gc, gh in zip(g_ce, g_hl)]
+    surrogate = sum((p * g.detach()).sum() for p, g in zip(params, combined))
+    stats = {"grad_ce": ce_norm.float(), "grad_heatmap": hl_norm.float(),
+             "grad_cos": (dot / (ce_norm * hl_norm).clamp(min=1e-30)).float(), "grad_scale": scale.float()}
+    return Combined(surrogate, stats)
