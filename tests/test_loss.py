@@ -90,12 +90,14 @@ def manual_loss(H, M, d=0.9, E=1.0, A=1.0, B=1.0, C1=1.0, C2=25.0, foreground="L
 
 @pytest.mark.parametrize("options", [{}, {"d": 0.5, "E": 3.0, "A": 2.0, "B": 0.5},
                                      {"foreground": "hybrid", "C1": 0.1, "C2": 0.5},
-                                     {"foreground": "hybrid", "C1": 50.0, "C2": 100.0}])
+                                     {"foreground": "hybrid", "C1": 50.0, "C2": 100.0},
+                                     {"d": 0.99, "foreground": "hybrid", "C1": 0.5, "C2": 3.0}])
 def test_loss_matches_manual(options):
     torch.manual_seed(0)
     H = torch.randn(3, 2, 3, 8, 8, dtype=torch.float64)
     M = torch.zeros(3, 1, 8, 8)
     M[:, :, 2:6, 1:5] = 1
+    options = {"d": 0.9, "foreground": "L2"} | options  # manual_loss's defaults are the papers'
     assert math.isclose(heatmap_loss(H, M, **options).item(), manual_loss(H, M, **options), rel_tol=1e-9)
 
 

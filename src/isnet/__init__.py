@@ -1,7 +1,8 @@
 """isnet: LRP-Flex explanations for ReLU, attention and modern CNN classifiers, and ISNet / Faster ISNet training.
 
 Explain: :func:`explain`, :class:`LRPFlex`, :func:`plot_heatmap`.
-Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`;
+Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`, :func:`swap_backgrounds`,
+with ``isnet train``'s defaults (:mod:`isnet.recipe`, which also holds the papers' values);
 :mod:`isnet.training` (Lightning) runs whole training runs, :mod:`isnet.checkpoints` loads them.
 """
 
@@ -11,7 +12,7 @@ from .variants import ISNet
 
 __all__ = [
     "ISNet", "ISNetLoss", "LRPFlex", "Relevance", "Trace", "UnsupportedModelError",
-    "calibrate", "explain", "heatmap_loss", "plot_heatmap",
+    "calibrate", "explain", "heatmap_loss", "plot_heatmap", "swap_backgrounds",
 ]
 __version__ = "0.1.0"
 
@@ -21,4 +22,8 @@ def __getattr__(name: str):
         from .figures import plot_heatmap
 
         return plot_heatmap
+    if name == "swap_backgrounds":  # isnet.data loads the dataset code (torchvision, PIL) only when asked for
+        from .data.augment import swap_backgrounds
+
+        return swap_backgrounds
     raise AttributeError(f"module 'isnet' has no attribute {name!r}")

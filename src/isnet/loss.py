@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .masks import foreground as foreground_of
+from .recipe import default
 
 _GWRP_TAIL = 1e-9  # GWRP weights below this share of the first are skipped (exactness ~1e-9)
 
@@ -103,10 +104,14 @@ def _single_heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float, E: float,
     return A * background_loss + B * foreground_loss
 
 
-def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: float = 0.9, E: float = 1.0,
-                 A: float = 1.0, B: float = 1.0, C1: Bound = 1.0, C2: Bound = 25.0, foreground: str = "L2",
-                 norm: str = "absRoIMean", d_loss: float = 1.0) -> Tensor:
+def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: float = default("d"),
+                 E: float = default("E"), A: float = default("A"), B: float = default("B"), C1: Bound = 1.0,
+                 C2: Bound = 25.0, foreground: str = default("foreground"), norm: str = default("norm"),
+                 d_loss: float = default("d_loss")) -> Tensor:
     """ISNet heatmap loss, averaged over the batch.
+
+    The defaults are ``isnet train``'s (:mod:`isnet.recipe`); the papers use ``d=0.9,
+    foreground="L2"``.
 
     Parameters
     ----------
@@ -122,7 +127,8 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
     C1, C2
         Range kept for the summed absolute foreground relevance: floats, or G values each, one
         per group of heatmaps (heatmap k gets value k mod G; the Dual ISNet's LRP-epsilon and
-        LRP-z+ maps have their own ranges).
+        LRP-z+ maps have their own ranges). The recipe calibrates them (:func:`calibrate`); the
+        defaults 1 and 25 are placeholders.
     foreground
         ``"L2"`` (quadratic on both sides) or ``"hybrid"`` (linear far above ``C1 + C2``).
     norm
@@ -149,11 +155,13 @@ class LossTerms:
 class ISNetLoss(nn.Module):
     """``(1 - P) * cross_entropy + P * heatmap_loss``; options as :func:`heatmap_loss`.
 
-    ``warmup`` (in [0, 1], passed per call) scales ``P``: a run can ramp the heatmap loss in,
-    and the weight actually used is returned with the terms.
+    ``P`` defaults to ``isnet train``'s (:mod:`isnet.recipe`; the papers use 0.7).
+    ``warmup`` (in [0, 1], passed per call) scales ``P``: a run can ramp the heatmap loss in
+    (``isnet train``: linearly over its first ``p_warmup`` epochs), and the weight actually
+    used is returned with the terms.
     """
 
-    def __init__(self, P: float = 0.7, **heatmap_options) -> None:
+    def __init__(self, P: float = default("P"), **heatmap_options) -> None:
         super().__init__()
         if not 0.0 <= P <= 1.0:
             raise ValueError(f"P must be in [0, 1], got {P}")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .config import BOUND_GROUPS
 from .lrp import Bounds, LRPFlex, Trace, select_logits
+from .recipe import default
 
 VARIANTS = ("standard", "original", "selective", "stochastic", "dual")
 
@@ -41,7 +42,7 @@ def calibration_groups(variant: str) -> tuple[str, ...]:
 SELECTIVE_CLASSES = ("lowest", "label", "highest")
 
 
-def selective_quantity(logits: Tensor, classes: Tensor, eps: float = 0.01) -> Tensor:
+def selective_quantity(logits: Tensor, classes: Tensor, eps: float = default("selective_eps")) -> Tensor:
     """Sum over the batch of ``log(p_c + eps) - log(1 - p_c + eps)``, ``p = softmax(logits)``.
 
     Computed in at least float32 (half-precision logits are promoted; float64 stays float64).
@@ -109,6 +110,9 @@ class ISNet(nn.Module):
     ``{"input": heatmaps, layer name: relevance (B, K, 1, h, w)}``. Heatmaps stay in
     the autograd graph in training mode, so a loss on them trains the network.
 
+    The defaults are ``isnet train``'s (:mod:`isnet.recipe`); the reference implementation
+    differentiates the batch statistics (``batch_stats="gradient"``).
+
     Parameters
     ----------
     model
@@ -126,9 +130,11 @@ class ISNet(nn.Module):
         False, True (default layers for ResNet/DenseNet/VGG), or module names.
     """
 
-    def __init__(self, model: nn.Module, variant: str = "selective", *, epsilon: float = 0.01, zb: bool = True,
-                 bounds: Bounds = (0.0, 1.0), selective_eps: float = 0.01, selective_class: str = "lowest",
-                 deep_supervision: bool | Sequence[str] = False, batch_stats: str = "gradient") -> None:
+    def __init__(self, model: nn.Module, variant: str = default("variant"), *, epsilon: float = default("epsilon"),
+                 zb: bool = default("zb"), bounds: Bounds = (0.0, 1.0), selective_eps: float = default("selective_eps"),
+                 selective_class: str = default("selective_class"),
+                 deep_supervision: bool | Sequence[str] = default("deep_supervision"),
+                 batch_stats: str = default("batch_stats")) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")

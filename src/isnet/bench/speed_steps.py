@@ -1,8 +1,10 @@
 """Training-step time and peak memory of the ISNet variants (``isnet bench speed``).
 
-One training step is forward, loss, backward, gradient clipping and an SGD step. All variants
-of one architecture and class count K run round-robin (:func:`~isnet.bench.timing.round_robin`)
-on the same model, batch and optimiser; peak memory is measured in one extra step at chosen K
+One training step is forward, loss, backward, gradient clipping and an SGD step, with the
+papers' loss and batch-norm options (:data:`isnet.recipe.REFERENCE`), as in the reference
+implementation whose step times the bench is compared with. All variants of one architecture
+and class count K run round-robin (:func:`~isnet.bench.timing.round_robin`) on the same model,
+batch and optimiser; peak memory is measured in one extra step at chosen K
 (:func:`~isnet.bench.timing.peak_memory`). Ratios are against the standard step at the same K
 and against the same variant at the first K.
 
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from ..loss import ISNetLoss
 from ..lrp import zb_relevance
 from ..models import build_model
+from ..recipe import REFERENCE
 from ..variants import ISNet, default_supervised_layers
 from .timing import Progress, median, peak_memory, round_robin
 
@@ -83,14 +86,15 @@ def _original_naive(net: ISNet, x: Tensor) -> tuple[Tensor, Tensor]:
 def make_step(model: nn.Module, variant: str, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
               mask: Tensor, layers: Sequence[str] = ()) -> Callable[[], Tensor]:
     """One training step of ``variant`` (see :data:`ALL_VARIANTS`); returns a function running it."""
-    criterion = ISNetLoss(P=0.7)
+    criterion = ISNetLoss(P=REFERENCE["P"], d=REFERENCE["d"], foreground=REFERENCE["foreground"])
     params = [p for p in model.parameters() if p.requires_grad]
     if variant == "standard":
         def heatmaps():
             return model(x), None
     else:
         base = variant.split("+")[0].split("-")[0]
-        net = ISNet(model, base, deep_supervision=list(layers) if variant.endswith("+ds") else False).train()
+        net = ISNet(model, base, deep_supervision=list(layers) if variant.endswith("+ds") else False,
+                    batch_stats=REFERENCE["batch_stats"]).train()
         if variant == "original-naive":
             def heatmaps():
                 return _original_naive(net, x)
