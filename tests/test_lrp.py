@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import warnings
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from isnet import LRPFlex, UnsupportedModelError, explain
+from isnet.errors import IsnetWarning
 from isnet.lrp import Trace, record_outputs
 
 
@@ -912,6 +915,34 @@ def _tiny() -> nn.Module:
 def test_integer_input_asks_for_floats():
     with pytest.raises(TypeError, match=r"floating-point inputs; got torch.uint8.*/ 255"):
         explain(_tiny(), torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 0)
+
+
+def test_input_far_outside_the_zb_bounds_warns_naming_the_range():
+    """Pixels in 0-255 (or normalised pixels with the default bounds) warn; [0, 1] pixels, normalised ones
+    with their bounds, a slight overshoot, no Z^B, ISNet training's check_finite=False, bounds without a
+    range and non-finite input (an error instead) do not."""
+    model, x = _tiny(), torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pixels = (x * 255).round()
+    pixels[0, 0, 0, 0], pixels[1, 2, 7, 7] = 0.0, 255.0
+    with pytest.warns(IsnetWarning, match=re.escape("ranges from 0 to 255, far outside the Z^B bounds [0, 1]")) as seen:
+        heat = explain(model, pixels, "argmax")
+    assert "divide them by 255" in str(seen[0].message) and heat.shape == pixels.shape
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    normalised = (x - mean) / std
+    normalised[0, 0, 0, 0] = -mean[0, 0, 0] / std[0, 0, 0]  # the lowest value: -2.118
+    with pytest.warns(IsnetWarning, match=r"ranges from -2\.118 .*pass bounds="):
+        LRPFlex(model).explain(normalised, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IsnetWarning)
+        explain(model, x, "argmax")
+        explain(model, normalised, "argmax", bounds=(((0 - mean) / std).flatten(), ((1 - mean) / std).flatten()))
+        explain(model, x * 1.5 - 0.25, "argmax")  # augmentation overshoot: within one span of the bounds
+        explain(model, pixels, "argmax", zb=False)  # the bounds are not used
+        LRPFlex(model, check_finite=False).trace(pixels)  # ISNet training: no check, no device sync
+        explain(model, x, "argmax", bounds=(0.0, 0.0))  # no range: the box terms switched off
+        pixels[0, 0, 0, 0] = float("inf")
+        with pytest.raises(FloatingPointError, match="NaN or infinite"):  # named by the finite check instead
+            explain(model, pixels, "argmax")
 
 
 def test_bounds_need_low_below_high():

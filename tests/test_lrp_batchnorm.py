@@ -153,3 +153,85 @@ def test_bad_batch_stats_values_are_refused():
     with pytest.raises(UserError, match="batch.stats"):
         TrainConfig.from_dict({"batch_stats": "frozen"}).validate()
     assert TrainConfig().lrp_options()["batch_stats"] == TrainConfig().batch_stats
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (persistent or not) of ``model``, by name."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _assert_bit_identical(model: nn.Module, before: dict[str, torch.Tensor], objects: dict[str, int]) -> None:
+    after = _tensors(model)
+    assert after.keys() == before.keys()
+    for name, value in after.items():
+        assert id(value) == objects[name], f"{name} was replaced"
+        assert value.dtype == before[name].dtype and torch.equal(value, before[name]), f"{name} changed"
+
+
+def test_explaining_a_training_mode_resnet18_leaves_every_parameter_and_buffer_bit_identical():
+    """isnet.explain, LRPFlex.explain and explain_prediction on a model in train mode: the mode stays, no
+    parameter or buffer changes (running statistics, num_batches_tracked), and the heatmap is the train-mode
+    model's, computed with the batch statistics as its forward does."""
+    from torchvision.models import resnet18
+
+    import isnet
+
+    torch.manual_seed(0)
+    model = resnet18(weights=None, num_classes=5).train()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    stepped = copy.deepcopy(model)  # a copy for the reference: a training-step trace and forward update it
+    expected = LRPFlex(stepped).trace(x).heatmap("argmax")
+    before = {name: t.detach().clone() for name, t in _tensors(model).items()}
+    objects = {name: id(t) for name, t in _tensors(model).items()}
+
+    heat = isnet.explain(model, x, "argmax")
+    logits, predicted = LRPFlex(model).explain_prediction(x)
+    maps = LRPFlex(model).explain(x, "all")
+    kept_graph = isnet.explain(model, x, 2, create_graph=True)
+    torch.autograd.grad(kept_graph.sum(), model.conv1.weight)  # the graph of a kept-buffer pass back-propagates
+
+    assert model.training and all(m.training for m in model.modules())
+    _assert_bit_identical(model, before, objects)
+    assert before["bn1.num_batches_tracked"].item() == 0 and stepped.bn1.num_batches_tracked.item() == 1
+    assert heat.shape == x.shape and torch.isfinite(heat).all() and heat.abs().sum() > 0
+    assert torch.equal(heat, expected) and torch.equal(predicted, expected)
+    assert maps.shape == (4, 5, 3, 32, 32) and torch.isfinite(maps).all()
+    assert torch.equal(logits, copy.deepcopy(model)(x).detach())  # the train-mode forward: batch statistics
+    eval_heat = isnet.explain(copy.deepcopy(model).eval(), x, "argmax")  # running statistics: another map
+    assert (heat - eval_heat).abs().max() > 1e-3 * heat.abs().max()
+
+
+def test_explaining_keeps_every_kind_of_buffer_a_training_forward_writes():
+    """Spectral norm (parametrization: assigns its vector; hook: writes in place), instance norm with running
+    statistics, a cumulative batch norm (momentum None reads num_batches_tracked after adding 1)."""
+    from torch.nn.utils import spectral_norm as spectral_norm_hook
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.InstanceNorm2d(4, affine=True, track_running_stats=True), nn.ReLU(),
+        nn.BatchNorm2d(4, momentum=None), nn.Flatten(), spectral_norm(nn.Linear(4 * 16, 8)), nn.ReLU(),
+        spectral_norm_hook(nn.Linear(8, 3)),
+    ).train()
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    before = {name: t.detach().clone() for name, t in _tensors(model).items()}
+    objects = {name: id(t) for name, t in _tensors(model).items()}
+    stepped, plain = copy.deepcopy(model), copy.deepcopy(model)  # before any forward (the hook caches a weight)
+    expected = LRPFlex(stepped).trace(x).heatmap("argmax")
+    changed = [n for n, t in _tensors(stepped).items() if not torch.equal(t, before[n])]
+    assert {"1.running_mean", "3.num_batches_tracked", "5.parametrizations.weight.0._u", "7.weight_u"} <= set(changed)
+
+    logits, heat = LRPFlex(model).explain_prediction(x)
+    _assert_bit_identical(model, before, objects)
+    assert torch.equal(heat, expected.detach())
+    assert torch.equal(logits, plain(x).detach())  # the forward saw its own writes (u, the count)
+
+
+def test_the_isnet_training_forward_still_updates_running_statistics():
+    model, (x, y) = _model(), _inputs()
+    plain = copy.deepcopy(model)
+    before = [b.clone() for b in model.buffers()]
+    ISNet(model, "selective").train()(x, heatmaps=True, labels=y)
+    plain(x)
+    for buffer, expected, old in zip(model.buffers(), plain.buffers(), before, strict=True):
+        assert torch.allclose(buffer, expected, rtol=0, atol=1e-15) and not torch.equal(buffer, old)

@@ -1,21 +1,26 @@
-"""Tests for isnet.metrics: sklearn agreement, DeLong against brute force, relevance shares."""
+"""Tests for isnet.metrics: sklearn agreement (also on test sets lacking classes), DeLong against brute force,
+relevance shares; isnet eval's AUROC over the classes a test set holds."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
+from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
+from sklearn.preprocessing import label_binarize
 
 from isnet.metrics import (
     BackgroundRelevance,
     background_share,
     classification_metrics,
     delong_auroc_ci,
+    present_class_auroc,
     relevance_share,
 )
 
@@ -46,6 +51,7 @@ def test_classification_metrics_match_sklearn(num_classes: int) -> None:
     assert result["accuracy"] == pytest.approx(accuracy_score(y, predicted), abs=1e-6)
     assert result["macro_f1"] == pytest.approx(f1_score(y, predicted, average="macro"), abs=1e-6)
     assert result["confusion_matrix"] == confusion_matrix(y, predicted).tolist()
+    assert result["auroc_classes"] == list(range(num_classes))
     if num_classes == 2:
         expected_auc = roc_auc_score(y, probs[:, 1])
         low, high = result["auroc_ci95"]
@@ -56,15 +62,94 @@ def test_classification_metrics_match_sklearn(num_classes: int) -> None:
     assert result["auroc"] == pytest.approx(expected_auc, abs=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:No positive samples")
-def test_classification_metrics_binary_single_class_has_nan_interval() -> None:
-    result = classification_metrics(torch.randn(10, 2), torch.zeros(10, dtype=torch.long), 2)
-    assert all(math.isnan(bound) for bound in result["auroc_ci95"])
+def _sklearn_present_class_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """One-vs-rest macro AUROC over the classes in ``labels``, each scored by its probability (scikit-learn)."""
+    present = np.unique(labels)
+    if probs.shape[1] == 2:
+        return roc_auc_score(labels, probs[:, 1])
+    if present.size == 2:  # label_binarize gives one column for two classes
+        return float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
+    return roc_auc_score(label_binarize(labels, classes=present), probs[:, present], average="macro")
 
 
-def test_classification_metrics_rejects_bad_shape() -> None:
+def test_auroc_of_a_perfect_classifier_on_a_test_set_lacking_classes_is_one() -> None:
+    """Classes 1, 3, 5, 7, 9 of 10, four images each, every image's own class scored highest: AUROC 1.0
+    (averaging over all ten classes, the absent ones counting 0, gave 0.5)."""
+    labels = torch.tensor([1, 3, 5, 7, 9]).repeat_interleave(4)
+    logits = torch.nn.functional.one_hot(labels, 10).double() * 5.0
+    result = classification_metrics(logits, labels, 10)
+    assert result["auroc"] == 1.0 and result["auroc_classes"] == [1, 3, 5, 7, 9] and result["accuracy"] == 1.0
+    assert "auroc_ci95" not in result
+
+
+@pytest.mark.parametrize("num_classes, present", [(10, [0, 2, 4, 6, 8]), (4, [1, 3]), (3, [0, 1, 2]), (2, [0, 1])])
+def test_auroc_over_present_classes_matches_sklearn(num_classes: int, present: list[int]) -> None:
+    generator = torch.Generator().manual_seed(num_classes + len(present))
+    labels = torch.tensor(present)[torch.randint(0, len(present), (400,), generator=generator)]
+    logits = torch.randn(400, num_classes, generator=generator)
+    logits[torch.arange(400), labels] += 1.0
+    result = classification_metrics(logits, labels, num_classes)
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    expected = _sklearn_present_class_auroc(labels.numpy(), probs)
+    assert result["auroc"] == pytest.approx(expected, abs=1e-9) and result["auroc_classes"] == present
+    assert present_class_auroc(torch.from_numpy(probs), labels) == pytest.approx(expected, abs=1e-9)
+    json.dumps(result)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_auroc_is_undefined_with_one_class_present(num_classes: int) -> None:
+    labels = torch.ones(10, dtype=torch.long)
+    logits = torch.nn.functional.one_hot(labels, num_classes).double()  # perfect: was reported as 0.0
+    result = classification_metrics(logits, labels, num_classes)
+    assert result["auroc"] is None and result["auroc_classes"] == [1] and result["accuracy"] == 1.0
+    if num_classes == 2:
+        assert result["auroc_ci95"] is None
+    assert json.loads(json.dumps(result))["auroc"] is None  # null in JSON, not 0.0 or NaN
+    with pytest.raises(ValueError, match="at least two classes"):
+        present_class_auroc(torch.softmax(logits, 1), labels)
+
+
+def test_classification_metrics_rejects_bad_shape_and_labels() -> None:
     with pytest.raises(ValueError):
         classification_metrics(torch.randn(10, 3), torch.zeros(10, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=re.escape("class indices in [0, 3), got 0 to 3")):
+        classification_metrics(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), 3)
+
+
+def test_eval_reports_auroc_over_the_classes_each_test_set_holds(tmp_path) -> None:
+    """isnet eval on a 3-class model: AUROC over the classes present (named), undefined for one class."""
+    from isnet.evaluate import evaluate, format_table
+    from isnet.models import build_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"arch": "small_cnn", "num_classes": 3, "image_size": 16, "variant": "standard", "epsilon": 0.01,
+              "zb": True, "classes": ["cat", "dog", "fox"]}
+    (run / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3, image_size=16).eval()
+    torch.save(model.state_dict(), run / "model.pt")
+    rng = np.random.default_rng(0)
+    images = {}
+    for name, classes in (("two", ["cat", "fox"]), ("one", ["dog"])):
+        for c in classes:
+            (tmp_path / name / "images" / c).mkdir(parents=True)
+            for i in range(6):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / name / "images" / c / f"{i}.png")
+                images.setdefault(name, []).append((pixels, config["classes"].index(c)))
+    results = evaluate(run, {"two": tmp_path / "two", "one": tmp_path / "one"}, device="cpu")
+    x = torch.stack([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p, _ in images["two"]])
+    with torch.no_grad():
+        probs = torch.softmax(model(x).double(), 1).numpy()
+    labels = np.array([label for _, label in images["two"]])
+    assert results["two"]["auroc"] == pytest.approx(_sklearn_present_class_auroc(labels, probs), abs=1e-6)
+    assert results["two"]["auroc_classes"] == ["cat", "fox"]
+    assert results["one"]["auroc"] is None and results["one"]["auroc_classes"] == ["dog"]
+    table = format_table(results)
+    assert re.search(r"^one .* undefined", table, re.M)
+    assert "AUROC of two: one-vs-rest over the 2 of 3 classes present (cat, fox)" in table
+    assert "AUROC of one: undefined, its labels hold 1 class(es) (dog); it needs two" in table
 
 
 @pytest.mark.parametrize("ties", [False, True])

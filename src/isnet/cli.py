@@ -155,8 +155,9 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained classifier on test sets",
-                       description="Accuracy, macro-F1, AUROC (binary: 95% DeLong interval), confusion matrix and "
-                                   "the share of absolute LRP relevance on the background (test sets with masks).")
+                       description="Accuracy, macro-F1, AUROC over the classes each test set holds (binary: 95% "
+                                   "DeLong interval), confusion matrix and the share of absolute LRP relevance on "
+                                   "the background (test sets with masks).")
     p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or a .ckpt / model.pt file")
     p.add_argument("--test", action="append", required=True, metavar="NAME=DIR",
                    help="a named test set (dataset layout; masks/ optional); repeat for several")

@@ -1,10 +1,10 @@
 """Evaluating a trained classifier on named test sets: scores and background relevance.
 
 ``evaluate(checkpoint, {"biased": DIR, ...})`` returns, per test set, accuracy, macro-F1,
-AUROC (binary: with a 95% DeLong interval), the confusion matrix (from
-:func:`isnet.metrics.classification_metrics`) and, when the set has masks, the mean share of
-absolute LRP-Flex relevance (heatmap of the predicted class, eval mode) outside the
-foreground mask. ``isnet eval`` calls it.
+AUROC (binary: with a 95% DeLong interval) over the classes the set holds, the confusion
+matrix (from :func:`isnet.metrics.classification_metrics`) and, when the set has masks, the
+mean share of absolute LRP-Flex relevance (heatmap of the predicted class, eval mode) outside
+the foreground mask. ``isnet eval`` calls it.
 """
 
 from __future__ import annotations
@@ -106,8 +106,10 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
     Returns
     -------
     dict
-        ``{name: {"accuracy", "macro_f1", "auroc", ["auroc_ci95" for two classes],
+        ``{name: {"accuracy", "macro_f1", "auroc", "auroc_classes", ["auroc_ci95" for two classes],
         "background_relevance" (None without masks), "confusion_matrix", "n"}}``; NaN becomes None.
+        ``auroc`` is over the classes present in the set, named in ``auroc_classes``, and None
+        (undefined) when it holds fewer than two.
     """
     if not tests:
         raise UserError("no test sets given (NAME=DIR)")
@@ -134,13 +136,26 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
         use_lrp = relevance and dataset.has_masks
         logits, labels, share = _predict(model, lrp if use_lrp else None, config, loader, dev)
         scores = classification_metrics(logits, labels, len(classes))
+        scores["auroc_classes"] = [classes[i] for i in scores["auroc_classes"]]
         scores["background_relevance"] = share
         results[name] = _clean(scores)
     return results
 
 
+def _auroc_note(name: str, result: Mapping[str, Any]) -> str | None:
+    """A line saying which classes a test set's AUROC is over, when not all of the model's, or why it is undefined."""
+    over, total = result["auroc_classes"], len(result["confusion_matrix"])
+    listed = ", ".join(map(str, over))
+    if result["auroc"] is None:
+        return f"AUROC of {name}: undefined, its labels hold {len(over)} class(es) ({listed}); it needs two"
+    if len(over) < total:
+        return f"AUROC of {name}: one-vs-rest over the {len(over)} of {total} classes present ({listed})"
+    return None
+
+
 def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """A plain-text table: one row per test set (AUROC interval for two classes)."""
+    """A plain-text table: one row per test set (AUROC interval for two classes), then a line for each
+    test set whose AUROC is over only some of the classes, or undefined."""
 
     def num(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}"
@@ -149,7 +164,9 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     for name, r in results.items():
         ci = r.get("auroc_ci95")
         rows.append({"test set": name, "n": str(r["n"]), "accuracy": num(r["accuracy"]),
-                     "macro-F1": num(r["macro_f1"]), "AUROC": num(r["auroc"]),
+                     "macro-F1": num(r["macro_f1"]), "AUROC": "undefined" if r["auroc"] is None else num(r["auroc"]),
                      "bg share": num(r["background_relevance"]),
                      "AUROC 95% CI": f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else "-"})
-    return text_table(rows, {"test set": 20, "n": 6, "accuracy": 9, "macro-F1": 9, "AUROC": 9, "bg share": 9})
+    table = text_table(rows, {"test set": 20, "n": 6, "accuracy": 9, "macro-F1": 9, "AUROC": 9, "bg share": 9})
+    notes = [note for name, r in results.items() if (note := _auroc_note(name, r)) is not None]
+    return "\n".join([table, *notes])

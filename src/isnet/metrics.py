@@ -1,8 +1,9 @@
 """Evaluation metrics: classification scores with a DeLong AUROC interval, and relevance shares.
 
-Classification scores come from :mod:`torchmetrics.functional`; this module adds DeLong's
-confidence interval for a binary AUROC and the share of absolute LRP relevance that falls
-in (or outside) an image region, as a function and as a DDP-ready :class:`torchmetrics.Metric`.
+Classification scores come from :mod:`torchmetrics.functional`; this module adds the AUROC
+over the classes a test set holds, DeLong's confidence interval for a binary AUROC, and the
+share of absolute LRP relevance that falls in (or outside) an image region, as a function and
+as a DDP-ready :class:`torchmetrics.Metric`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from torchmetrics import Metric
 
 from .masks import background, foreground
 from torchmetrics.functional.classification import (
-    binary_auroc,
     multiclass_accuracy,
-    multiclass_auroc,
     multiclass_confusion_matrix,
     multiclass_f1_score,
 )
@@ -29,6 +28,7 @@ __all__ = [
     "background_share",
     "classification_metrics",
     "delong_auroc_ci",
+    "present_class_auroc",
     "relevance_share",
 ]
 
@@ -36,22 +36,28 @@ __all__ = [
 def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict:
     """Accuracy, macro F1, AUROC and confusion matrix of a classifier's outputs.
 
+    The AUROC is computed over the classes present in ``labels`` (a test set may lack some of
+    the model's classes): for K == 2 the binary AUROC of class 1, for K > 2 the mean of the
+    one-vs-rest AUROCs of the present classes, each scored by its softmax probability. With
+    fewer than two classes present it is undefined (None).
+
     Parameters
     ----------
     logits : Tensor
         (N, K) scores (logits or probabilities); softmax is applied in float64.
     labels : Tensor
-        (N,) integer class indices.
+        (N,) integer class indices in [0, K).
     num_classes : int
         K, at least 2.
 
     Returns
     -------
     dict
-        JSON-serialisable: ``accuracy`` (micro), ``macro_f1``, ``auroc`` (macro one-vs-rest for
-        K > 2; for K == 2 the binary AUROC of class 1), ``confusion_matrix`` (rows = true class,
-        columns = predicted), ``n``; for K == 2 also ``auroc_ci95`` = [low, high] from DeLong's
-        method ([nan, nan] when one class is absent from ``labels``).
+        JSON-serialisable: ``accuracy`` (micro), ``macro_f1``, ``auroc`` (float, or None when
+        undefined), ``auroc_classes`` (the sorted class indices it was computed over: those
+        present in ``labels``), ``confusion_matrix`` (rows = true class, columns = predicted),
+        ``n``; for K == 2 also ``auroc_ci95`` = [low, high] from DeLong's method (None when
+        the AUROC is undefined).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
@@ -59,23 +65,49 @@ def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> 
         raise ValueError(f"logits must have shape (N, {num_classes}), got {tuple(logits.shape)}")
     probs = torch.softmax(logits.detach().double().cpu(), dim=1)
     target = labels.detach().long().cpu()
+    if target.numel() and not 0 <= int(target.min()) <= int(target.max()) < num_classes:
+        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {int(target.min())} to "
+                         f"{int(target.max())}")
+    present = target.unique().tolist()
     result: dict = {
         "accuracy": multiclass_accuracy(probs, target, num_classes, average="micro").item(),
         "macro_f1": multiclass_f1_score(probs, target, num_classes, average="macro").item(),
+        "auroc": present_class_auroc(probs, target) if len(present) >= 2 else None,
+        "auroc_classes": present,
     }
     if num_classes == 2:
-        positive = probs[:, 1]
-        result["auroc"] = binary_auroc(positive, target).item()
-        if target.unique().numel() == 2:
-            _, low, high = delong_auroc_ci(positive, target, alpha=0.95)
+        result["auroc_ci95"] = None
+        if result["auroc"] is not None:
+            _, low, high = delong_auroc_ci(probs[:, 1], target, alpha=0.95)
             result["auroc_ci95"] = [low, high]
-        else:
-            result["auroc_ci95"] = [math.nan, math.nan]
-    else:
-        result["auroc"] = multiclass_auroc(probs, target, num_classes, average="macro").item()
     result["confusion_matrix"] = multiclass_confusion_matrix(probs, target, num_classes).tolist()
     result["n"] = int(target.numel())
     return result
+
+
+def present_class_auroc(probs: Tensor, labels: Tensor) -> float:
+    """AUROC over the classes present in ``labels`` (at least two; see :func:`classification_metrics`).
+
+    Parameters
+    ----------
+    probs : Tensor
+        (N, K) class probabilities.
+    labels : Tensor
+        (N,) integer class indices.
+
+    Returns
+    -------
+    float
+        K == 2: the binary AUROC of class 1; K > 2: the macro one-vs-rest AUROC over the
+        present classes (absent classes have no positives, so no AUROC, and are left out).
+        Exact in float64 (the Mann-Whitney statistic of :func:`delong_auroc_ci`).
+    """
+    present = labels.unique()
+    if present.numel() < 2:
+        raise ValueError(f"AUROC needs at least two classes in the labels, got {present.tolist()}")
+    if probs.shape[1] == 2:
+        return delong_auroc_ci(probs[:, 1], labels)[0]
+    return float(np.mean([delong_auroc_ci(probs[:, c], labels == c)[0] for c in present.tolist()]))
 
 
 def delong_auroc_ci(

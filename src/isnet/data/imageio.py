@@ -2,7 +2,11 @@
 
 * **8-bit files** (PNG, JPEG, ...) are read with Pillow: RGB, or one gray channel.
 * **16-bit grayscale PNG/TIFF** (Pillow modes ``I;16*`` and ``I``, common for X-rays) are
-  divided by 65535.
+  divided by 65535. A 32-bit integer file (mode ``I``) with values outside 0...65535 is refused.
+* **32-bit float TIFF** (Pillow mode ``F``) is read by its values, which must be finite and lie
+  in [0, 1]; they are taken as they are. Other ranges (0-255, 0-65535, Hounsfield units, ...)
+  cannot be told apart, so such a file, or one holding NaN or inf, is refused with its name and
+  range: rescale it to [0, 1] or save it as an 8- or 16-bit image.
 * **DICOM** (``.dcm``, ``.dicom``; read with pydicom, the ``dicom`` extra) goes through the
   display pipeline of the standard (PS3.3 C.11): the stored values are mapped by the Modality
   LUT (rescale slope and intercept, or a Modality LUT Sequence), then by the VOI LUT (a VOI
@@ -35,6 +39,7 @@ __all__ = ["DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "READ_ERRORS", "ImageReadErro
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, *DICOM_EXTENSIONS)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+FLOAT_MODE = "F"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -165,16 +170,42 @@ def _to_channels(gray_or_rgb: np.ndarray, channels: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 
+def _gray_values(im: Image.Image, path: Path) -> np.ndarray:
+    """The pixels of a 16/32-bit integer (divided by 65535) or float (as they are) gray image, float32 in [0, 1].
+
+    Raises :class:`ImageReadError` naming ``path`` for values that do not map onto [0, 1]:
+    NaN or inf, float values outside [0, 1], integers outside 0...65535.
+    """
+    values = np.array(im, dtype=np.float32 if im.mode == FLOAT_MODE else np.int64)  # a writable copy
+    if im.mode == FLOAT_MODE:
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise ImageReadError(f"float image {path} has {bad} NaN or infinite pixels; replace them (e.g. with "
+                                 "numpy.nan_to_num) and save it again, with pixel values in [0, 1]")
+        full, kind, expected = 1.0, "float image", "pixel values in [0, 1]"
+    else:
+        full, kind, expected = 65535, "32-bit integer image", "16-bit values, 0 to 65535"
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
+    if low < 0 or high > full:
+        raise ImageReadError(f"{kind} {path} has values from {low:.6g} to {high:.6g}, but isnet reads it as "
+                             f"{expected}; rescale it to that range (e.g. divide by 255, 65535 or its maximum) or "
+                             "save it as an 8- or 16-bit image")
+    return values if im.mode == FLOAT_MODE else values.astype(np.float32) / np.float32(65535.0)
+
+
 def read_image(path: str | Path, channels: int = 3) -> Tensor:
-    """An image as a (channels, H, W) tensor: uint8 for 8-bit files, float32 in [0, 1] otherwise."""
+    """An image as a (channels, H, W) tensor: uint8 for 8-bit files, float32 in [0, 1] otherwise.
+
+    Float (mode ``F``) files are read by their values, which must lie in [0, 1]; see the module
+    docstring for what is refused (:class:`ImageReadError`, naming the file).
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     path = Path(path)
     if is_dicom(path):
         return _to_channels(read_dicom(path), channels)
     with Image.open(path) as im:
-        if im.mode in SIXTEEN_BIT_MODES:
-            gray = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
-            return _to_channels(gray, channels)
+        if im.mode in SIXTEEN_BIT_MODES or im.mode == FLOAT_MODE:
+            return _to_channels(_gray_values(im, path), channels)
         arr = np.array(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)  # a writable copy
     return _to_channels(arr, channels)

@@ -12,14 +12,17 @@ block's ReLU and :class:`~isnet.lrp.rules.ZBRule` takes the relevance to the inp
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import IsnetWarning
 from .rules import BackwardSwitch, Bounds, FirstBlock, ZBRule
-from .tracing import LRPMode, check_activations, named_submodules, record_outputs
+from .tracing import LRPMode, check_activations, named_submodules, owned_buffers, record_outputs, restore_buffers
 
 Target = Tensor | int | str
 BATCH_STATS = ("gradient", "constant")
@@ -148,6 +151,32 @@ def _check_bounds(bounds: Bounds) -> None:
                          f"high={high}")
 
 
+def _check_input_range(x: Tensor, bounds: Bounds) -> None:
+    """Warn (:class:`~isnet.errors.IsnetWarning`) when ``x`` lies far outside the Z^B ``bounds``.
+
+    Far: some value more than one span (``high - low``) below ``low`` or above ``high``, taking the
+    lowest ``low`` and highest ``high`` of per-channel bounds. Pixels in 0-255 against the default
+    (0, 1), or normalised inputs against bounds for raw pixels, are caught; data augmentation that
+    slightly oversteps the bounds is not. Bounds with ``low == high`` (no range: they only switch
+    the box terms off) and non-finite inputs (the finite check names them) are not checked. One
+    device synchronisation.
+    """
+    low, high = (torch.as_tensor(b, dtype=torch.float64) for b in bounds)
+    low, high = low.min().item(), high.max().item()
+    span = high - low
+    if x.numel() == 0 or span == 0:
+        return
+    seen_low, seen_high = torch.stack(torch.aminmax(x.detach())).double().tolist()
+    if not (math.isfinite(seen_low) and math.isfinite(seen_high)):
+        return
+    if seen_low < low - span or seen_high > high + span:
+        warnings.warn(f"the input to explain ranges from {seen_low:.4g} to {seen_high:.4g}, far outside the Z^B "
+                      f"bounds [{low:.4g}, {high:.4g}], so the heatmap would be wrong near the input. Pixels in "
+                      "0-255: divide them by 255 (the default bounds are (0, 1)); normalised inputs: pass "
+                      "bounds=(lowest, highest) of the normalised values, e.g. ((0 - mean) / std, (1 - mean) / std)",
+                      IsnetWarning, stacklevel=3)
+
+
 class LRPFlex:
     """LRP-Flex explainer bound to a model; reusable and thread-safe.
 
@@ -165,7 +194,9 @@ class LRPFlex:
     layers
         Names of modules (``model.named_modules()``) whose output relevance is also returned.
     check_finite
-        Raise :class:`FloatingPointError` on NaN/inf relevance (one device sync per call).
+        Raise :class:`FloatingPointError` on NaN/inf relevance and, with Z^B, warn
+        (:class:`~isnet.errors.IsnetWarning`) when an input value lies more than one span
+        (``high - low``) outside ``bounds``, e.g. pixels in 0-255; one device sync each per call.
     rule
         ``"epsilon"`` (LRP-epsilon on conv/linear layers) or ``"z+"`` (LRP-z+, stabilised by
         ``epsilon``; see :mod:`isnet.lrp.zplus`). The first block keeps Z^B either way.
@@ -192,19 +223,32 @@ class LRPFlex:
         self.model, self.epsilon, self.zb = model, float(epsilon), zb
         self.bounds, self.layers, self.check_finite = bounds, tuple(layers), check_finite
 
-    def trace(self, x: Tensor) -> Trace:
-        """Run the model on ``x`` and keep what the relevance pass needs."""
+    def trace(self, x: Tensor, *, keep_buffers: bool = False) -> Trace:
+        """Run the model on ``x`` and keep what the relevance pass needs.
+
+        The forward pass is the model's own, in its train/eval mode. ``keep_buffers=False``
+        (a training step, as :class:`isnet.ISNet` takes) lets it update buffers as any forward
+        pass does: batch-norm running statistics in training mode. ``keep_buffers=True`` (what
+        :meth:`explain`, :meth:`explain_prediction` and :func:`explain` use) leaves every buffer
+        bit-identical; a training-mode batch norm still normalises with the batch statistics.
+        """
         if not isinstance(x, Tensor) or not x.is_floating_point():
             found = x.dtype if isinstance(x, Tensor) else type(x).__name__
             raise TypeError(f"LRP-Flex explains floating-point inputs; got {found}. Convert images first, "
                             "e.g. x.float() / 255 for pixels in [0, 1] (the default Z^B bounds)")
+        if self.zb and self.check_finite:
+            _check_input_range(x, self.bounds)
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         zplus = self.rule == "z+"  # then activations pass relevance unchanged, the layers divide by z+
         switch = BackwardSwitch(0.0 if zplus else self.epsilon)
+        buffers = owned_buffers(self.model) if keep_buffers else []
         mode = LRPMode(switch, x_in, first_block=self.zb, zplus=self.epsilon if zplus else None,
-                       constant_bn=self.batch_stats == "constant")
-        with torch.enable_grad(), record_outputs(self.model, self.layers) as layer_outputs, mode:
-            output = self.model(x_in)
+                       constant_bn=self.batch_stats == "constant", kept=[b for _, _, b in buffers])
+        try:
+            with torch.enable_grad(), record_outputs(self.model, self.layers) as layer_outputs, mode:
+                output = self.model(x_in)
+        finally:
+            restore_buffers(buffers)
         if not isinstance(output, Tensor) or output.dim() != 2:
             raise TypeError("LRP-Flex explains models whose output is a (batch, classes) tensor; "
                             f"got {type(output).__name__}{tuple(getattr(output, 'shape', ()))}")
@@ -212,17 +256,18 @@ class LRPFlex:
         return Trace(self, x_in, output, switch, block, layer_outputs)
 
     def explain(self, x: Tensor, target: Target, *, create_graph: bool = False) -> Tensor:
-        """Input heatmap (B, C, H, W), or (B, K, C, H, W) for ``target="all"``."""
-        return self.trace(x).heatmap(target, create_graph=create_graph)
+        """Input heatmap (B, C, H, W), or (B, K, C, H, W) for ``target="all"``; the model's buffers are kept."""
+        return self.trace(x, keep_buffers=True).heatmap(target, create_graph=create_graph)
 
     __call__ = explain
 
     def explain_prediction(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The logits (B, K) and the input heatmap of each sample's predicted class.
 
-        One traced forward pass; both are returned detached and no graph is kept.
+        One traced forward pass, the model's buffers kept; both are returned detached and no
+        graph is kept.
         """
-        trace = self.trace(x)
+        trace = self.trace(x, keep_buffers=True)
         logits = trace.output.detach()
         return logits, trace.heatmap(logits.argmax(1)).detach()
 
@@ -232,7 +277,9 @@ def explain(model: nn.Module, x: Tensor, target: Target, *, epsilon: float = 0.0
     """LRP-Flex heatmap of ``model`` at ``x``; see :class:`LRPFlex`.
 
     ``target``: a class per sample (LongTensor), an int, ``"argmax"`` or ``"all"``
-    (one map per class, shape (B, K, C, H, W)). The model's train/eval mode is respected.
+    (one map per class, shape (B, K, C, H, W)). The model's train/eval mode is respected and
+    the model is left as it was: in training mode batch norm uses the batch statistics, as the
+    model's forward does, but its running statistics (every buffer) stay bit-identical.
     """
     return LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, rule=rule).explain(x, target,
                                                                                   create_graph=create_graph)

@@ -23,6 +23,18 @@ raises :class:`UnsupportedModelError` naming the function; so do modules known t
 such arithmetic (recurrent layers, local response norm) when the explainer is built.
 The model itself is never modified.
 
+Kept buffers
+------------
+An explanation leaves the model's buffers as they were, also in training mode (batch-norm
+running statistics, ``num_batches_tracked``, spectral norm's vectors): given ``kept``, the mode
+hands every call a copy of such a buffer instead of the buffer, one copy per buffer and pass,
+made on first use. Writes, whether in place, through ``out=`` or inside ``F.batch_norm``, land
+in the copy, and later reads in the same pass see them, so the forward pass computes what the
+model's own forward computes (in training mode: with the batch statistics). Only calls made in
+the tracing thread are affected. A module that assigns a new tensor to a buffer (spectral
+norm's ``_u = F.normalize(..., out=_u)``) gets the original back when the pass ends
+(:func:`restore_buffers`).
+
 First block
 -----------
 The mode also feeds a :class:`~isnet.lrp.first_block.FirstBlockTracker`, which follows
@@ -37,7 +49,7 @@ exist only inside its ``with`` block and ignore other threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -101,6 +113,19 @@ def named_submodules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Mod
     if missing:
         raise UnknownModuleError(f"no module named {missing} in the model; names come from model.named_modules()")
     return {name: modules[name] for name in names}
+
+
+def owned_buffers(model: nn.Module) -> list[tuple[nn.Module, str, Tensor]]:
+    """Every buffer of ``model`` with the module that holds it and its name there."""
+    return [(module, name, buffer) for module in model.modules()
+            for name, buffer in module.named_buffers(recurse=False)]
+
+
+def restore_buffers(buffers: Sequence[tuple[nn.Module, str, Tensor]]) -> None:
+    """Put back each buffer of :func:`owned_buffers` that its module replaced by another tensor."""
+    for module, name, buffer in buffers:
+        if getattr(module, name, None) is not buffer:
+            setattr(module, name, buffer)
 
 
 @contextmanager
@@ -174,17 +199,24 @@ class LRPMode(TorchFunctionMode):
         Training-mode batch norm holds its batch statistics constant in the relevance pass
         (``batch_stats="constant"``, see :mod:`isnet.lrp.normalisation`); else they keep
         their ordinary derivative.
+    kept
+        Tensors (the model's buffers) that calls get copies of, so that the pass cannot write
+        into them (see the module docstring).
     """
 
     def __init__(self, switch: BackwardSwitch, x: Tensor, *, first_block: bool = True,
-                 zplus: float | None = None, constant_bn: bool = False) -> None:
+                 zplus: float | None = None, constant_bn: bool = False, kept: Iterable[Tensor] = ()) -> None:
         super().__init__()
         self.switch, self.zplus, self.constant_bn = switch, zplus, constant_bn
+        self.kept = {id(t) for t in kept}
+        self._copies_of: dict[int, Tensor] = {}  # kept tensor id -> its copy for this pass, made on first use
         self.depends = Dependence(x)
         self.tracker = FirstBlockTracker(x if first_block else None)
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if self.kept:
+            args, kwargs = self._copies(args), {k: self._copies(v) for k, v in kwargs.items()}
         kind = _KINDS.get(func)
         if kind == "batch_norm":  # a normalisation rule only when its statistics are held constant
             kind = "norm" if self.constant_bn else None
@@ -217,6 +249,18 @@ class LRPMode(TorchFunctionMode):
         if not self.tracker.done:
             self.tracker.other(func, args, kwargs, out)
         return out
+
+    def _copies(self, value: Any) -> Any:
+        """``value`` with each kept tensor in it (also inside a list or tuple) replaced by its copy."""
+        if isinstance(value, Tensor):
+            if id(value) not in self.kept:
+                return value
+            if id(value) not in self._copies_of:
+                self._copies_of[id(value)] = value.clone()
+            return self._copies_of[id(value)]
+        if type(value) in (list, tuple):
+            return type(value)(self._copies(v) for v in value)
+        return value
 
     def _relu(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
         inplace = func in _RELU_INPLACE_FUNCS or bool(kwargs.get("inplace", False))
