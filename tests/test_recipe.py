@@ -96,7 +96,7 @@ def test_one_python_step_equals_the_isnet_train_step():
     torch.manual_seed(1)
     swapped = isnet.swap_backgrounds(x, masks)
     logits, heatmaps = net(swapped, heatmaps=True, labels=labels)
-    loss = criterion(logits, labels, heatmaps, masks).total
+    loss = criterion(logits, labels, heatmaps, masks).combined(model.parameters()).loss  # the gradient rule
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()

@@ -151,7 +151,7 @@ class TrainConfig:
     d_loss: float = option(1.0, "GWRP decay over deep-supervision layers (1: mean)", "ISNet loss",
                            at_least=0, at_most=1)
     heatmap_gradient: str = option(
-        "sum", "how the heatmap loss's gradient joins the cross-entropy's: sum ((1-P) CE + P heatmap loss, the "
+        "balance", "how the heatmap loss's gradient joins the cross-entropy's: sum ((1-P) CE + P heatmap loss, the "
                "papers), project (its component against the cross-entropy's gradient removed when they conflict) "
                "or balance (its norm capped at --gradient-ratio times the cross-entropy's); project and balance "
                "take one more backward pass", "ISNet loss", choices=GRADIENT_RULES)
@@ -166,9 +166,10 @@ class TrainConfig:
         None, "probability that a training image gets another image's background (mask-based); default: the "
               "variant's own (see --variant)", "ISNet loss", metavar="PROB", at_least=0, at_most=1)
     warm_start: bool = option(
-        False, "the heatmap-loss training continues from the calibration network's weights instead of a fresh "
-               "initialisation; the calibration epochs count towards --epochs, so the run sees as many epochs of "
-               "data as a plain classifier trained for --epochs", "ISNet loss")
+        True, "the heatmap-loss training continues from the calibration network's weights instead of a fresh "
+               "initialisation; the calibration epochs count towards --epochs (the heatmap-loss training keeps at "
+               "least one), so the run sees as many epochs of data as a plain classifier trained for --epochs",
+        "ISNet loss")
     calibration_swap: float = option(
         1.0, "background-swap probability of the calibration run: C1/C2 come from a standard classifier "
              "trained with the swap, whatever the run's own --background-swap (one trained on the raw biased "
@@ -236,11 +237,16 @@ class TrainConfig:
         """The LRP-Flex options of this run (keyword arguments of :class:`isnet.LRPFlex`)."""
         return {"epsilon": self.epsilon, "zb": self.zb, "batch_stats": self.batch_stats}
 
-    def main_epochs(self) -> int:
-        """Epochs of the main training: ``epochs``, less the calibration epochs a warm start continues from."""
+    def warm_epochs(self) -> int:
+        """Calibration epochs that count towards ``epochs``: those a warm start continues from (the main
+        training keeps at least one epoch)."""
         if self.warm_start and self.calibration:
-            return self.epochs - int(self.calibration["epochs"])
-        return self.epochs
+            return max(0, min(int(self.calibration["epochs"]), self.epochs - 1))
+        return 0
+
+    def main_epochs(self) -> int:
+        """Epochs of the main training: ``epochs`` less :meth:`warm_epochs`."""
+        return self.epochs - self.warm_epochs()
 
     def validate(self) -> None:
         """Raise :class:`isnet.errors.UserError` naming the first option out of range.
@@ -256,9 +262,6 @@ class TrainConfig:
                 raise UserError(f"give both {flags[0]} and {flags[1]}, or neither (then they are calibrated)")
             if low is not None and not low <= high:
                 raise UserError(f"need {flags[0]} <= {flags[1]}, got {low} and {high}")
-        if self.warm_start and self.C1 is None and self.epochs <= self.calibrate_epochs:
-            raise UserError(f"--warm-start counts the {self.calibrate_epochs} calibration epoch(s) towards --epochs "
-                            f"{self.epochs}: give more --epochs than --calibrate-epochs")
         if not _valid_devices(self.devices):
             raise UserError(f"--devices must be auto, a count >= 1, -1 (all) or a list such as 0,1; "
                             f"got {self.devices!r}")

@@ -23,24 +23,25 @@ training loop, gradient clipping and DDP's gradient averaging see an ordinary ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from .config import GRADIENT_RULES
+from .recipe import default
 
 __all__ = ["GRADIENT_RULES", "Combined", "combine_gradients"]
 
 
 @dataclass
 class Combined:
-    """A step's objective: ``backward`` is what to differentiate; ``stats`` are the gradient
+    """A step's objective: ``loss`` is what to differentiate; ``stats`` are the gradient
     measurements (``grad_ce``, ``grad_heatmap``: norms; ``grad_cos``: their cosine; ``grad_scale``:
     the factor the heatmap gradient got), empty when the gradients were not taken apart."""
 
-    backward: Tensor
+    loss: Tensor
     stats: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -48,8 +49,9 @@ def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
 
 
-def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Sequence[nn.Parameter], *,
-                      rule: str = "sum", ratio: float = 1.0, measure: bool = False) -> Combined:
+def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Iterable[nn.Parameter], *,
+                      rule: str = default("heatmap_gradient"), ratio: float = default("gradient_ratio"),
+                      measure: bool = False) -> Combined:
     """The objective of one step whose gradient combines ``ce``'s and ``heatmap``'s by ``rule``.
 
     Parameters
@@ -58,8 +60,10 @@ def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Sequenc
         The two scalar losses, in the autograd graph of ``parameters``.
     P
         Weight of the heatmap loss in this step (after any warm-up).
+    parameters
+        The parameters the step updates (those with ``requires_grad``).
     rule
-        ``"sum"``, ``"project"`` or ``"balance"`` (module docstring).
+        ``"sum"``, ``"project"`` or ``"balance"`` (module docstring); the default is ``isnet train``'s.
     ratio
         ``balance``: the largest heatmap-gradient norm, as a multiple of the cross-entropy's.
     measure

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gradients import Combined, combine_gradients
 from .masks import foreground as foreground_of
 from .recipe import default
 
@@ -144,12 +145,20 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
 
 @dataclass
 class LossTerms:
-    """The parts of the ISNet objective for one batch; ``total`` is what is optimised."""
+    """The parts of the ISNet objective for one batch; ``total`` is what is minimised."""
 
     total: Tensor
     cross_entropy: Tensor
     heatmap: Tensor
     P: float
+
+    def combined(self, parameters: Iterable[nn.Parameter], *, rule: str = default("heatmap_gradient"),
+                 ratio: float = default("gradient_ratio"), measure: bool = False) -> Combined:
+        """The scalar to differentiate for one step of ``parameters``: its gradient joins the two terms'
+        gradients by ``rule`` (:func:`isnet.gradients.combine_gradients`; the default is ``isnet train``'s).
+        ``terms.combined(model.parameters()).loss.backward()`` replaces ``terms.total.backward()``."""
+        return combine_gradients(self.cross_entropy, self.heatmap, self.P, parameters, rule=rule, ratio=ratio,
+                                 measure=measure)
 
 
 class ISNetLoss(nn.Module):

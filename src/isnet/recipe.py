@@ -9,11 +9,12 @@ variants of ``isnet train``, is :func:`isnet.swap_backgrounds`.
 The recipe departs from the papers in a few values, which :data:`REFERENCE` holds by field
 name. In Python the papers' recipe is::
 
-    net = isnet.ISNet(model, "selective", batch_stats="gradient")
+    net = isnet.ISNet(model, "selective", batch_stats="gradient")   # a freshly initialised model
     criterion = isnet.ISNetLoss(P=0.7, d=0.9, foreground="L2", C1=C1, C2=C2)   # and no swap
+    criterion(...).total.backward()
 
 and on the command line ``isnet train --P 0.7 --d 0.9 --foreground L2 --batch-stats gradient
---background-swap 0 --calibration-swap 0 --p-warmup 0``.
+--background-swap 0 --calibration-swap 0 --p-warmup 0 --no-warm-start --heatmap-gradient sum``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ REFERENCE = MappingProxyType({
     "background_swap": 0.0,      # the papers train on the data as it is
     "calibration_swap": 0.0,
     "p_warmup": 0.0,             # no warm-up of P: without the swap it lets the network learn a shortcut
+    "warm_start": False,         # the ISNet trained from a fresh initialisation after calibration
+    "heatmap_gradient": "sum",   # (1 - P) CE + P heatmap loss, differentiated as it is
 })
 """The papers' recipe (Bassi et al. 2024, and the authors' reference implementation) where
 ``isnet train``'s departs from it, by :class:`~isnet.config.TrainConfig` field name:

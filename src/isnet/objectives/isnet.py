@@ -25,7 +25,6 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..gradients import combine_gradients
 from ..loss import float32_region
 from ..variants import epsilon_heatmaps
 from .registry import StepContext, StepOutput, register_objective
@@ -68,7 +67,7 @@ def heatmap_objective(ctx: StepContext, x: Tensor, masks: Tensor, labels: Tensor
     with float32_region(x):
         terms = ctx.criterion(logits.float(), labels, _as_float(heatmaps), masks.float(), warmup=ctx.warmup)
     cfg = ctx.config
-    combined = combine_gradients(terms.cross_entropy, terms.heatmap, terms.P, list(ctx.net.model.parameters()),
-                                 rule=cfg.heatmap_gradient, ratio=cfg.gradient_ratio, measure=cfg.log_gradients)
+    combined = terms.combined(ctx.net.model.parameters(), rule=cfg.heatmap_gradient, ratio=cfg.gradient_ratio,
+                              measure=cfg.log_gradients)
     return StepOutput(terms.total, logits, {"ce": terms.cross_entropy, "heatmap": terms.heatmap, **combined.stats},
-                      epsilon_heatmaps(heatmaps, ctx.net.variant).detach(), backward=combined.backward)
+                      epsilon_heatmaps(heatmaps, ctx.net.variant).detach(), backward=combined.loss)

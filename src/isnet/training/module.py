@@ -35,7 +35,13 @@ from ..segment.predict import predicted_masks
 from ..variants import ISNet, calibration_groups, epsilon_heatmaps, input_heatmaps
 from .data import epoch_seed
 
-__all__ = ["ISNetModule", "TrainingDiverged"]
+__all__ = ["ISNetModule", "TrainingDiverged", "at_chance"]
+
+
+def at_chance(accuracy: float, num_classes: int) -> bool:
+    """Whether a training accuracy is still within a quarter of chance (below ``1.25 / K``): a network
+    that has not learnt to classify, whose relevance totals cannot calibrate C1/C2."""
+    return accuracy < 1.25 / num_classes
 
 
 class TrainingDiverged(FloatingPointError):
@@ -76,6 +82,7 @@ class ISNetModule(L.LightningModule):
         # the calibration network shares the model; kept out of the module tree (and state dict)
         self.__dict__["_calibration_net"] = calibrate_for
         self._totals: list[Tensor] = []
+        self._hits = torch.zeros(2)  # correct and seen training images while recording
         self._recording = False
         self.calibration: dict[str, float] | None = None
 
@@ -157,8 +164,9 @@ class ISNetModule(L.LightningModule):
         random.seed(s)
         np.random.seed(s % 2**32)
         self._recording = (self._calibration_net is not None
-                           and self.current_epoch == self.trainer.max_epochs - 1)
+                           and self.current_epoch >= self.config.calibrate_epochs - 1)
         self._totals = []
+        self._hits = torch.zeros(2, device=self.device)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, masks, labels = batch
@@ -180,6 +188,7 @@ class ISNetModule(L.LightningModule):
                      sync_dist=False)
         if self._recording:
             self._record_totals(x, labels)
+            self._hits += torch.stack([(out.logits.detach().argmax(1) == labels).sum(), labels.new_tensor(n)])
         return out.loss if out.backward is None else out.backward
 
     def _log_mean(self, name: str, value: Tensor, n: int, prog_bar: bool = False) -> None:
@@ -213,10 +222,14 @@ class ISNetModule(L.LightningModule):
             c1, c2 = calibrate(group)
             self.calibration |= {f"C1{suffix}": c1, f"C2{suffix}": c2, f"mean{suffix}": group.double().mean().item(),
                                  f"std{suffix}": group.double().std().item(), f"n{suffix}": int(group.numel())}
+        hits = self.all_gather(self._hits).reshape(-1, 2).sum(0)  # (correct, seen), summed over ranks
+        self.calibration["train_accuracy"] = float(hits[0] / hits[1].clamp(min=1))
         # logged so the values also reach the launching process under ddp_spawn
         for key, value in self.calibration.items():
             self.log(f"calibration/{key}", float(value), on_epoch=True, sync_dist=True)
         self._recording, self._totals = False, []
+        if self._trainer is not None and not at_chance(self.calibration["train_accuracy"], self.config.num_classes):
+            self.trainer.should_stop = True  # the network has learnt: these totals are the calibration
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, masks, labels = batch

@@ -105,7 +105,7 @@ def resume_config(given: Mapping[str, Any], run: Path, *, check: bool = True) ->
             raise UserError(f"{run} holds a trained {MODEL} but no {LAST} to continue from; train into another --out")
         return saved, None  # stopped before the first checkpoint: the run starts over
     if check:
-        done = completed_epochs(last)
+        done = completed_epochs(last) + saved.warm_epochs()  # a warm start's calibration epochs count
         if finished:
             done = max(done, planned)
         if saved.epochs < done:
