@@ -1,14 +1,33 @@
-"""Shared fixtures: the reference tensors and the small networks they were computed with."""
+"""Shared fixtures: the reference tensors and the small networks they were computed with; :func:`require`, the
+import of a test dependency."""
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from torch import nn
 
 REFERENCE = Path(__file__).parent / "data" / "lrpflex_reference.pt"
+STRICT = os.environ.get("ISNET_STRICT_REFERENCES") == "1"
+"""Set by ``make test``: a test dependency that is missing fails the tests that need it instead of skipping them."""
+
+
+def require(package: str) -> ModuleType:
+    """Import a test dependency (the ``[test]`` extra, and lxt): ``pytest.importorskip``, except that under
+    ``ISNET_STRICT_REFERENCES=1`` a missing package fails the test (or, at module level, the collection), so a
+    reference comparison cannot pass by being skipped."""
+    if not STRICT:
+        return pytest.importorskip(package)
+    try:
+        return importlib.import_module(package)
+    except ImportError as err:
+        pytest.fail(f"test dependency {package} is missing ({err}) under ISNET_STRICT_REFERENCES=1; `make install` "
+                    "installs the test dependencies", pytrace=False)
 
 
 def nest(flat: dict) -> dict:

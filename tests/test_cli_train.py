@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from conftest import require
 from isnet.cli import main
 from isnet.data import write_dataset
 
@@ -163,7 +164,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
 @pytest.mark.parametrize("logger", ["tensorboard", "mlflow"])
 def test_loggers_keep_metrics_csv_and_receive_heatmap_pictures(data, tmp_path, logger):
     """``--logger tensorboard|mlflow``: metrics.csv is still written; each epoch logs a picture of val heatmaps."""
-    pytest.importorskip(logger)
+    require(logger)
     run = tmp_path / "run"
     assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", "standard",
                  "--logger", logger, "--log-images", "3", "--out", str(run), *FAST]) == 0

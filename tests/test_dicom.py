@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-pydicom = pytest.importorskip("pydicom")
+from conftest import require
+
+pydicom = require("pydicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, SecondaryCaptureImageStorage, generate_uid  # noqa
 

@@ -57,11 +57,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vision_transformer
 
+from conftest import require
 from isnet import explain
 from test_lrp import assert_no_mode_left, rel_err
 from test_lrp_transformers import randomised
 
-pytest.importorskip("lxt")  # a test dependency; the guard only keeps a bare checkout collectable
+require("lxt")  # a test dependency (make install); the guard only keeps a bare checkout collectable
 
 TOL = 1e-6
 

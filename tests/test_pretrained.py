@@ -13,6 +13,7 @@ import torchvision
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
+from conftest import require
 from isnet.cli import main
 from isnet.errors import UserError, UserFileNotFoundError
 from isnet.models import IMAGENET_MEAN, IMAGENET_STD, build_model, hub_checkpoints
@@ -158,8 +159,7 @@ def test_small_models_and_vits_are_built_for_the_image_size():
 
 
 def test_timm_models_by_name_with_their_errors(tmp_path):
-    pytest.importorskip("timm")
-    import timm
+    timm = require("timm")
 
     from isnet import explain
     from test_lrp import assert_same, snapshot

@@ -204,7 +204,9 @@ def test_calibration_is_printed_and_the_config_records_the_values_used(space):
     assert "calibrating C1 and C2" in printed
     assert f"C1 = {config['C1']:.4g}, C2 = {config['C2']:.4g}" in printed
     assert config["background_swap"] == 1.0  # the selective default, not null
-    assert torch.load(space["run"] / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1  # the last epoch
+    # the last epoch: of --epochs 2, the warm start's calibration took 1
+    assert config["calibration"]["epochs"] == 1 and config["warm_start"]
+    assert torch.load(space["run"] / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
 @pytest.mark.e2e
@@ -225,11 +227,11 @@ def test_every_input_gets_its_own_heatmap_and_foreign_files_are_kept(tmp_path, c
     assert pngs == ["0/003-jpg.png", "0/003-png.png", "1/004.png"]
     assert all((out / e["heatmap"]).is_file() and (out / e["relevance"]).is_file() for e in listed)
     assert _cli(args) == 0  # its own files may be replaced
-    (out / "1" / "004.npy").write_text("mine")  # the user's file, not listed in the manifest
-    (out / "heatmaps.json").write_text(json.dumps([e for e in listed if "004" not in e["heatmap"]]))
+    Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(images / "1" / "005.png")
+    (out / "1" / "005.npy").write_text("mine")  # the user's file where the new image's heatmap would go
     capsys.readouterr()
     assert _cli(args) == 2
-    assert "isnet did not write" in capsys.readouterr().err and (out / "1" / "004.npy").read_text() == "mine"
+    assert "isnet did not write" in capsys.readouterr().err and (out / "1" / "005.npy").read_text() == "mine"
 
 
 def test_explain_with_the_zplus_rule_writes_lrpflex_zplus_relevance(tmp_path):

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("monai")
+from conftest import require
+
+require("monai")
 
 from isnet.cli import main  # noqa: E402
 from isnet.data import MaskedImageFolder, write_dataset  # noqa: E402

@@ -4,6 +4,7 @@ Explain: :func:`explain`, :class:`LRPFlex`, :func:`plot_heatmap`.
 Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`, :func:`swap_backgrounds`,
 with ``isnet train``'s defaults (:mod:`isnet.recipe`, which also holds the papers' values);
 :mod:`isnet.training` (Lightning) runs whole training runs, :mod:`isnet.checkpoints` loads them.
+Audit: :func:`audit`, how much a classifier relies on the background, by intervention.
 """
 
 from .loss import ISNetLoss, calibrate, heatmap_loss
@@ -12,7 +13,7 @@ from .variants import ISNet
 
 __all__ = [
     "ISNet", "ISNetLoss", "LRPFlex", "Relevance", "Trace", "UnsupportedModelError",
-    "calibrate", "explain", "heatmap_loss", "plot_heatmap", "swap_backgrounds",
+    "audit", "calibrate", "explain", "heatmap_loss", "plot_heatmap", "swap_backgrounds",
 ]
 __version__ = "0.1.0"
 
@@ -26,4 +27,8 @@ def __getattr__(name: str):
         from .data.augment import swap_backgrounds
 
         return swap_backgrounds
+    if name == "audit":  # likewise: the audit's counterfactuals are the swap's, in isnet.data
+        from .background_audit import audit
+
+        return audit
     raise AttributeError(f"module 'isnet' has no attribute {name!r}")

@@ -14,9 +14,6 @@ Loading a classifier, building its explainer and preparing its input need only P
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from .lrp import LRPFlex
 from .masks import mask_background
 from .models import build_model, check_state_dict, read_torch_file
 from .objectives import get_objective
+from .outputs import write_json
 from .paths import CHECKPOINTS, CONFIG, MODEL, read_run_config
 from .segment.predict import predicted_masks
 
@@ -37,20 +35,6 @@ __all__ = ["CHECKPOINTS", "CONFIG", "MODEL", "classifier_input", "explainer", "l
            "write_json"]
 
 _REQUIRED = ("arch", "num_classes", "image_size", "variant")
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON through a temporary file in the same folder, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -85,12 +69,15 @@ def load_classifier(path: str | Path, *, map_location: str | torch.device = "cpu
             prefix = "net.model."
             state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         except (KeyError, TypeError, AttributeError):
-            raise UserError(f"{path} is not a checkpoint written by isnet train (no config or state dict "
-                            "inside)") from None
+            raise UserError(f"{path} is not a checkpoint written by isnet train (no config or state dict inside); "
+                            "another program's checkpoint or state dict is read by isnet explain --arch ARCH "
+                            "--weights FILE") from None
     else:
         config_path = next((p / CONFIG for p in (path.parent, path.parent.parent) if (p / CONFIG).is_file()), None)
         if config_path is None:
-            raise UserFileNotFoundError(f"no {CONFIG} next to {path}; give the run folder or a .ckpt file")
+            raise UserFileNotFoundError(f"no {CONFIG} next to {path}; give the run folder or a .ckpt file of isnet "
+                                        "train (another program's state dict or checkpoint is read by isnet explain "
+                                        "--arch ARCH --weights FILE)")
         config = read_run_config(config_path)
         state = read_checkpoint(path)
     lacking = [key for key in _REQUIRED if config.get(key) is None]

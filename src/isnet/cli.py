@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
-from .errors import command_warnings
+from .errors import command_warnings, short_message
 from .options import OneLineParser, number, target
+from .outputs import DiskError, as_disk_error, write_result
+from .signals import Terminated, raise_on_sigterm
 
 
-def _add_explain(sub) -> None:
-    p = sub.add_parser("explain", help="write LRP-Flex heatmaps (PNG + .npy) for an image or a folder",
-                       description="Explain a classifier's decisions with LRP-Flex heatmaps. OUT must not be or "
-                                   "contain the input, and files in it that isnet did not write are never replaced.")
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The classifier to load (:func:`isnet.explain_files.load_model`): a run, or an architecture and its weights."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", metavar="NAME|FILE",
                      help="state dict (.pt) of --arch, or a torchvision weights name (DEFAULT, IMAGENET1K_V1) read "
@@ -35,16 +35,23 @@ def _add_explain(sub) -> None:
                                   "needed with --checkpoint)")
     p.add_argument("--num-classes", type=number(int, at_least=1), default=None,
                    help="classes (outputs) of --arch (default 1000)")
-    p.add_argument("--images", type=Path, required=True,
-                   help="an image, a folder of images, or a dataset root (images/<class>/...)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (outside the input)")
-    p.add_argument("--target", type=target, default="pred", help="label, pred (default) or a class index")
     p.add_argument("--image-size", type=number(int, at_least=1), default=None,
                    help="resize images to this square side (default: a checkpoint's training size, else the "
                         "images' own size, which must then be the same for all)")
     p.add_argument("--normalize", choices=["auto", "none", "imagenet"], default=None,
                    help="input normalisation the model expects (Z^B bounds follow it); default auto: imagenet for a "
                         "torchvision weights name, else none; not with --checkpoint, whose models see pixels in [0, 1]")
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="write LRP-Flex heatmaps (PNG + .npy) for an image or a folder",
+                       description="Explain a classifier's decisions with LRP-Flex heatmaps. OUT must not be or "
+                                   "contain the input, and files in it that isnet did not write are never replaced.")
+    _add_model_options(p)
+    p.add_argument("--images", type=Path, required=True,
+                   help="an image, a folder of images, or a dataset root (images/<class>/...)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (outside the input)")
+    p.add_argument("--target", type=target, default="pred", help="label, pred (default) or a class index")
     p.add_argument("--epsilon", type=number(float, at_least=0), default=0.01)
     p.add_argument("--no-zb", action="store_true", help="LRP-epsilon down to the input instead of Z^B")
     p.add_argument("--rule", choices=["epsilon", "z+"], default="epsilon",
@@ -114,6 +121,7 @@ def _run_data(args: argparse.Namespace) -> None:
 
 def _add_train(sub) -> None:
     from .config import TrainConfig
+    from .config_file import add_config_file_options
     from .options import add_dataclass_options
 
     p = sub.add_parser(
@@ -123,17 +131,18 @@ def _add_train(sub) -> None:
                     "Writes OUT/config.json, OUT/checkpoints/{last,best}.ckpt, OUT/metrics.csv and OUT/model.pt. "
                     "Everything is checked before OUT is written; OUT may not hold another run: --resume continues "
                     "one, --overwrite starts an unfinished one again (a finished model.pt is never replaced).")
-    add_dataclass_options(p, TrainConfig, required=("out",))
+    add_config_file_options(p)
+    add_dataclass_options(p, TrainConfig)
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from .config import TrainConfig
-    from .errors import UserError
-    from .options import given_values
+    from .config_file import command_options
 
-    config = given_values(args, TrainConfig)
-    if not config.get("resume") and "train" not in config:
-        raise UserError("--train is required (unless --resume)")
+    config = command_options(args, TrainConfig, "isnet train")
+    if config is None:  # --print-config
+        return
+    args.out = config["out"]  # for the hint after an interruption
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from .training import fit
@@ -166,10 +175,12 @@ def _add_eval(sub) -> None:
     p.add_argument("--workers", type=number(int, at_least=0), default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-relevance", action="store_true", help="skip the background-relevance share")
+    p.add_argument("--audit", action="store_true",
+                   help="also audit the use of the background by intervention, as isnet audit does (test sets need "
+                        "masks and two classes; 4 more forward passes per image, docs/audit.md)")
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from .checkpoints import write_json
     from .evaluate import evaluate, format_table
     from .options import named_tests
     from .paths import check_json_output
@@ -178,10 +189,55 @@ def _run_eval(args: argparse.Namespace) -> None:
     if args.json is not None:
         check_json_output(args.json, option="--json")  # before the work, so no result is lost
     results = evaluate(args.checkpoint, tests, batch_size=args.batch_size, workers=args.workers,
-                       device=args.device, relevance=not args.no_relevance)
+                       device=args.device, relevance=not args.no_relevance, audit=args.audit)
     print(format_table(results))
     if args.json is not None:
-        print(f"wrote {write_json(args.json.expanduser(), results)}")
+        print(f"wrote {write_result(args.json, results)}")
+
+
+def _add_audit(sub) -> None:
+    p = sub.add_parser(
+        "audit", help="measure how much a classifier relies on the background, by intervention",
+        description="For each image, counterfactuals made with its mask: its foreground on the background of "
+                    "another class (the donor's object removed), the background alone, the foreground alone on a "
+                    "neutral fill, and optionally given regions painted out. Reports accuracy under each, the "
+                    "prediction flip rate and the follows-the-background rate with bootstrap 95% intervals, the "
+                    "heatmap background share beside them, and a verdict; writes OUT/audit.json, audit.md and "
+                    "audit.html. Cost: 4 forward passes per image (5 with --regions) and 1 LRP-Flex pass. OUT must "
+                    "be empty or hold only files isnet wrote. See docs/audit.md.")
+    _add_model_options(p)
+    p.add_argument("--test", action="append", required=True, metavar="NAME=DIR",
+                   help="a named test set (dataset layout with masks/); repeat for several")
+    p.add_argument("--regions", action="append", default=[], metavar="NAME=DIR",
+                   help="regions to paint out in test set NAME (markers, label boxes): a folder laid out like masks/, "
+                        "one mask per image (all black where there is none); repeat for several test sets")
+    p.add_argument("--out", type=Path, required=True, help="output folder (outside the inputs)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the donors and the bootstrap (default 0)")
+    p.add_argument("--resamples", type=number(int, at_least=1), default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--margin", type=number(float, at_least=0, at_most=0.99), default=0.1,
+                   help="how far above chance, as a share, a 95%% interval's lower end must lie for the verdict "
+                        "(default 0.1: 10 points)")
+    p.add_argument("--examples", type=number(int, at_least=0), default=8,
+                   help="example images per test set in audit.html (default 8)")
+    p.add_argument("--batch-size", type=number(int, at_least=1), default=64)
+    p.add_argument("--workers", type=number(int, at_least=0), default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-relevance", action="store_true", help="skip the heatmap background share")
+
+
+def _run_audit(args: argparse.Namespace) -> None:
+    from .audit_files import OUTPUTS, audit_folders
+    from .audit_stats import audit_table
+    from .options import named_tests
+
+    report = audit_folders(
+        named_tests(args.test), args.out, checkpoint=args.checkpoint, arch=args.arch, weights=args.weights,
+        num_classes=args.num_classes, normalize=args.normalize, image_size=args.image_size,
+        regions=named_tests(args.regions, option="--regions"), batch_size=args.batch_size, workers=args.workers,
+        device=args.device, seed=args.seed, resamples=args.resamples, margin=args.margin,
+        relevance=not args.no_relevance, examples=args.examples)
+    print(audit_table(report["tests"]))
+    print(f"wrote {', '.join(str(args.out / name) for name in OUTPUTS)}")
 
 
 def _add_demo(sub) -> None:
@@ -215,6 +271,7 @@ COMMANDS = {
     "data": (_add_data, _run_data),
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
+    "audit": (_add_audit, _run_audit),
     "segment": (_sub_command("isnet.segment.command", "add_parser"), _sub_command("isnet.segment.command", "run")),
     "bench": (_sub_command("isnet.bench.command", "add_parser"), _sub_command("isnet.bench.command", "run")),
     "demo": (_add_demo, _run_demo),
@@ -236,32 +293,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 # user mistakes: UserError and the library's ValueErrors (bad arguments; UnknownModuleError, a module name
 # the user gave, is also a KeyError), files that are not there or would be overwritten, training that
-# diverged, relevance that is not finite. KeyError, TypeError, RuntimeError, ... are bugs: traceback.
+# diverged, relevance that is not finite; an OSError of a full or read-only disk, wherever it is raised
+# (isnet.outputs.as_disk_error). KeyError, TypeError, RuntimeError, ... are bugs: traceback.
 _REPORTED = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, FloatingPointError)
 
 
+def _reported(error: Exception) -> Exception | None:
+    """What to print for a user's mistake (a full or read-only disk as a :class:`DiskError` naming the file);
+    None for a bug."""
+    if isinstance(error, OSError) and (disk := as_disk_error(error, writing=False)) is not None:
+        return disk
+    return error if isinstance(error, _REPORTED) else None
+
+
 def _continue_hint(args: argparse.Namespace) -> str:
-    """How to go on after a Ctrl-C: resume a training run that has started, rerun a benchmark."""
+    """How to go on after a Ctrl-C or a SIGTERM: resume a training run that has started, rerun a benchmark."""
     if args.command == "bench" and args.bench in ("bias", "cxr"):
         return "; run the same command again: finished runs are reused"
     if args.command == "train" or (args.command == "segment" and args.segment == "train"):
-        if args.out is not None and (Path(args.out).expanduser() / "config.json").is_file():
+        from .paths import run_contents
+
+        out = Path(args.out).expanduser() if args.out is not None else None
+        if out is not None and (out / "config.json").is_file():
             return "; continue the run with --resume (from its last checkpoint)"
-        return "; nothing was trained yet: run the command again with --overwrite"
+        if out is not None and out.is_dir() and run_contents(out):
+            return "; nothing was trained yet: run the command again with --overwrite"
+        return "; nothing was written yet: run the command again"
     return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with command_warnings(args.command):
+        with command_warnings(args.command), raise_on_sigterm():
             COMMANDS[args.command][1](args)
-    except _REPORTED as error:
-        print(f"isnet {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - a bug is raised again, with its traceback
+        shown = _reported(error)
+        if shown is None:
+            raise
+        hint = (_continue_hint(args) or ", then run the command again") if isinstance(shown, DiskError) else ""
+        print(f"isnet {args.command}: error: {short_message(shown)}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"isnet {args.command}: interrupted{_continue_hint(args)}", file=sys.stderr)
         return 130
+    except Terminated as stop:  # SIGTERM: a batch scheduler's time limit, kill, ...
+        print(f"isnet {args.command}: terminated (SIGTERM){_continue_hint(args)}", file=sys.stderr)
+        return int(stop.code)
     return 0
 
 

@@ -23,7 +23,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["IsnetWarning", "OutputExistsError", "UserError", "UserFileNotFoundError", "command_warnings"]
+__all__ = ["IsnetWarning", "OutputExistsError", "UserError", "UserFileNotFoundError", "command_warnings",
+           "short_message"]
 
 
 class UserError(ValueError):
@@ -40,6 +41,15 @@ class UserFileNotFoundError(UserError, FileNotFoundError):
 
 class IsnetWarning(UserWarning):
     """Input that isnet can use, but probably not as the user meant (the command shows it as a warning)."""
+
+
+def short_message(error: BaseException) -> str:
+    """The message of an error, without the traceback text a DataLoader worker puts around it."""
+    text = str(error)
+    if "Traceback (most recent call last)" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(f"{type(error).__name__}: ", 1)[-1]
+    return text
 
 
 @contextmanager

@@ -4,7 +4,8 @@
 AUROC (binary: with a 95% DeLong interval) over the classes the set holds, the confusion
 matrix (from :func:`isnet.metrics.classification_metrics`) and, when the set has masks, the
 mean share of absolute LRP-Flex relevance (heatmap of the predicted class, eval mode) outside
-the foreground mask. ``isnet eval`` calls it.
+the foreground mask; with ``audit``, also the background audit (:mod:`isnet.background_audit`).
+``isnet eval`` calls it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .audit_stats import audit_table
+from .background_audit import audit as audit_background
+from .background_audit import check_auditable, dataset_tensors
 from .checkpoints import classifier_input, explainer, load_classifier
 from .data import MaskedImageFolder, make_transform
 from .errors import UserError
@@ -88,7 +92,8 @@ def _predict(model: nn.Module, lrp: LRPFlex | None, config: Mapping[str, Any], l
 
 
 def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_size: int = 64, workers: int = 0,
-             device: str | torch.device | None = None, relevance: bool = True) -> dict[str, dict[str, Any]]:
+             device: str | torch.device | None = None, relevance: bool = True,
+             audit: bool = False) -> dict[str, dict[str, Any]]:
     """Scores of a trained classifier on each named test set.
 
     Parameters
@@ -102,14 +107,17 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
         Loader and device options (device None / "auto": CUDA when available).
     relevance
         Compute the background-relevance share (test sets with masks only).
+    audit
+        Also audit the classifier's use of the background (:func:`isnet.background_audit.audit`, default
+        settings; every test set needs masks and two classes): 4 more forward passes per image.
 
     Returns
     -------
     dict
         ``{name: {"accuracy", "macro_f1", "auroc", "auroc_classes", ["auroc_ci95" for two classes],
-        "background_relevance" (None without masks), "confusion_matrix", "n"}}``; NaN becomes None.
-        ``auroc`` is over the classes present in the set, named in ``auroc_classes``, and None
-        (undefined) when it holds fewer than two.
+        "background_relevance" (None without masks), "confusion_matrix", "n", ["audit" with ``audit``]}}``;
+        NaN becomes None. ``auroc`` is over the classes present in the set, named in ``auroc_classes``,
+        and None (undefined) when it holds fewer than two.
     """
     if not tests:
         raise UserError("no test sets given (NAME=DIR)")
@@ -127,6 +135,8 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
     for name, dataset in datasets.items():  # every test set is checked before the first is evaluated
         if len(dataset) == 0:
             raise UserError(f"test set {name} ({dataset.root}) holds no images")
+        if audit:
+            check_auditable(dataset.targets, has_masks=dataset.has_masks, what=f"test set {name} ({dataset.root})")
         if masked_input and not dataset.has_masks:
             raise UserError(f"variant {config['variant']!r} classifies background-masked images, but test set "
                             f"{name} ({dataset.root}) has no masks/ folder")
@@ -134,9 +144,14 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
     for name, dataset in datasets.items():
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
         use_lrp = relevance and dataset.has_masks
-        logits, labels, share = _predict(model, lrp if use_lrp else None, config, loader, dev)
+        logits, labels, share = _predict(model, lrp if use_lrp and not audit else None, config, loader, dev)
         scores = classification_metrics(logits, labels, len(classes))
         scores["auroc_classes"] = [classes[i] for i in scores["auroc_classes"]]
+        if audit:  # the audit measures the heatmap share on its originals, so it is computed once
+            scores["audit"] = audit_background(model, *dataset_tensors(dataset, batch_size=batch_size, workers=workers),
+                                               lrp=lrp if use_lrp else None, batch_size=batch_size,
+                                               model_input=lambda x, m: classifier_input(x, m, config))
+            share = scores["audit"]["heatmap_background_share"]
         scores["background_relevance"] = share
         results[name] = _clean(scores)
     return results
@@ -155,7 +170,7 @@ def _auroc_note(name: str, result: Mapping[str, Any]) -> str | None:
 
 def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """A plain-text table: one row per test set (AUROC interval for two classes), then a line for each
-    test set whose AUROC is over only some of the classes, or undefined."""
+    test set whose AUROC is over only some of the classes, or undefined; then the audit's table, if any."""
 
     def num(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}"
@@ -169,4 +184,5 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
                      "AUROC 95% CI": f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else "-"})
     table = text_table(rows, {"test set": 20, "n": 6, "accuracy": 9, "macro-F1": 9, "AUROC": 9, "bg share": 9})
     notes = [note for name, r in results.items() if (note := _auroc_note(name, r)) is not None]
-    return "\n".join([table, *notes])
+    audited = {name: r["audit"] for name, r in results.items() if r.get("audit")}
+    return "\n".join([table, *notes, *(["", "Background audit:", audit_table(audited)] if audited else [])])

@@ -4,12 +4,15 @@ Each input image gets its own ``<stem>.png`` (image and heatmap) and ``<stem>.np
 (C, H, W)) under the output folder, at its path relative to the input; inputs that share a
 stem (``003.png`` and ``003.jpg``) get ``003-png`` and ``003-jpg``. ``heatmaps.json`` lists,
 per image, the input file, the two outputs (relative to the output folder), the explained
-class and the prediction.
+class and the prediction, for every run into the folder (a later run adds or updates entries).
 
 Nothing the user owns is overwritten: the output folder may not be, contain or lie inside the
-input, and an existing file in it is replaced only when an earlier ``isnet explain`` wrote it
-(it is listed in that run's ``heatmaps.json``). The options, the model, every image header
-and the target are checked before the first file is written.
+input (links followed), and an existing file in it is replaced only when an earlier ``isnet
+explain`` wrote it (recorded in the folder's ledger before it was written, :mod:`isnet.outputs`,
+or listed in ``heatmaps.json``), so a run cut short by Ctrl-C or a full disk may be run again.
+The options, the model, every image header and the target are checked before the first file is
+written; files are written whole (temporary file, then rename), and one ``isnet explain`` at a
+time writes to a folder (:class:`isnet.locks.FolderLock`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from torchvision.transforms.v2 import functional as TF
 from .checkpoints import classifier_input, load_classifier
 from .data.imageio import IMAGE_EXTENSIONS, READ_ERRORS, probe_size, read_image
 from .errors import IsnetWarning, OutputExistsError, UserError, UserFileNotFoundError
-from .lrp import LRPFlex
+from .lrp import Bounds, LRPFlex
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, is_weights_name, resolve_normalize, weights_categories
+from .locks import FolderLock
+from .outputs import claim, write_atomic, write_json
 from .paths import check_new_files, check_separate
 
-__all__ = ["MANIFEST", "explain_files", "find_images", "load_image", "output_stems"]
+__all__ = ["MANIFEST", "check_model_input", "explain_files", "find_images", "input_normalisation", "load_image",
+           "load_model", "output_stems"]
 
 MANIFEST = "heatmaps.json"
 
@@ -95,8 +101,8 @@ def _header_size(path: Path) -> tuple[int, int]:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 
-def _previous_outputs(out: Path) -> list[Path]:
-    """The files an earlier ``isnet explain`` wrote into ``out`` (listed in its manifest)."""
+def _manifest(out: Path) -> list[dict]:
+    """The entries of the manifest earlier ``isnet explain`` runs wrote into ``out`` (none without one)."""
     manifest = out / MANIFEST
     if not manifest.exists():
         return []
@@ -107,7 +113,13 @@ def _previous_outputs(out: Path) -> list[Path]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "heatmap" in e for e in entries):
         raise OutputExistsError(f"--out {out} holds a {MANIFEST} that isnet explain did not write; choose another "
                                 "output folder")
-    found = [manifest]
+    return entries
+
+
+def _previous_outputs(out: Path) -> list[Path]:
+    """The files earlier ``isnet explain`` runs wrote into ``out`` (listed in their manifest)."""
+    entries = _manifest(out)
+    found = [out / MANIFEST] if entries or (out / MANIFEST).exists() else []
     for entry in entries:
         names = [entry["heatmap"], entry.get("relevance") or str(Path(entry["heatmap"]).with_suffix(".npy"))]
         for name in names:
@@ -115,10 +127,15 @@ def _previous_outputs(out: Path) -> list[Path]:
     return found
 
 
-def _load_model(*, checkpoint: Path | None, arch: str | None, weights: str | Path | None, num_classes: int | None,
-                image_size: int | None, normalize: str | None, sizes: set[tuple[int, int]]
-                ) -> tuple[nn.Module, list[str] | None, int | None, int | None, dict | None]:
-    """The model, its class names, the image size to resize to, the trained size and the run config (checkpoints)."""
+def load_model(*, checkpoint: Path | None, arch: str | None, weights: str | Path | None, num_classes: int | None,
+               image_size: int | None, normalize: str | None, sizes: set[tuple[int, int]]
+               ) -> tuple[nn.Module, list[str] | None, int | None, int | None, dict | None]:
+    """The model, its class names, the image size to resize to, the trained size and the run config (checkpoints).
+
+    A run folder or checkpoint (``checkpoint``), or ``arch`` with ``weights`` (a state-dict file or a torchvision
+    weights name) and ``num_classes``; ``sizes`` are the images' (width, height), which must agree without an
+    ``image_size``. Options that contradict a checkpoint are refused.
+    """
     if checkpoint is not None:
         model, config = load_classifier(checkpoint)
         if arch is not None and arch != config["arch"]:
@@ -150,7 +167,7 @@ def _load_model(*, checkpoint: Path | None, arch: str | None, weights: str | Pat
     return model, categories, image_size, None, None
 
 
-def _check_model_input(model: nn.Module, shape: tuple[int, int], x_in: torch.Tensor, trained: int | None) -> int:
+def check_model_input(model: nn.Module, shape: tuple[int, int], x_in: torch.Tensor, trained: int | None) -> int:
     """Run the model once on a blank image of ``shape`` (H, W); returns its number of outputs."""
     try:
         with torch.no_grad():
@@ -161,8 +178,24 @@ def _check_model_input(model: nn.Module, shape: tuple[int, int], x_in: torch.Ten
                 else "pass the --image-size the model was trained with")
         raise UserError(f"the model cannot take {shape[0]}x{shape[1]} images ({first}); {hint}") from None
     if out.dim() != 2:
-        raise UserError(f"the model's output has shape {tuple(out.shape)}; explain needs (batch, classes)")
+        raise UserError(f"the model's output has shape {tuple(out.shape)}; isnet needs (batch, classes)")
     return out.shape[1]
+
+
+def input_normalisation(config: dict | None, *, normalize: str | None, weights: str | Path | None,
+                        arch: str | None) -> tuple[int, torch.Tensor, torch.Tensor, Bounds]:
+    """How [0, 1] pixels reach a model from :func:`load_model`: its input channels, the mean and std that
+    normalise them (the model sees ``(x - mean) / std``) and the Z^B bounds that follow.
+
+    A run's model (``config``) takes the pixels as they are (a pretrained run's normalisation is folded into its
+    first layer); ``arch`` with ``normalize`` imagenet (auto: for a torchvision weights name) gets ImageNet's.
+    """
+    channels = (config or {}).get("in_channels") or 3
+    mean, std, bounds = torch.zeros(1), torch.ones(1), (0.0, 1.0)
+    if config is None and resolve_normalize(normalize, weights, arch or "") == "imagenet":
+        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        bounds = ((0.0 - mean) / std).flatten(), ((1.0 - mean) / std).flatten()
+    return channels, mean, std, bounds
 
 
 def _targets(target: str, files: list[tuple[Path, Path, str | None]], names: list[str] | None,
@@ -214,28 +247,25 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     files = find_images(images)
     check_separate(out, [images], out_option="--out", in_option="--images")
     stems = output_stems([rel for _, rel, _ in files])
-    check_new_files(out, [out / s.with_suffix(e) for s in stems for e in (".png", ".npy")], _previous_outputs(out),
-                    out_option="--out")
+    planned = [out / s.with_suffix(e) for s in stems for e in (".png", ".npy")]
+    check_new_files(out, planned, _previous_outputs(out), out_option="--out")
     sizes = {_header_size(f) for f, _, _ in files}  # every file readable before the first is written
     if weights is not None and not is_weights_name(str(weights)):
         weights = Path(weights)
-    model, class_names, image_size, trained, config = _load_model(
+    model, class_names, image_size, trained, config = load_model(
         checkpoint=checkpoint, arch=arch, weights=weights, num_classes=num_classes, image_size=image_size,
         normalize=normalize, sizes=sizes)
     model.eval()
-    channels = (config or {}).get("in_channels") or 3
-    mean, std, bounds = torch.zeros(1), torch.ones(1), (0.0, 1.0)
-    if config is None and resolve_normalize(normalize, weights, arch or "") == "imagenet":
-        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        bounds = ((0.0 - mean) / std).flatten(), ((1.0 - mean) / std).flatten()
+    channels, mean, std, bounds = input_normalisation(config, normalize=normalize, weights=weights, arch=arch)
     w, h = (image_size, image_size) if image_size else next(iter(sizes))
-    outputs = _check_model_input(model, (h, w), (torch.zeros(1, channels, h, w) - mean) / std, trained)
+    outputs = check_model_input(model, (h, w), (torch.zeros(1, channels, h, w) - mean) / std, trained)
     names = _targets(target, files, class_names, outputs)
     lrp = LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, rule=rule)
 
-    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "isnet explain").acquire()  # one explain at a time in OUT; creates it
     written, summary = [], []
     try:
+        claim(out, [*planned, out / MANIFEST], "explain")  # before the first file: a rerun may replace them
         for start in range(0, len(files), batch_size):
             chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
             x = torch.stack([load_image(f, image_size, channels) for (f, _, _), _ in chunk])
@@ -253,13 +283,18 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
             for ((file, _, _), stem), hmap, img, c, p in zip(chunk, heat, x, classes.tolist(), predicted.tolist()):
                 png, npy = out / stem.with_suffix(".png"), out / stem.with_suffix(".npy")
                 png.parent.mkdir(parents=True, exist_ok=True)
-                np.save(npy, hmap.numpy())
+                write_atomic(npy, lambda handle: np.save(handle, hmap.numpy()))
                 ax = plot_heatmap(hmap, img, title=f"class {c} (predicted {p})", colorbar=True)
                 save_figure(ax.figure, png)
                 written.append(png)
                 summary.append({"image": str(file), "heatmap": str(stem.with_suffix(".png")),
                                 "relevance": str(stem.with_suffix(".npy")), "class": c, "predicted": p})
-    finally:  # also after a failure, so that a later run may replace what this one wrote
-        if summary or not (out / MANIFEST).exists():
-            (out / MANIFEST).write_text(json.dumps(summary, indent=1))
+    finally:  # also after a failure: the manifest lists what every run into OUT wrote
+        try:
+            if summary or not (out / MANIFEST).exists():
+                done = {entry["heatmap"] for entry in summary}
+                kept = [entry for entry in _manifest(out) if entry["heatmap"] not in done]
+                write_json(out / MANIFEST, kept + summary, indent=1)
+        finally:
+            lock.release()
     return written

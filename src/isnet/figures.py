@@ -21,11 +21,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from torch import Tensor
 
+from .outputs import write_atomic
+
 __all__ = [
     "accuracy_bars",
     "bar_plot",
     "figure_to_png",
     "heatmap_grid",
+    "image_grid",
     "line_plot",
     "plot_heatmap",
     "save_figure",
@@ -181,18 +184,51 @@ def heatmap_grid(
     fig = _new_figure(1.6 * count + 0.6, 1.6 * rows)
     axes = fig.subplots(rows, count, squeeze=False)
     for column in range(count):
-        pixels = _image_array(images[column])
-        axes[0, column].imshow(
-            pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest"
-        )
-        axes[0, column].set_xticks([])
-        axes[0, column].set_yticks([])
+        _show_image(axes[0, column], images[column])
         for row, maps in enumerate(heatmaps.values(), start=1):
             plot_heatmap(maps[column], ax=axes[row, column])
         if col_titles is not None:
             axes[0, column].set_title(col_titles[column])
     for row, label in enumerate(labels):
         axes[row, 0].set_ylabel(label)
+    return fig
+
+
+def _show_image(ax: Axes, image: Tensor | np.ndarray) -> None:
+    """Draw an image (see :func:`_image_array`) without ticks, gray when it has one channel."""
+    pixels = _image_array(image)
+    ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def image_grid(rows: Mapping[str, Tensor | np.ndarray], titles: Mapping[str, Sequence[str]] | None = None) -> Figure:
+    """Images in a grid: one row per entry of ``rows``, labelled with its key, the same N columns in each.
+
+    Parameters
+    ----------
+    rows : mapping of str to Tensor or ndarray
+        Per row, (N, C, H, W) images in [0, 1] (or (N, H, W, C) uint8), e.g. an image and its
+        counterfactuals.
+    titles : mapping of str to sequence of str, optional
+        Per row, N cell titles (e.g. the prediction on each image).
+
+    Returns
+    -------
+    Figure
+    """
+    counts = {name: len(images) for name, images in rows.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"every row needs the same number of images, got {counts}")
+    count = next(iter(counts.values()))
+    fig = _new_figure(1.6 * count + 0.6, 1.8 * len(rows))
+    axes = fig.subplots(len(rows), count, squeeze=False)
+    for row, (name, images) in enumerate(rows.items()):
+        for column in range(count):
+            _show_image(axes[row, column], images[column])
+            if titles is not None:
+                axes[row, column].set_title(titles[name][column], fontsize=7)
+        axes[row, 0].set_ylabel(name)
     return fig
 
 
@@ -322,8 +358,6 @@ def figure_to_png(fig: Figure, dpi: float = 100.0) -> bytes:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: float = 150.0) -> Path:
-    """Write the figure to ``path`` (format from the suffix), creating parent folders."""
+    """Write the figure to ``path`` (format from the suffix, whole or not at all), creating parent folders."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=dpi)
-    return target
+    return write_atomic(target, lambda file: fig.savefig(file, format=target.suffix[1:] or None, dpi=dpi))

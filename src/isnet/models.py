@@ -93,8 +93,13 @@ def check_state_dict(model: nn.Module, state: Any, *, source: str, skip: tuple[s
     Keys in ``skip`` (a head being replaced) are not compared.
     """
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        hint = (" (it looks like a Lightning checkpoint: pass it as --checkpoint)"
-                if isinstance(state, Mapping) and "state_dict" in state else "")
+        hint = ""
+        if isinstance(state, Mapping) and "config" in (state.get("hyper_parameters") or {}):
+            hint = "; it is a checkpoint written by isnet train: give it as --checkpoint FILE, without --arch"
+        elif isinstance(state, Mapping) and "state_dict" in state:
+            hint = ("; it is a training checkpoint holding one under 'state_dict': give it to isnet explain as "
+                    "--weights (with --arch), or save that entry alone: python -c \"import torch; torch.save("
+                    "torch.load('FILE', weights_only=True)['state_dict'], 'weights.pt')\"")
         raise UserError(f"{source} is not a state dict (a mapping of parameter names to tensors){hint}")
     missing, unexpected, shapes = (
         [k for k in keys if k not in skip] for keys in _mismatches(model, state))
@@ -207,8 +212,23 @@ def _fit_position_table(model: nn.Module, state: Mapping[str, Any]) -> Mapping[s
     return interpolate_embeddings(model.image_size, model.patch_size, dict(state))
 
 
+def _unwrapped(state: Any, model: nn.Module) -> Any:
+    """The state dict inside a training checkpoint (its ``state_dict`` entry), without the key prefix the
+    model's own names lack (``model.`` of a LightningModule attribute); anything else as it is."""
+    if not (isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping)):
+        return state
+    inner = {k: v for k, v in state["state_dict"].items() if isinstance(k, str)}
+    own, first = set(model.state_dict()), next(iter(inner), "")
+    for cut in [0, *(i + 1 for i, c in enumerate(first) if c == ".")]:
+        stripped = {k[cut:]: v for k, v in inner.items() if k.startswith(first[:cut])}
+        if own <= set(stripped):
+            return stripped
+    return inner
+
+
 def _load_weights(model: nn.Module, arch: str, weights: str | Path, new_head: bool) -> None:
     state, source = _read_weights(arch, weights)
+    state = _unwrapped(state, model)
     if isinstance(state, Mapping):
         state = _fit_position_table(model, state)
     skip: tuple[str, ...] = ()

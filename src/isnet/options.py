@@ -142,13 +142,14 @@ def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return values
 
 
-def named_tests(items: Iterable[str]) -> dict[str, Path]:
-    """The test sets of repeated ``--test NAME=DIR`` options, by name; a malformed or repeated name is an error."""
+def named_tests(items: Iterable[str], option: str = "--test") -> dict[str, Path]:
+    """The folders of repeated ``--test NAME=DIR`` options (or ``option``), by name; a malformed or repeated name
+    is an error."""
     tests: dict[str, Path] = {}
     for item in items:
         name, sep, root = item.partition("=")
         if not sep or not name or not root:
-            raise UserError(f"--test expects NAME=DIR, got {item!r}")
+            raise UserError(f"{option} expects NAME=DIR, got {item!r}")
         if name in tests:
             raise UserError(f"test set name {name!r} given twice")
         tests[name] = Path(root)

@@ -16,6 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from .figures import figure_to_png
+from .outputs import write_text
 
 __all__ = ["write_html_report"]
 
@@ -106,7 +107,4 @@ def write_html_report(path: str | Path, title: str, sections: Sequence[tuple[str
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(document, encoding="utf-8")
-    return target
+    return write_text(path, document)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..checkpoints import explainer
 from ..data.bg_digits import generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
+from ..locks import holding_lock
 from ..metrics import background_share, relevance_share
 from .grid import Grid, Log, console_log, run_grid
 from .presets import OCCLUDED, RELATIVE_COST, TEST_SETS, BiasBenchConfig
@@ -188,6 +189,7 @@ def _heatmap_grid(cfg: BiasBenchConfig, tests: Mapping[str, BiasTestSet], runs: 
     return heatmap_figure(cfg, runs, tests, TEST_SETS, lambda n, i: f"{n}, label {int(tests[n].labels[i])}")
 
 
+@holding_lock("isnet bench bias")
 def run_benchmark(cfg: BiasBenchConfig, out: str | Path, *, log: Log = _log) -> dict:
     """Run the benchmark into ``out`` and return the results dict (also written as results.json)."""
     out, start, data, tests = begin(cfg, out, log, prepare_data, make_test_sets,

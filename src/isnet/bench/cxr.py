@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..checkpoints import explainer
 from ..data.bg_cxr import CLASSES, HOSPITALS, generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
+from ..locks import holding_lock
 from ..metrics import background_share, classification_metrics, delong_auroc_ci, relevance_share
 from .cxr_presets import ABNORMAL_CI, CXR_COMPARED, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
 from .cxr_report import write_results
@@ -160,6 +161,7 @@ def _heatmap_grid(cfg: CxrBenchConfig, tests: Mapping[str, CxrTestSet], runs: Pa
         pred_name=CLASSES.__getitem__, title_size=7)
 
 
+@holding_lock("isnet bench cxr")
 def run_benchmark(cfg: CxrBenchConfig, out: str | Path, *, log: Log = _log) -> dict:
     """Run the benchmark into ``out`` and return the results dict (also written as results.json)."""
     out, start, data, tests = begin(cfg, out, log, prepare_data, make_test_sets,

@@ -22,6 +22,7 @@ from ..checkpoints import write_json
 from ..data.augment import swap_backgrounds
 from ..data.cxr_figure import examples_figure
 from ..figures import accuracy_bars, bar_plot
+from ..outputs import write_text
 from ..report_html import write_html_report
 from ..tables import markdown_table, percent
 from .cxr_presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
@@ -233,7 +234,7 @@ def write_results(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], he
     ``swap_sample``: test images and lung masks shown before and after the background swap.
     """
     write_json(out / "results.json", results)
-    (out / "results.md").write_text(results_markdown(cfg, results))
+    write_text(out / "results.md", results_markdown(cfg, results))
     write_csv(results, out / "results.csv", CXR_METRICS)
     figures = _figures(results, heatmaps)
     figures["examples"] = examples_figure(seed=cfg.data_seed, image_size=cfg.image_size)

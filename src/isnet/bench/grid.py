@@ -32,7 +32,9 @@ from torch import nn
 
 from ..checkpoints import load_classifier, write_json
 from ..config import BOOKKEEPING, TrainConfig
+from ..signals import Terminated, install_sigterm_handler
 from ..training import fit
+from ..training.progress import epoch_line
 from .presets import RUN_OPTIONS
 
 __all__ = [
@@ -146,7 +148,8 @@ def _stored_record(out: Path, key: str) -> dict | None:
 class StepTimer(Callback):
     """Sums the wall time of training steps (forward, backward, optimiser step) of the main run.
 
-    With a ``log`` it also reports each epoch's accuracies as ``label: epoch i/n ...``.
+    With a ``log`` it also reports each epoch as ``label: epoch i/n ...``
+    (:func:`isnet.training.progress.epoch_line`).
     """
 
     def __init__(self, label: str = "", log: Log | None = None, start: float | None = None) -> None:
@@ -162,11 +165,7 @@ class StepTimer(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epochs += 1
         if self.progress is not None:
-            metrics = trainer.callback_metrics
-            shown = [f"{name} {float(metrics[key]):.3f}" for name, key in
-                     (("train acc", "train/acc_epoch"), ("val acc", "val/acc"), ("val bg share", "val/bg_share"))
-                     if key in metrics]
-            self.progress(f"{self.label}: epoch {self.epochs}/{trainer.max_epochs} {', '.join(shown)}", self.start)
+            self.progress(f"{self.label}: {epoch_line(trainer)}", self.start)
 
 
 def _train_run(name: str, method: str, seed: int, options: Mapping[str, Any], threads: int | None = None,
@@ -195,8 +194,10 @@ def _exit_with_parent(parent: int) -> None:
 
     A grid killed from outside (``kill``, a scheduler's time limit) would otherwise leave its
     training processes running, still taking queued runs and writing into run folders that the
-    restarted grid trains again.
+    restarted grid trains again. A SIGTERM ends the process's run as in ``isnet train``.
     """
+    install_sigterm_handler()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -277,16 +278,22 @@ def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
                                                     initargs=(os.getpid(),)) as pool:
             running = {pool.submit(_train_run, grid.name, method, seed, options[method, seed], threads, start):
                        (method, seed) for method, seed in todo}
-            for future in concurrent.futures.as_completed(running):
-                method, seed = running[future]
-                try:
-                    timing = future.result()
-                except Exception as err:  # queued runs are dropped; running ones finish and are stored
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    log(f"{method} seed {seed}: failed ({err}); waiting for the runs in progress", start)
-                    raise RunFailed(f"{method} seed {seed} failed: {err}") from err
-                found[method, seed] = _evaluate_run(grid, method, seed, keys[method, seed], timing)
-                report(found[method, seed], "done")
+            try:
+                for future in concurrent.futures.as_completed(running):
+                    method, seed = running[future]
+                    try:
+                        timing = future.result()
+                    except Exception as err:  # queued runs are dropped; running ones finish and are stored
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        log(f"{method} seed {seed}: failed ({err}); waiting for the runs in progress", start)
+                        raise RunFailed(f"{method} seed {seed} failed: {err}") from err
+                    found[method, seed] = _evaluate_run(grid, method, seed, keys[method, seed], timing)
+                    report(found[method, seed], "done")
+            except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: the training processes stop too
+                pool.shutdown(wait=False, cancel_futures=True)
+                for process in multiprocessing.active_children():
+                    process.terminate()  # SIGTERM: each ends its run at the next batch
+                raise
     records: dict[str, list[dict]] = {}
     for method, seed in tasks:
         records.setdefault(method, []).append(found[method, seed])

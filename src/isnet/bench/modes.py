@@ -37,6 +37,8 @@ from matplotlib.figure import Figure
 from ..checkpoints import write_json
 from ..config import TrainConfig
 from ..figures import save_figure
+from ..locks import holding_lock
+from ..outputs import write_text
 from ..tables import markdown_table, percent
 from .bias import BiasTestSet, bench_grid, make_test_sets, measured_lrp, prepare_data
 from .grid import Log, clock, console_log, run_grid
@@ -46,6 +48,7 @@ from .presets import (
     SWAP_PROBABILITIES, SWEEP, TEST_SETS, BiasBenchConfig,
 )
 from .report import aggregate, mean_std, swap_label
+from .run import claim_outputs
 
 __all__ = ["run_mask_quality", "run_swap_dose", "run_sweep"]
 
@@ -63,10 +66,11 @@ def _check(methods: Sequence[str], allowed: Sequence[str], mode: str) -> list[st
 
 def _setup(cfg: BiasBenchConfig, out: str | Path, used: Sequence[str], log: Log
            ) -> tuple[Path, dict[str, Path], dict[str, BiasTestSet], float]:
-    """Validate ``cfg`` for the methods whose options the runs use; BG-Digits on disk and the test sets."""
+    """Validate ``cfg`` for the methods whose options the runs use, check and claim ``out``'s outputs
+    (:func:`isnet.bench.run.claim_outputs`); BG-Digits on disk and the test sets."""
     dataclasses.replace(cfg, methods=list(used)).validate()
     out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_outputs(out)
     if cfg.threads and cfg.jobs == 1:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
@@ -159,6 +163,7 @@ def _pair(summary: Mapping[str, Any] | None) -> str:
     return f"{percent(summary['unbiased'])} / {percent(summary['deceiving'])}"
 
 
+@holding_lock("isnet bench bias --sweep")
 def run_sweep(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] | None = None,
               sweep: Mapping[str, tuple[str, Sequence[float]]] = SWEEP, log: Log = _log) -> dict[str, Any]:
     """The hyper-parameter sweep (module docstring); returns what ``sweep.json`` holds."""
@@ -193,7 +198,7 @@ def run_sweep(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] |
                        "oracle's unbiased / deceiving (%)": _pair(by_value.get(oracle))})
     result = {"sweep": picks, "config": _config(cfg, runs, start)}
     write_json(out / "sweep.json", result)
-    (out / "sweep.md").write_text(
+    write_text(out / "sweep.md",
         "# Hyper-parameter sweep\n\nSelected: best accuracy on the biased validation split (last epoch; among equals, "
         "the value the benchmark uses). Oracle: best accuracy on the unbiased test set (peeks at the test data).\n\n"
         f"{markdown_table(chosen)}\n\n{markdown_table(rows)}\n")
@@ -219,6 +224,7 @@ def _dose_figure(curves: Mapping[str, Mapping[str, list]]) -> Figure:
     return figure
 
 
+@holding_lock("isnet bench bias --swap-dose")
 def run_swap_dose(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] | None = None,
                   probabilities: Sequence[float] = SWAP_PROBABILITIES, log: Log = _log) -> dict[str, Any]:
     """Each method at every swap probability (module docstring); returns what ``swap_dose.json`` holds."""
@@ -241,7 +247,7 @@ def run_swap_dose(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[st
     save_figure(_dose_figure(curves), out / "figures" / "swap_dose.png", dpi=110)
     result = {"methods": curves, "paired": paired, "config": _config(cfg, runs, start)}
     write_json(out / "swap_dose.json", result)
-    (out / "swap_dose.md").write_text(
+    write_text(out / "swap_dose.md",
         "# Background-swap dose\n\n" + markdown_table(rows) + "\n"
         + _bullets("Each method against the standard classifier at the same swap probability (points)", sentences))
     log(f"wrote {out / 'swap_dose.json'}, swap_dose.md and figures/swap_dose.png "
@@ -249,6 +255,7 @@ def run_swap_dose(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[st
     return result
 
 
+@holding_lock("isnet bench bias --mask-quality")
 def run_mask_quality(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence[str] | None = None,
                      qualities: Sequence[str] = MASK_QUALITIES, log: Log = _log) -> dict[str, Any]:
     """Each method trained with each training-mask quality (module docstring); returns ``mask_quality.json``'s content.
@@ -275,7 +282,7 @@ def run_mask_quality(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence
                                            if q != "exact" and "exact" in kept])
     result = {"methods": table, "skipped": skipped, "paired": paired, "config": _config(cfg, runs, start)}
     write_json(out / "mask_quality.json", result)
-    (out / "mask_quality.md").write_text(
+    write_text(out / "mask_quality.md",
         "# Training-mask quality\n\nTraining masks degraded as named (validation and test masks exact).\n\n"
         + markdown_table(rows) + "\n"
         + _bullets("Each degradation against the same method trained with exact masks (points)", sentences))

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from ..checkpoints import write_json
 from ..config import TrainConfig
 from ..figures import accuracy_bars, bar_plot, save_figure
+from ..outputs import write_text
 from ..report_html import write_html_report
 from ..tables import markdown_table, percent
 from .paired import comparison_sentence
@@ -147,7 +148,7 @@ def write_csv(results: Mapping[str, Any], path: Path, metrics: Sequence[str] = M
                       for m in metrics for s in ("", "_std")]
             writer.writerow([method, swap, test, *values, entry["seeds"], f"{results['train_time_s'][base]:.2f}",
                              f"{results['step_time_s'][base]:.2f}"])
-    path.write_text(buffer.getvalue())
+    write_text(path, buffer.getvalue())
 
 
 def comparisons(results: Mapping[str, Any]) -> list[str]:
@@ -347,6 +348,6 @@ def results_markdown(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
 def write_results(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], heatmaps: Figure | None) -> None:
     """Write results.json, results.md, results.csv, figures/*.png and report.html into ``out``."""
     write_json(out / "results.json", results)
-    (out / "results.md").write_text(results_markdown(cfg, results))
+    write_text(out / "results.md", results_markdown(cfg, results))
     write_csv(results, out / "results.csv")
     _write_report(out, cfg, results, _figures(results, heatmaps))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import platform
 import sys
 import time
@@ -27,14 +28,22 @@ from ..config import TrainConfig
 from ..evaluate import predict_batch
 from ..figures import heatmap_grid
 from ..objectives import get_objective
+from ..outputs import claim
+from ..paths import check_new_files
 from .grid import Grid, Log, clock, run_dir, threads_per_job
 from .paired import COMPARED, paired_comparisons
 from .presets import METHODS, SEG_CLASSIFY, method_order, swap_setting
 from .report import listed_train_options
 from .segmenter import prepare_segmenter
 
-__all__ = ["at_training_size", "bench_methods", "bench_results", "begin", "finish", "heatmap_figure", "make_grid",
-           "measured_lrp"]
+__all__ = ["OUTPUTS", "at_training_size", "bench_methods", "bench_results", "begin", "claim_outputs", "finish",
+           "heatmap_figure", "make_grid", "measured_lrp"]
+
+OUTPUTS = ("results.json", "results.md", "results.csv", "report.html", "sweep.json", "sweep.md", "swap_dose.json",
+           "swap_dose.md", "mask_quality.json", "mask_quality.md",
+           *(f"figures/{name}.png" for name in ("accuracy", "background_relevance", "shortcut_relevance", "train_time",
+                                               "heatmaps", "examples", "swap", "swap_dose")))
+"""The files a benchmark (any mode) writes into its folder besides ``data/`` and ``runs/``."""
 
 Evaluate = Callable[..., dict[str, Any]]
 """A benchmark's ``evaluate_classifier(model, config, test, *, raw_input=False)``."""
@@ -80,6 +89,26 @@ def _evaluate_run(evaluate: Evaluate, tests: Mapping[str, Any], lrp: Mapping[str
     return {"results": results, "raw_input_results": raw or None}
 
 
+def _older_outputs(out: Path) -> list[Path]:
+    """:data:`OUTPUTS` of a benchmark folder written before the ledger, known by its JSON's benchmark config."""
+    for name in ("results.json", "sweep.json", "swap_dose.json", "mask_quality.json"):
+        try:
+            config = json.loads((out / name).read_text()).get("config")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            continue
+        if isinstance(config, dict) and "bench" in config:
+            return [out / o for o in OUTPUTS]
+    return []
+
+
+def claim_outputs(out: Path) -> None:
+    """Refuse, before any work, a folder holding one of :data:`OUTPUTS` that isnet did not write (the user's
+    ``report.html``); then record them all as the benchmark's, so that a rerun may replace them."""
+    planned = [out / name for name in OUTPUTS]
+    check_new_files(out, planned, _older_outputs(out), out_option="--out")
+    claim(out, planned, "bench")
+
+
 def make_grid(cfg: Any, runs: Path, methods: Mapping[str, Mapping[str, Any]], data: Mapping[str, Path],
               evaluate: Evaluate, tests: Mapping[str, Any], *, test_key: Mapping[str, Any],
               describe: Callable[[Mapping[str, Any]], str], name: str, cost: Mapping[str, float],
@@ -96,11 +125,12 @@ def make_grid(cfg: Any, runs: Path, methods: Mapping[str, Mapping[str, Any]], da
 
 def begin(cfg: Any, out: str | Path, log: Log, prepare_data: Callable[[Path, Any], Mapping[str, Path]],
           make_test_sets: Callable[[Any], dict[str, Any]], ready: str) -> tuple[Path, float, Mapping[str, Path], dict]:
-    """Validate ``cfg``, create ``out``, set the torch threads, log the plan, write the data to ``out/data``
-    and make the test sets (then log ``ready``); the folder, the start time, the data roots and the tests."""
+    """Validate ``cfg``, check and claim ``out``'s outputs (:func:`claim_outputs`), set the torch threads, log the
+    plan, write the data to ``out/data`` and make the test sets (then log ``ready``); the folder, the start time,
+    the data roots and the tests. The caller holds ``out``'s lock (:func:`isnet.locks.holding_lock`)."""
     cfg.validate()
     out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_outputs(out)
     if cfg.threads and cfg.jobs == 1:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..outputs import write_text
 from .speed_explain import ExplainSetup, bench_explain
 from .speed_report import markdown, plot_steps, targets, to_json
 from .speed_steps import StepSetup, bench_steps
@@ -96,8 +97,8 @@ def run(setup: SpeedSetup, out: str | Path, *, quick: bool = False, device: str 
     report["targets"] = targets(report)
     for res in report["steps"].values():
         plot_steps(res, out / f"{res['arch']}.png")
-    (out / f"{name}.json").write_text(to_json(report))
-    (out / f"{name}.md").write_text(markdown(report))
+    write_text(out / f"{name}.json", to_json(report))
+    write_text(out / f"{name}.md", markdown(report))
     for t in report["targets"]:
         best = f" (fastest repeats: {t['min_value']:.2f})" if t.get("min_value") is not None else ""
         progress(f"target   {t['target']}: {t['value']:.2f}{best} (limit {t['limit']}) "

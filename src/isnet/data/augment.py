@@ -1,4 +1,4 @@
-"""Mask-based augmentation used in training only: the background swap.
+"""Mask-based augmentation used in training: the background swap (its pieces also make the audit's counterfactuals).
 
 Each training image may get the background of another image of the batch, so whatever the
 background says about the class stops predicting it. The donor gives **background only**: its
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..masks import foreground
 
-__all__ = ["fill_foreground", "swap_backgrounds"]
+__all__ = ["fill_foreground", "paste_foreground", "swap_backgrounds"]
 
 
 def fill_foreground(images: Tensor, masks: Tensor) -> Tensor:
@@ -45,6 +45,16 @@ def fill_foreground(images: Tensor, masks: Tensor) -> Tensor:
     return torch.where(weight > 0, images, estimate)
 
 
+def paste_foreground(images: Tensor, masks: Tensor, backgrounds: Tensor) -> Tensor:
+    """``images``' foreground (:func:`isnet.masks.foreground`) on ``backgrounds`` (broadcastable to ``images``).
+
+    Foreground pixels are kept exactly; every other pixel is the background's. With
+    ``backgrounds`` from :func:`fill_foreground` of other images, no pixel of their objects shows.
+    """
+    fg = foreground(masks, images.shape[-2:], dtype=images.dtype)
+    return fg * images + (1 - fg) * backgrounds
+
+
 def swap_backgrounds(images: Tensor, masks: Tensor, p: float = 1.0,
                      generator: torch.Generator | None = None) -> Tensor:
     """Give each image, with probability ``p``, the background of another image of the batch.
@@ -67,7 +77,5 @@ def swap_backgrounds(images: Tensor, masks: Tensor, p: float = 1.0,
     donor = torch.empty_like(order)
     donor[order] = order.roll(shift)
     chosen = torch.rand(batch, generator=generator, device=rng) < p
-    fg = foreground(masks, images.shape[-2:], dtype=images.dtype)
-    backgrounds = fill_foreground(images, masks)[donor.to(images.device)]
-    swapped = fg * images + (1 - fg) * backgrounds
+    swapped = paste_foreground(images, masks, fill_foreground(images, masks)[donor.to(images.device)])
     return torch.where(chosen.to(images.device).view(-1, *([1] * (images.dim() - 1))), swapped, images)

@@ -144,6 +144,9 @@ class MaskedImageFolder(Dataset):
     channels
         3 (grayscale replicated to RGB) or 1 (colour converted to gray), see
         :mod:`isnet.data.imageio`.
+    mask_root
+        The mask tree (``<class>/<name>.<ext>``) to read instead of ``ROOT/masks``, e.g. other
+        regions of the same images (``isnet audit --regions``).
 
     Attributes
     ----------
@@ -169,13 +172,15 @@ class MaskedImageFolder(Dataset):
         masks: bool | None = True,
         classes: Sequence[str] | None = None,
         channels: int = 3,
+        mask_root: str | Path | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise UserError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         self.root = Path(root).expanduser()
         self.transform = transform
         self.channels = channels
-        self.has_masks = (self.root / "masks").is_dir() if masks is None else masks
+        self.mask_root = self.root / "masks" if mask_root is None else Path(mask_root).expanduser()
+        self.has_masks = self.mask_root.is_dir() if masks is None else masks
         self.classes, self.class_to_idx, self.samples = self._scan(classes)
         self.targets = [label for _, _, label in self.samples]
 
@@ -183,7 +188,7 @@ class MaskedImageFolder(Dataset):
         self, classes: Sequence[str] | None
     ) -> tuple[list[str], dict[str, int], list[tuple[Path, Path | None, int]]]:
         images_dir = self.root / "images"
-        masks_dir = self.root / "masks"
+        masks_dir = self.mask_root
         if not self.root.is_dir():
             raise DatasetError(f"dataset root {self.root} does not exist or is not a directory")
         if not images_dir.is_dir():

@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..options import add_dataclass_options, given_values, named_tests, number
+from ..config_file import add_config_file_options, command_options
+from ..options import add_dataclass_options, named_tests, number
 from .config import SegmentConfig
 
 __all__ = ["add_parser", "run"]
@@ -31,7 +32,8 @@ def add_parser(sub) -> None:
                                        "OUT/config.json, OUT/checkpoints/{last,best}.ckpt (best: validation Dice), "
                                        "OUT/metrics.csv and OUT/model.pt; --resume continues, --overwrite restarts an "
                                        "unfinished run.")
-    add_dataclass_options(train, SegmentConfig, required=("out",))
+    add_config_file_options(train)
+    add_dataclass_options(train, SegmentConfig)
     predict = seg.add_parser("predict", help="write PNG masks for an image, a folder or a dataset root",
                              description="A dataset root (images/<class>/...) gets OUT/masks/<class>/<name>.png and "
                                          "OUT/images linking to its images, so OUT is a dataset for `isnet train` (OUT "
@@ -54,14 +56,14 @@ def add_parser(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    config = command_options(args, SegmentConfig, "isnet segment train")
+    if config is None:  # --print-config
+        return
+    args.out = config["out"]  # for the hint after an interruption
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from ..errors import UserError
     from .train import fit_segmenter
 
-    config = given_values(args, SegmentConfig)
-    if not config.get("resume") and "train" not in config:
-        raise UserError("--train is required (unless --resume)")
     progress = logging.getLogger("isnet.training")
     handler = logging.StreamHandler(sys.stdout)
     progress.addHandler(handler)
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {summary['masks']} masks, mean foreground {100 * summary['mean_foreground']:.1f}%; "
               f"{where} {summary['out']}")
         return
-    from ..checkpoints import write_json
+    from ..outputs import write_result
     from ..paths import check_json_output
 
     if args.json is not None:
@@ -99,4 +101,4 @@ def run(args: argparse.Namespace) -> None:
                                  components=args.components)
     print(format_scores(results))
     if args.json is not None:
-        print(f"wrote {write_json(args.json.expanduser(), results)}")
+        print(f"wrote {write_result(args.json, results)}")

@@ -6,8 +6,9 @@
 reads as it is; ``OUT`` may also be ``ROOT`` itself (the masks are added next to the images).
 For a plain folder or one image, the masks go to ``OUT/<name>.png``. ``OUT/segment-masks.json``
 lists every mask with its foreground share. An existing file is replaced only when an earlier
-``isnet segment predict`` wrote it (it is listed in that manifest); every image header is read
-before the first mask is written.
+``isnet segment predict`` wrote it (recorded in the folder's ledger, :mod:`isnet.outputs`, or
+listed in that manifest); every image header is read before the first mask is written, masks
+are written whole, and one process at a time writes to OUT (:class:`isnet.locks.FolderLock`).
 
 **Eval.** Dice and IoU per image at the mask's own resolution (MONAI ``compute_dice`` /
 ``compute_iou``; an empty prediction of an empty mask scores 1), their means per test set.
@@ -31,6 +32,8 @@ from ..data.imageio import READ_ERRORS, probe_size, read_image
 from ..errors import IsnetWarning, OutputExistsError, UserError
 from ..evaluate import resolve_device
 from ..explain_files import find_images, output_stems
+from ..locks import FolderLock
+from ..outputs import claim, claimed, write_atomic, write_json
 from ..tables import text_table
 from .predict import binary_masks, load_segmenter, probabilities, segmenter_input
 
@@ -97,7 +100,7 @@ def predict_folder(*, model: Path, images: Path, out: Path, batch_size: int = 8,
     net, config = load_segmenter(model, map_location=dev)
     components = _components(components, config)
     pairs, source = _plan(images, out)
-    owned = _previous(out)
+    owned = _previous(out) | claimed(out)
     clash = [m for _, m in pairs if m.exists() and m.resolve() not in owned]
     if clash:
         raise OutputExistsError(f"{clash[0]} exists{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''} and "
@@ -107,6 +110,16 @@ def predict_folder(*, model: Path, images: Path, out: Path, batch_size: int = 8,
             probe_size(file)
         except READ_ERRORS as err:
             raise UserError(f"cannot read image {file}: {err}") from None
+    with FolderLock(out, "isnet segment predict"):
+        return _write_masks(net, config, pairs, source, out=out, model=model, images=images, components=components,
+                            batch_size=batch_size, device=dev)
+
+
+def _write_masks(net: torch.nn.Module, config: Mapping[str, Any], pairs: list[tuple[Path, Path]],
+                 source: Path | None, *, out: Path, model: Path, images: Path, components: int, batch_size: int,
+                 device: torch.device) -> dict[str, Any]:
+    """Write the masks of :func:`predict_folder`, checked, and its summary."""
+    claim(out, [*(m for _, m in pairs), out / MANIFEST], "segment predict")  # before the first mask is written
     if source is not None:
         _link_images(out, source)
     entries = []
@@ -118,16 +131,16 @@ def predict_folder(*, model: Path, images: Path, out: Path, batch_size: int = 8,
         except READ_ERRORS as err:
             raise UserError(f"cannot read an image of {[str(f) for f, _ in chunk]}: {err}") from None
         pixels = [p.float() / 255 if p.dtype == torch.uint8 else p for p in pixels]
-        x = torch.cat([segmenter_input(p[None], channels, size) for p in pixels]).to(dev)
+        x = torch.cat([segmenter_input(p[None], channels, size) for p in pixels]).to(device)
         probs = probabilities(net, config, x, [tuple(p.shape[-2:]) for p in pixels])
         for (file, mask_path), binary in zip(chunk, binary_masks(probs, components)):
             mask = binary[0].cpu().numpy()
-            mask_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_path)
+            picture = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+            write_atomic(mask_path, lambda handle: picture.save(handle, format="PNG"))
             entries.append({"image": str(file), "mask": str(mask_path.relative_to(out)),
                             "foreground": round(float(mask.mean()), 6)})
-        (out / MANIFEST).write_text(json.dumps({"segmenter": str(model), "images": str(images), "threshold": 0.5,
-                                                "components": components, "masks": entries}, indent=1))
+        write_json(out / MANIFEST, {"segmenter": str(model), "images": str(images), "threshold": 0.5,
+                                    "components": components, "masks": entries}, indent=1)
     shares = [e["foreground"] for e in entries]
     empty = [e["mask"] for e in entries if e["foreground"] == 0]
     if empty:

@@ -24,10 +24,12 @@ from torch import Tensor
 
 from ..data.folder import DatasetError
 from ..errors import UserError, UserFileNotFoundError
+from ..locks import holding_lock
 from ..paths import CHECKPOINTS, CONFIG, MODEL, check_run_folder, clear_run, read_run_config
 from ..training.data import MaskedDataModule
 from ..training.fit import _check_hardware, _quiet_lightning, _RunFiles, _RunLogger, _trainer, run_trainer
 from ..training.resume import completed_epochs
+from ..training.run_folder import run_folder
 from .config import SEGMENT_RESUMABLE, SegmentConfig
 from .predict import build_unet
 
@@ -115,6 +117,7 @@ def _resume(given: Mapping[str, Any], run: Path) -> tuple[SegmentConfig, Path | 
     return saved, last
 
 
+@holding_lock("isnet segment train", run_folder)
 def fit_segmenter(config: SegmentConfig | Mapping[str, Any]) -> Path:
     """Train (or, with ``resume``, continue) a segmentation run; returns the run folder.
 
@@ -159,6 +162,6 @@ def fit_segmenter(config: SegmentConfig | Mapping[str, Any]) -> Path:
         last = ModelCheckpoint(dirpath=run / CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
                                enable_version_counter=False)
         trainer = _trainer(cfg, max_epochs=cfg.epochs, logger=_RunLogger(run), checkpointing=True,  # type: ignore
-                           callbacks=[best, last, _Files(run, cfg.to_dict())])
+                           callbacks=[best, last, _Files(run, cfg.to_dict())], root=run / CHECKPOINTS)
         run_trainer(trainer, module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     return run

@@ -7,6 +7,7 @@ so a resumed run sees exactly the batches (and augmentations) an uninterrupted r
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import MaskedImageFolder, make_transform
@@ -45,6 +47,20 @@ class _EpochSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.generator.manual_seed(epoch_seed(self.seed, epoch, self.rank, stream=1))
+
+
+class _WorkerStart:
+    """``worker_init_fn`` of the loaders: a worker ignores SIGTERM as it ignores Ctrl-C (a scheduler signals every
+    process of a job; the main process stops the run and ends its workers), and seeds its generators with
+    Lightning's ``pl_worker_init_function``, which Lightning adds only to loaders without a ``worker_init_fn``."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if int(os.environ.get("PL_SEED_WORKERS", 0)):  # seed_everything(workers=True), as Lightning checks it
+            pl_worker_init_function(worker_id, rank=self.rank)
 
 
 def _probe_image_size(dataset: MaskedImageFolder) -> int:
@@ -118,8 +134,9 @@ class MaskedDataModule(L.LightningDataModule):
                       for name, root in (tests or {}).items()}
 
     def _loader(self, dataset, **kwargs) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers,
-                          pin_memory=torch.cuda.is_available(), **kwargs)
+                          pin_memory=torch.cuda.is_available(), worker_init_fn=_WorkerStart(rank), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -23,21 +23,25 @@ import lightning as L
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..checkpoints import CHECKPOINTS, CONFIG, MODEL, write_json
 from ..config import BOUND_GROUPS, TrainConfig
 from ..data.folder import DatasetError
-from ..errors import UserError
+from ..errors import UserError, short_message
+from ..locks import holding_lock
 from ..models import is_weights_name, resolve_normalize
 from ..objectives import Objective, foreign_options, get_objective
+from ..outputs import write_atomic
 from ..paths import check_run_folder, clear_run
+from ..signals import Terminated, lightning_handles
 from ..variants import calibration_groups
 from .data import MaskedDataModule
-from .module import ISNetModule, TrainingDiverged
+from .module import ISNetModule, TrainingDiverged, at_chance
+from .progress import console_progress
 from .resume import explicit_options, resume_config
+from .run_folder import AtomicCheckpointIO, launching_process, run_folder
 from .tracking import HeatmapPictures, check_logger, extra_loggers
 
 __all__ = ["fit"]
@@ -63,7 +67,8 @@ class _RunFiles(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            torch.save(self.network(pl_module).state_dict(), self.run / MODEL)
+            state = self.network(pl_module).state_dict()
+            write_atomic(self.run / MODEL, lambda file: torch.save(state, file))
 
 
 class _RunLogger(CSVLogger):
@@ -115,20 +120,31 @@ def _quiet_lightning(quiet: bool) -> Iterator[None]:
 
 def run_trainer(trainer: L.Trainer, module: L.LightningModule, **kwargs: Any) -> None:
     """``trainer.fit(module, **kwargs)``; a Ctrl-C stays a KeyboardInterrupt (Lightning ends the process with
-    ``sys.exit(1)`` after its graceful shutdown), so the command line can say how to continue."""
+    ``sys.exit(1)`` after its graceful shutdown), and a SIGTERM ends it with :class:`isnet.signals.Terminated`
+    (Lightning stops at the next batch; a DataLoader worker killed by the same signal counts too), so the
+    command line can say how to continue."""
     try:
-        trainer.fit(module, **kwargs)
-    except SystemExit:
-        if trainer.interrupted:
+        with lightning_handles(lambda: trainer.received_sigterm):
+            trainer.fit(module, **kwargs)
+    except Terminated:
+        raise
+    except BaseException as err:
+        if trainer.received_sigterm:
+            raise Terminated() from None
+        if isinstance(err, SystemExit) and trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
 
 
 def _trainer(cfg: TrainConfig, *, max_epochs: int, logger, callbacks: Sequence[Callback],
-             checkpointing: bool) -> L.Trainer:
+             checkpointing: bool, root: Path | None = None) -> L.Trainer:
+    """A Trainer for ``cfg``'s hardware options; ``root`` (Lightning's ``default_root_dir``) receives the
+    ``hpc_ckpt_*.ckpt`` of Lightning's SLURM auto-requeue, which isnet's ``--resume`` does not read."""
     return L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-        precision=cfg.precision, max_epochs=max_epochs, logger=logger, callbacks=list(callbacks),
+        precision=cfg.precision, max_epochs=max_epochs, logger=logger, default_root_dir=root,
+        plugins=[AtomicCheckpointIO()],  # a full disk never leaves a truncated checkpoint
+        callbacks=[*callbacks, *console_progress(cfg.quiet)],
         enable_checkpointing=checkpointing, enable_progress_bar=not cfg.quiet, enable_model_summary=not cfg.quiet,
         gradient_clip_val=cfg.gradient_clip or None, gradient_clip_algorithm="norm",
         # "warn": deterministic algorithms wherever PyTorch has them (CUDA lacks a few backward kernels,
@@ -142,15 +158,6 @@ def _trainer(cfg: TrainConfig, *, max_epochs: int, logger, callbacks: Sequence[C
 
 _LAUNCHERS = ("MASTER_ADDR", "NODE_RANK", "WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID",
               "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
-
-
-def _launching_process() -> bool:
-    """Whether this is the process that checks and prepares the run folder (global rank 0).
-
-    Lightning relaunches ``isnet train`` once per device; those processes (and the other nodes)
-    trust the checks of the first one, which has already started writing.
-    """
-    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
 
 
 def _check_hardware(cfg: TrainConfig) -> None:
@@ -201,15 +208,6 @@ def _objective(name: str) -> Objective:
         raise UserError(f"--variant: {err}") from None
 
 
-def _short(error: Exception) -> str:
-    """The message of an error, without the traceback text a DataLoader worker puts around it."""
-    text = str(error)
-    if "Traceback (most recent call last)" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(f"{type(error).__name__}: ", 1)[-1]
-    return text
-
-
 @contextlib.contextmanager
 def _unfinished_run_hints(run: Path) -> Iterator[None]:
     """Errors after the run folder was written say how to continue or start again."""
@@ -219,20 +217,29 @@ def _unfinished_run_hints(run: Path) -> Iterator[None]:
         raise TrainingDiverged(f"{err} To train with other options, run the command again with --overwrite "
                                "(this unfinished run is replaced) or another --out.") from None
     except DatasetError as err:
-        raise DatasetError(f"{_short(err)}\n{run} now holds an unfinished run: fix the file, then continue with "
-                           "--resume, or start again with --overwrite.") from None
+        raise DatasetError(f"{short_message(err)}\n{run} now holds an unfinished run: fix the file, then continue "
+                           "with --resume, or start again with --overwrite.") from None
 
 
 def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
                groups: Sequence[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Train a standard classifier for ``calibrate_epochs``; C1/C2 of the heatmap ``groups`` (their suffixes,
-    :func:`isnet.variants.calibration_groups`) from its last epoch's heatmaps, and the classifier's weights."""
-    _log.info(f"calibrating C1 and C2: a standard classifier trains for {cfg.calibrate_epochs} epoch(s); its "
-              f"last epoch records the total relevance of the {cfg.variant} heatmaps")
+    """Train a standard classifier until it has learnt; C1/C2 of the heatmap ``groups`` (their suffixes,
+    :func:`isnet.variants.calibration_groups`) from its last epoch's heatmaps, and the classifier's weights.
+
+    The classifier trains ``calibrate_epochs`` epochs, and then on, one epoch at a time, while its
+    training accuracy is still at chance (:func:`isnet.training.module.at_chance`), up to half of
+    ``epochs``; a network still at chance there is warned about: an ISNet calibrated on it can
+    satisfy its heatmap loss without learning to classify.
+    """
+    limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
+    _log.info(f"calibrating C1 and C2: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
+              f"{limit} while its training accuracy is at chance); its last epoch records the total relevance of "
+              f"the {cfg.variant} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ISNetModule.from_config(cfg, calibrate=True)
     logger = CSVLogger(run, name="calibration", version="")
-    trainer = _trainer(cfg, max_epochs=cfg.calibrate_epochs, logger=logger, callbacks=[], checkpointing=False)
+    trainer = _trainer(cfg, max_epochs=limit, logger=logger, callbacks=[], checkpointing=False,
+                       root=run / "calibration")
     run_trainer(trainer, module, datamodule=datamodule)
     metrics = trainer.callback_metrics
     if "calibration/C1" not in metrics:
@@ -245,15 +252,21 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
         _log.info(f"calibrated C1{suffix} = {result['C1' + suffix]:.4g}, C2{suffix} = {result['C2' + suffix]:.4g} "
                   f"(relevance totals of {result['n' + suffix]} heatmaps: mean {result['mean' + suffix]:.4g}, "
                   f"std {result['std' + suffix]:.4g})")
-    result["epochs"] = cfg.calibrate_epochs
-    accuracy = metrics.get("train/acc_epoch")
-    if accuracy is not None and cfg.num_classes and float(accuracy) < 1.5 / cfg.num_classes:
-        result["train_accuracy"] = float(accuracy)
-        _log.warning(f"the calibration run's training accuracy was {100 * float(accuracy):.1f}% (chance "
-                     f"{100 / cfg.num_classes:.1f}%): C1/C2 come from a network that has not learnt yet, and an "
-                     "ISNet trained with them can satisfy its heatmap loss without learning to classify. Give "
-                     "more --calibrate-epochs (or --calibration-swap 0), or --c1/--c2")
-    return result, module.net.model.state_dict()
+    result["epochs"] = int(trainer.current_epoch)
+    result["train_accuracy"] = float(metrics["calibration/train_accuracy"])
+    if at_chance(result["train_accuracy"], cfg.num_classes):
+        _log.warning(f"the calibration network was still at chance after {result['epochs']} epoch(s) (training "
+                     f"accuracy {100 * result['train_accuracy']:.1f}%, chance {100 / cfg.num_classes:.1f}%): C1/C2 "
+                     "come from a network that has not learnt, and an ISNet trained with them can satisfy its "
+                     "heatmap loss without learning to classify. Check that the labels match the images; train "
+                     "longer (--epochs, up to half of which calibration may use), change --lr, or give --c1/--c2")
+    elif result["epochs"] > cfg.calibrate_epochs:
+        _log.info(f"the calibration network learnt in {result['epochs']} epochs (training accuracy "
+                  f"{100 * result['train_accuracy']:.1f}%)")
+    state = module.net.model.state_dict()
+    if cfg.warm_start:  # the weights the heatmap-loss training starts from
+        write_atomic(run / "calibration" / MODEL, lambda file: torch.save(state, file))
+    return result, state
 
 
 def _checkpoints(run: Path, monitored: bool) -> list[ModelCheckpoint]:
@@ -270,6 +283,7 @@ def _checkpoints(run: Path, monitored: bool) -> list[ModelCheckpoint]:
     return [best, last]
 
 
+@holding_lock("isnet train", run_folder)  # in the launching process: a DDP run's others write into its run
 def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback] = ()) -> Path:
     """Train a classifier as configured and return the run folder.
 
@@ -301,7 +315,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     given = explicit_options(config)
     cfg = TrainConfig.from_dict(config if isinstance(config, Mapping) else config.to_dict())
     run = Path(cfg.out).expanduser()
-    checks = _launching_process()  # the other processes of a DDP run trust its checks
+    checks = launching_process()  # the other processes of a DDP run trust its checks
     clear: list[str] = []
     ckpt_path = None
     if cfg.resume and cfg.overwrite:
@@ -313,7 +327,8 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         if checks:
             clear = check_run_folder(run, overwrite=cfg.overwrite, datasets=[d for d in (cfg.train, cfg.val) if d])
     objective = _objective(cfg.variant)
-    for name in foreign_options(objective, given):
+    defaults = TrainConfig().to_dict()  # an option at its default (a --config file lists them all) is not flagged
+    for name in foreign_options(objective, [k for k, v in given.items() if v != defaults.get(k)]):
         _log.warning(f"--{name.replace('_', '-')} is not used by --variant {cfg.variant}; it has no effect")
     cfg.background_swap = objective.swap_probability(cfg.background_swap)  # config.json records the value used
     if objective.heatmap_loss and cfg.background_swap < WEAK_SWAP and not cfg.resume:
@@ -337,8 +352,8 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         _check_model(cfg, pretrained=ckpt_path is None)  # a resumed run's checkpoint replaces the weights
         # every check passed: from here on the run folder is written
         if clear:
-            clear_run(run, clear)
-            _log.info(f"--overwrite: removed the unfinished run's {', '.join(clear)} from {run}")
+            removed = clear_run(run, clear)
+            _log.info(f"--overwrite: removed the unfinished run's {', '.join(removed)} from {run}")
         if ckpt_path is not None:
             _log.info(f"resuming {run} from {ckpt_path.name}, to {cfg.epochs} epochs")
         run.mkdir(parents=True, exist_ok=True)
@@ -361,7 +376,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
             pictures = [HeatmapPictures(cfg.log_images)] if len(loggers) > 1 and cfg.log_images else []
             trainer = _trainer(cfg, max_epochs=cfg.main_epochs(), logger=loggers, checkpointing=True,
                                callbacks=[*_checkpoints(run, cfg.val is not None), _RunFiles(run, resolved),
-                                          *pictures, *callbacks])
+                                          *pictures, *callbacks], root=run / CHECKPOINTS)
             last = run / CHECKPOINTS / "last.ckpt"
             try:
                 run_trainer(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
