@@ -14,6 +14,8 @@ import time
 import pytest
 import torch
 
+from isnet.audit_stats import NO_RELIANCE, RELIES, SENSITIVE
+from isnet.bench.audit_columns import AUDIT_METRICS, audit_rows, audit_summary
 from isnet.bench.bias import occlude_patches
 from isnet.bench.presets import METHODS, OCCLUDED, TEST_SETS, BiasBenchConfig
 from isnet.errors import UserError
@@ -93,13 +95,74 @@ def test_bench_bias_writes_results_report_and_figures(tiny_bench, capsys):
     assert report.count("data:image/png;base64") >= 3
     assert "proves nothing" in report and "Occlusion check" in report
     assert "<script" not in report and 'src="http' not in report  # self-contained
+    check_audit_columns(out, results, ["standard", "masked"])
+    assert results["audit"]["methods"]["masked"]["flip_rate"] == 0.0  # no background reaches the masked input
+    assert "Background audit" in report
 
-    # a second call with the same settings reuses the stored runs
+    # a second call with the same settings reuses the stored runs, also one stored before the audit existed
+    from isnet.bench.report import results_markdown
     from isnet.cli import main
 
-    capsys.readouterr()
-    assert main(argv) == 0
-    assert capsys.readouterr().out.count("reused stored run") == 2
+    stored = out / "runs" / "standard" / "seed0" / "result.json"
+    kept = stored.read_text()
+    stored.write_text(json.dumps({k: v for k, v in json.loads(kept).items() if k != "audit"}))
+    try:
+        capsys.readouterr()
+        assert main(argv) == 0
+        assert capsys.readouterr().out.count("reused stored run") == 2
+        old = json.loads((out / "results.json").read_text())
+        assert old["audit"]["methods"]["standard"]["audited"] == 0
+        assert old["audit"]["methods"]["standard"]["flip_rate"] is None
+        assert old["audit"]["methods"]["masked"]["audited"] == 1
+        table = (out / "results.md").read_text()
+        assert "| standard |  |  |  |  |  |" in table and "Empty cells (standard)" in table
+    finally:
+        stored.write_text(kept)
+    assert main(argv) == 0  # the results again with every run audited
+    del old["audit"]  # results written before the audit existed
+    assert "| standard |  |  |  |  |  |" in results_markdown(BiasBenchConfig(), old)
+
+
+def check_audit_columns(out: pathlib.Path, results: dict, methods: list[str]) -> None:
+    """Each run's record and the aggregated results hold the audit's rates (shares) and verdict; results.md its table."""
+    labels = {RELIES, SENSITIVE, NO_RELIANCE}
+    audit = results["audit"]
+    assert audit["test_set"] == "biased" and audit["seed"] == 0 and audit["resamples"] == 200
+    assert list(audit["methods"]) == methods
+    for method in methods:
+        entry = audit["methods"][method]
+        assert entry["audited"] == 1 and set(entry["verdicts"]) <= labels
+        for metric in AUDIT_METRICS:
+            assert f"{metric}_std" in entry
+            assert (entry[metric] is None and metric == "follows_background") or 0.0 <= entry[metric] <= 1.0
+        record = json.loads((out / "runs" / method / "seed0" / "result.json").read_text())["audit"]
+        assert record["test_set"] == "biased" and record["verdict"] in labels
+        assert record["n"] == results["config"]["bench"]["n_test"] and record["forward_passes_per_image"] == 4
+        assert record["follows_overall"] == pytest.approx(record["flip_rate"] * (record["follows_background"] or 0))
+        for key in ("follows_background_chance", "background_only_chance"):
+            assert record[key] is None or 0.0 <= record[key] <= 1.0
+    table = (out / "results.md").read_text()
+    assert "## Background audit (biased test set)" in table and "follow donor bg overall (%)" in table
+    assert "Cost: 4 forward passes per image of the biased test set" in table
+    assert "masked sees only the true foreground" in table
+    for row in audit_rows(results):
+        assert row["verdict"] in labels
+
+
+def test_audit_summary_reads_runs_stored_before_the_audit():
+    audited = [{"audit": {"flip_rate": f, "follows_background": 0.5, "background_only_accuracy": 0.2,
+                          "follows_overall": f / 2, "verdict": v, "forward_passes_per_image": 4, "time_s": 1.0}}
+               for f, v in ((0.2, RELIES), (0.4, SENSITIVE))]
+    summary = audit_summary({"a": audited, "old": [{}, {"audit": None}]})
+    a, old = summary["methods"]["a"], summary["methods"]["old"]
+    assert a["flip_rate"] == pytest.approx(0.3) and a["flip_rate_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert a["audited"] == 2 and a["verdicts"] == [RELIES, SENSITIVE]
+    assert old["audited"] == 0 and old["verdicts"] == [None, None]
+    assert all(old[m] is None and old[f"{m}_std"] is None for m in AUDIT_METRICS)
+    rows = audit_rows({"methods": {"a": {}, "old": {}}, "train_time_s": {"a": 1.0, "old": 1.0}, "audit": summary})
+    assert rows[0]["flips, other bg (%)"] == "30.0 ± 14.1" and rows[0]["verdict"].startswith(f"{RELIES} (1/2 seeds)")
+    assert set(rows[1].values()) == {"old", ""}  # empty, not a crash
+    assert audit_rows({"methods": {"a": {}}, "train_time_s": {"a": 1.0}})[0]["verdict"] == ""  # no audit at all
 
 
 @pytest.mark.e2e
@@ -386,13 +449,14 @@ def test_bench_bias_takes_an_architecture():
     assert bench_config(BiasBenchConfig, QUICK, vars(args), args.train_options).arch == "small_vit"
 
 
-def test_test_sets_are_evaluated_at_the_runs_training_size():
+def test_test_sets_are_evaluated_at_the_runs_training_size(monkeypatch):
     # a run trained with --set image_size=64 on 32x32 BG-Digits sees its test images resized as its training
     # images were; before, it was scored on 32x32 images and fell to chance
     import torch.nn.functional as F
     from torchvision.transforms import v2
 
     from isnet.bench.bias import BiasTestSet
+    import isnet.bench.run as run_module
     from isnet.bench.run import _evaluate_run, at_training_size
 
     g = torch.Generator().manual_seed(0)
@@ -407,13 +471,14 @@ def test_test_sets_are_evaluated_at_the_runs_training_size():
     assert torch.equal(big.patches, F.interpolate(test.patches.float(), scale_factor=2, mode="nearest").bool())
     assert torch.allclose(big.images, v2.Resize((64, 64), antialias=True)(test.images), atol=1e-6)
 
-    seen = []
+    seen, audited = [], []
     def evaluate(model, config, t, raw_input=False):
         seen.append(tuple(t.images.shape[-2:]))
         return {}
+    monkeypatch.setattr(run_module, "audit_run", lambda model, config, t: audited.append(tuple(t.images.shape[-2:])))
     _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": 64})
     _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": None})
-    assert seen == [(64, 64), (32, 32)]
+    assert seen == audited == [(64, 64), (32, 32)]  # the audit sees the test set as the run's training size
 
 
 def test_grid_modes_report_spread_and_paired_differences_over_seeds(tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ from PIL import Image
 
 from isnet.bench.cxr_presets import CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
 from isnet.bench.presets import METHODS, BiasBenchConfig, bench_config
+from isnet.bench.cxr_report import results_markdown
 from isnet.cli import main
+from test_bench_bias import check_audit_columns
 
 TINY = ["--seeds", "1", "--n-train", "60", "--n-val", "12", "--n-test", "12", "--epochs", "1", "--image-size", "64",
         "--arch", "small_cnn", "--examples", "1", "--jobs", "1", "--threads", "1"]
@@ -79,7 +81,7 @@ def tiny_bench(tmp_path_factory):
 def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
     out, _ = tiny_bench
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"methods", "train_time_s", "step_time_s", "paired", "config"}
+    assert set(results) == {"methods", "train_time_s", "step_time_s", "paired", "audit", "config"}
     assert list(results["methods"]) == ["standard", "masked", "masked@unmasked", "seg-classify"]
     for sets in results["methods"].values():
         assert list(sets) == list(CXR_TEST_SETS)
@@ -119,6 +121,11 @@ def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
     assert report.count("data:image/png;base64") >= 7
     assert "pastes one patient&#x27;s lungs into another&#x27;s body" in report
     assert "<script" not in report and 'src="http' not in report  # self-contained
+    check_audit_columns(out, results, ["standard", "masked", "seg-classify"])
+    assert results["audit"]["methods"]["masked"]["flip_rate"] == 0.0  # no background reaches the masked input
+    assert "Background audit" in report
+    old = {k: v for k, v in results.items() if k != "audit"}  # results written before the audit existed
+    assert "| standard |  |  |  |  |  |" in results_markdown(CxrBenchConfig(), old)
 
 
 @pytest.mark.e2e

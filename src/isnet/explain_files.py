@@ -11,7 +11,8 @@ input (links followed), and an existing file in it is replaced only when an earl
 explain`` wrote it (recorded in the folder's ledger before it was written, :mod:`isnet.outputs`,
 or listed in ``heatmaps.json``), so a run cut short by Ctrl-C or a full disk may be run again.
 The options, the model, every image header and the target are checked before the first file is
-written; files are written whole (temporary file, then rename), and one ``isnet explain`` at a
+written, and so is the memory the heatmaps need (:mod:`isnet.explain_memory`: an image too
+large for the available memory is refused with ``--image-size`` advice); files are written whole (temporary file, then rename), and one ``isnet explain`` at a
 time writes to a folder (:class:`isnet.locks.FolderLock`).
 """
 
@@ -30,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .checkpoints import classifier_input, load_classifier
 from .data.imageio import IMAGE_EXTENSIONS, READ_ERRORS, probe_size, read_image
+from .explain_memory import check_lrp_memory
 from .errors import IsnetWarning, OutputExistsError, UserError, UserFileNotFoundError
 from .lrp import Bounds, LRPFlex
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, is_weights_name, resolve_normalize, weights_categories
@@ -258,6 +260,8 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     model.eval()
     channels, mean, std, bounds = input_normalisation(config, normalize=normalize, weights=weights, arch=arch)
     w, h = (image_size, image_size) if image_size else next(iter(sizes))
+    check_lrp_memory(model, (h, w), image=files[0][0], channels=channels, batch=min(batch_size, len(files)),
+                     rule=rule, zb=zb, resized=image_size is not None)  # before the first full-size pass
     outputs = check_model_input(model, (h, w), (torch.zeros(1, channels, h, w) - mean) / std, trained)
     names = _targets(target, files, class_names, outputs)
     lrp = LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, rule=rule)

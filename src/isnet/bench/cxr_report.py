@@ -25,6 +25,7 @@ from ..figures import accuracy_bars, bar_plot
 from ..outputs import write_text
 from ..report_html import write_html_report
 from ..tables import markdown_table, percent
+from .audit_columns import audit_markdown, audit_section
 from .cxr_presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
 from .presets import RAW_INPUT
 from .report import PAIRED_NOTE, comparisons, numbers_section, report_start, segmenter_note, swap_label, write_csv
@@ -202,6 +203,7 @@ def _write_report(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], fi
         ("Relevance", [_HEADINGS["background_relevance"] + ":", metric_rows(results, "background_relevance"),
                        _HEADINGS["shortcut_relevance"] + ":", metric_rows(results, "shortcut_relevance"),
                        figures["background_relevance"], figures["shortcut_relevance"]]),
+        audit_section(results),
         numbers_section(findings(results), results),
     ]
     if "heatmaps" in figures:
@@ -214,10 +216,11 @@ def _write_report(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], fi
 
 
 def results_markdown(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
-    """``results.md``: one table per metric (rows grouped by method, each with its swap), then the paired
-    comparisons."""
+    """``results.md``: one table per metric (rows grouped by method, each with its swap), the background audit
+    per method (:func:`isnet.bench.audit_columns.audit_markdown`), then the paired comparisons."""
     parts = [f"# {cfg.title}\n"]
     parts += [f"## {_HEADINGS[metric]}\n\n{markdown_table(metric_rows(results, metric))}\n" for metric in CXR_METRICS]
+    parts.append(audit_markdown(results))
     note = segmenter_note(results)
     if note:
         parts.append(note + "\n")

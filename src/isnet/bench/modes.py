@@ -47,7 +47,8 @@ from .presets import (
     MASK_QUALITIES, MASK_QUALITY_METHODS, METHODS, OCCLUDED, RELATIVE_COST, SEG_CLASSIFY, SWAP, SWAP_DOSE_METHODS,
     SWAP_PROBABILITIES, SWEEP, TEST_SETS, BiasBenchConfig,
 )
-from .report import aggregate, mean_std, swap_label
+from .paired import mean_std
+from .report import aggregate, swap_label
 from .run import claim_outputs
 
 __all__ = ["run_mask_quality", "run_swap_dose", "run_sweep"]

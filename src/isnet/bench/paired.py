@@ -13,17 +13,27 @@ against ``masked`` (predicted against true masks).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .presets import comparison_pairs
 
-__all__ = ["COMPARED", "comparison_sentence", "paired_comparisons", "paired_differences", "paired_interval"]
+__all__ = ["COMPARED", "comparison_sentence", "mean_std", "paired_comparisons", "paired_differences", "paired_interval"]
 
 COMPARED = (("deceiving", "accuracy"), ("unbiased", "accuracy"), ("deceiving", "background_relevance"))
 """(test set, metric) pairs compared: the accuracies that expose a shortcut, and where the relevance lies."""
 _NAMES = {"accuracy": "{test} accuracy", "background_relevance": "background relevance ({test})",
           "abnormal_auroc": "{test} abnormal AUROC"}
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample sd of the given values (None and NaN left out); sd None with fewer than two."""
+    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not xs:
+        return None, None
+    mean = math.fsum(xs) / len(xs)
+    return mean, (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
 def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:

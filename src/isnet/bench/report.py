@@ -30,7 +30,8 @@ from ..figures import accuracy_bars, bar_plot, save_figure
 from ..outputs import write_text
 from ..report_html import write_html_report
 from ..tables import markdown_table, percent
-from .paired import comparison_sentence
+from .audit_columns import audit_markdown, audit_section
+from .paired import comparison_sentence, mean_std
 from .cxr_presets import CxrBenchConfig
 from .presets import METHODS, OCCLUDED, RAW_INPUT, RUN_OPTIONS, TEST_SETS, BiasBenchConfig
 
@@ -44,15 +45,6 @@ METRICS = ("accuracy", "background_relevance", "patch_relevance")
 """What :func:`isnet.bench.bias.evaluate_classifier` measures on each test set."""
 
 _SET_TITLES = {"biased": "biased", "unbiased": "unbiased", "deceiving": "deceiving", OCCLUDED: "patch occluded"}
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample sd of the given values (None and NaN left out); sd None with fewer than two."""
-    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not xs:
-        return None, None
-    mean = float(np.mean(xs))
-    return mean, (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
 
 
 def aggregate(records: Mapping[str, list[dict]], metrics: Sequence[str] = METRICS) -> tuple[dict, dict, dict]:
@@ -323,6 +315,7 @@ def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], f
     else:
         sections.append(("Background relevance", [
             f"No occlusion check: the {cfg.cue} cue has no patch to paint over.", figures["background_relevance"]]))
+    sections.append(audit_section(results))
     sections.append(numbers_section(findings(results), results))
     if "heatmaps" in figures:
         sections.append(("Heatmaps", [
@@ -334,8 +327,9 @@ def _write_report(out: Path, cfg: BiasBenchConfig, results: Mapping[str, Any], f
 
 
 def results_markdown(cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
-    """``results.md``: the table (rows grouped by method, each with its swap) and the paired comparisons."""
-    text = f"# {cfg.title}\n\n{format_table(results)}\n"
+    """``results.md``: the table (rows grouped by method, each with its swap), the background audit per method
+    (:func:`isnet.bench.audit_columns.audit_markdown`) and the paired comparisons."""
+    text = f"# {cfg.title}\n\n{format_table(results)}\n\n{audit_markdown(results)}"
     note = segmenter_note(results)
     if note:
         text += f"\n{note}\n"

@@ -30,6 +30,7 @@ from ..figures import heatmap_grid
 from ..objectives import get_objective
 from ..outputs import claim
 from ..paths import check_new_files
+from .audit_columns import AUDIT_SET, audit_run, audit_summary
 from .grid import Grid, Log, clock, run_dir, threads_per_job
 from .paired import COMPARED, paired_comparisons
 from .presets import METHODS, SEG_CLASSIFY, method_order, swap_setting
@@ -78,15 +79,17 @@ def at_training_size(test: Any, image_size: int | None) -> Any:
 
 def _evaluate_run(evaluate: Evaluate, tests: Mapping[str, Any], lrp: Mapping[str, Any], model: nn.Module,
                   config: dict) -> dict[str, Any]:
-    """A run's record entries: every test set (at the run's training image size), and for masked-input
-    methods also the raw images."""
+    """A run's record entries: every test set (at the run's training image size), for masked-input
+    methods also the raw images, and the background audit on the biased test set
+    (:func:`isnet.bench.audit_columns.audit_run`, on the input the classifier sees)."""
     config = {**config, **lrp}
     tests = {name: at_training_size(test, config.get("image_size")) for name, test in tests.items()}
     results = {name: evaluate(model, config, test) for name, test in tests.items()}
     raw = {}
     if get_objective(config["variant"]).masked_input:
         raw = {name: evaluate(model, config, test, raw_input=True) for name, test in tests.items()}
-    return {"results": results, "raw_input_results": raw or None}
+    audited = audit_run(model, config, tests[AUDIT_SET]) if AUDIT_SET in tests else None
+    return {"results": results, "raw_input_results": raw or None, "audit": audited}
 
 
 def _older_outputs(out: Path) -> list[Path]:
@@ -158,7 +161,8 @@ def bench_results(cfg: Any, grid: Grid, records: Mapping[str, list[dict]],
                   aggregated: tuple[dict, dict, dict], *, compared: Sequence[tuple[str, str]] = COMPARED,
                   **config: Any) -> dict[str, Any]:
     """The results dict: ``aggregated`` (methods, train and step times), the paired comparisons of the
-    ``compared`` (test set, metric) pairs and the configuration; ``config`` adds benchmark entries after
+    ``compared`` (test set, metric) pairs, the background audit per method
+    (:func:`isnet.bench.audit_columns.audit_summary`) and the configuration; ``config`` adds benchmark entries after
     ``measured_lrp``."""
     methods, train_time, step_time = aggregated
     return {
@@ -166,6 +170,7 @@ def bench_results(cfg: Any, grid: Grid, records: Mapping[str, list[dict]],
         "train_time_s": train_time,
         "step_time_s": step_time,
         "paired": paired_comparisons(records, compared),
+        "audit": audit_summary(records),
         "config": {
             "bench": dataclasses.asdict(cfg),
             "train": listed_train_options(cfg),
