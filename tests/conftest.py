@@ -1,8 +1,9 @@
 """Shared fixtures: the reference tensors and the small networks they were computed with; :func:`require`, the
-import of a test dependency."""
+import of a test dependency; :func:`digest`, checksums of a user's files."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -64,3 +65,12 @@ def ref_resnet() -> nn.Module:
     from torchvision.models.resnet import BasicBlock, ResNet
 
     return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=4)
+
+
+def digest(*roots: Path) -> dict[str, str]:
+    """md5 of every file under the roots (a file root counts as itself)."""
+    out = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        out.update({str(p): hashlib.md5(p.read_bytes()).hexdigest() for p in files})
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import hashlib
 import io
 import json
 import shutil
@@ -17,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import digest
 from isnet.cli import main
 from isnet.data import write_dataset
 from isnet.errors import IsnetWarning, UserError
@@ -24,13 +24,6 @@ from isnet.errors import IsnetWarning, UserError
 FAST = ["--batch-size", "16", "--workers", "0", "--quiet"]
 
 
-def _digest(*roots: Path) -> dict[str, str]:
-    """md5 of every file under the roots (a file root counts as itself)."""
-    out = {}
-    for root in roots:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        out.update({str(p): hashlib.md5(p.read_bytes()).hexdigest() for p in files})
-    return out
 
 
 def _cli(argv: list[str]) -> int:
@@ -143,7 +136,7 @@ def test_a_table_of_user_mistakes_ends_in_one_message_and_changes_nothing(space,
                  "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
         monkeypatch.delenv(name, raising=False)
     watched = [space["data"]["train"].parent, space["run"], space["photos"], space["zebra"], space["root"] / "empty"]
-    before = _digest(*watched)
+    before = digest(*watched)
     capsys.readouterr()
     failures = []
     for name, argv, phrase in _mistakes(space):
@@ -151,7 +144,7 @@ def test_a_table_of_user_mistakes_ends_in_one_message_and_changes_nothing(space,
         out, err = capsys.readouterr()
         if code != 2 or "Traceback" in out + err or phrase not in err or "error:" not in err:
             failures.append(f"{name}: exit {code}, stderr {err[-400:]!r}")
-        if _digest(*watched) != before or (space["root"] / "new").exists():
+        if digest(*watched) != before or (space["root"] / "new").exists():
             failures.append(f"{name}: changed a file or created the output")
             break
     assert not failures, "\n".join(failures)

@@ -5,7 +5,6 @@ traceback is printed, that the message names the file and what to do, and the ch
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import digest
 from isnet.cli import main
 from isnet.data import write_dataset
 from isnet.errors import IsnetWarning
@@ -27,13 +27,6 @@ from isnet.outputs import LEDGER
 FAST = ["--batch-size", "16", "--workers", "0", "--quiet"]
 
 
-def _digest(*roots: Path) -> dict[str, str]:
-    """md5 of every file under the roots (a file root counts as itself)."""
-    out = {}
-    for root in roots:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        out.update({str(p): hashlib.md5(p.read_bytes()).hexdigest() for p in files})
-    return out
 
 
 def _cli(argv: list) -> int:
@@ -84,7 +77,7 @@ def test_files_the_user_owns_are_never_replaced(space, tmp_path, capsys, monkeyp
     # eval --json: only a file isnet wrote as an evaluation result is replaced
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"cat": 0, "dog": 1}))
-    mine = _digest(labels)
+    mine = digest(labels)
     _refused(capsys, ["eval", "--checkpoint", run, "--test", biased, "--json", labels, "--no-relevance"],
              str(labels), "isnet did not write it", "give another file name")
     _refused(capsys, ["segment", "eval", "--model", tmp_path / "none", "--test", biased, "--json", labels],
@@ -94,7 +87,7 @@ def test_files_the_user_owns_are_never_replaced(space, tmp_path, capsys, monkeyp
     result = tmp_path / "eval.json"
     for _ in range(2):  # a new file, then isnet's own result again
         assert _cli(["eval", "--checkpoint", run, "--test", biased, "--json", result, "--no-relevance"]) == 0
-    assert _digest(labels) == mine and json.loads(result.read_text())["b"]["n"] == 10
+    assert digest(labels) == mine and json.loads(result.read_text())["b"]["n"] == 10
     assert json.loads((tmp_path / LEDGER).read_text())["files"] == {"eval.json": "evaluation"}
 
     # bench and demo refuse a folder holding the user's results before any work
@@ -102,10 +95,10 @@ def test_files_the_user_owns_are_never_replaced(space, tmp_path, capsys, monkeyp
     bench.mkdir()
     for name in ("results.md", "report.html"):
         (bench / name).write_text(f"my own {name}\n")
-    mine = _digest(bench)
+    mine = digest(bench)
     _refused(capsys, ["bench", "bias", "--out", bench, "--quick"], str(bench), "isnet did not write")
     _refused(capsys, ["demo", "--out", bench], str(bench), "isnet did not write")
-    assert _digest(bench) == mine and sorted(p.name for p in bench.iterdir()) == ["report.html", "results.md"]
+    assert digest(bench) == mine and sorted(p.name for p in bench.iterdir()) == ["report.html", "results.md"]
 
     # train --overwrite deletes only what a run writes
     unfinished = tmp_path / "unfinished"
@@ -115,12 +108,12 @@ def test_files_the_user_owns_are_never_replaced(space, tmp_path, capsys, monkeyp
     (unfinished / "tensorboard").mkdir()
     (unfinished / "tensorboard" / "notes.txt").write_text("my notes")
     (unfinished / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"isnet's events")
-    kept = _digest(unfinished / "checkpoints" / "colleague.ckpt", unfinished / "tensorboard" / "notes.txt")
+    kept = digest(unfinished / "checkpoints" / "colleague.ckpt", unfinished / "tensorboard" / "notes.txt")
     capsys.readouterr()
     assert _cli(["train", "--train", data["train"], "--variant", "standard", "--epochs", "1", "--out", unfinished,
                  "--overwrite", *FAST]) == 0
     assert "--overwrite: removed" in capsys.readouterr().out
-    assert _digest(*map(Path, kept)) == kept and (unfinished / "model.pt").is_file()
+    assert digest(*map(Path, kept)) == kept and (unfinished / "model.pt").is_file()
     assert not (unfinished / "tensorboard" / "events.out.tfevents.1.host.1.0").exists()
 
     # explain: a second run into the same folder adds to heatmaps.json; a run cut short may be run again
@@ -145,10 +138,10 @@ def test_files_the_user_owns_are_never_replaced(space, tmp_path, capsys, monkeyp
     linked = tmp_path / "A"
     linked.mkdir()
     os.symlink(data["test/biased"] / "images", linked / "images", target_is_directory=True)
-    before = _digest(data["test/biased"])
+    before = digest(data["test/biased"])
     _refused(capsys, [*_explain(space, linked, data["test/biased"] / "images" / "heat")], "is inside the input",
              "through the link")
-    assert _digest(data["test/biased"]) == before and not (data["test/biased"] / "images" / "heat").exists()
+    assert digest(data["test/biased"]) == before and not (data["test/biased"] / "images" / "heat").exists()
 
 
 def test_one_run_at_a_time_per_folder_and_a_dead_holder_is_taken_over(space, tmp_path, capsys):
@@ -211,12 +204,12 @@ def test_a_full_or_read_only_disk_is_one_message_and_never_a_truncated_file(spac
     finally:
         os.umask(old)
     assert result.stat().st_mode & 0o777 == 0o640
-    earlier = _digest(result)
+    earlier = digest(result)
 
     _failing_replace(monkeypatch, "eval.json", errno.ENOSPC)
     _refused(capsys, ["eval", "--checkpoint", run, "--test", biased, "--json", result, "--no-relevance"],
              f"cannot write {result}", "the disk is full", "free space", "run the command again")
-    assert _digest(result) == earlier and _no_temporary_files(tmp_path)
+    assert digest(result) == earlier and _no_temporary_files(tmp_path)
 
     monkeypatch.undo()
     _failing_replace(monkeypatch, ".npy", errno.EROFS)
