@@ -83,12 +83,11 @@ def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Iterabl
     g_hl = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_hl)]
     ce_sq, hl_sq, dot = _dot(g_ce, g_ce), _dot(g_hl, g_hl), _dot(g_ce, g_hl)
     ce_norm, hl_norm = ce_sq.sqrt(), hl_sq.sqrt()
-    along = torch.zeros_like(dot)  # multiple of g_ce added to the heatmap gradient
-    scale = torch.ones_like(dot)
-    if rule == "project" and dot < 0 and ce_sq > 0:
-        along = -dot / ce_sq
-    elif rule == "balance" and hl_norm > ratio * ce_norm:
-        scale = ratio * ce_norm / hl_norm
+    # on the device, without a host sync: the multiple of g_ce added to the heatmap gradient, and its scale
+    zero, one = torch.zeros_like(dot), torch.ones_like(dot)
+    along = torch.where((dot < 0) & (ce_sq > 0), -dot / ce_sq.clamp(min=1e-300), zero) if rule == "project" else zero
+    scale = (torch.where(hl_norm > ratio * ce_norm, ratio * ce_norm / hl_norm.clamp(min=1e-300), one)
+             if rule == "balance" else one)
     combined = [(1.0 - P + P * along.to(gc.dtype)) * gc + (P * scale.to(gh.dtype)) * gh
                 for gc, gh in zip(g_ce, g_hl)]
     surrogate = sum((p * g.detach()).sum() for p, g in zip(params, combined))
