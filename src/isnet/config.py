@@ -31,7 +31,7 @@ __all__ = ["BOOKKEEPING", "BOUND_GROUPS", "GRADIENT_RULES", "OPTIMIZERS", "RESUM
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
-GRADIENT_RULES = ("sum", "project", "balance")
+GRADIENT_RULES = ("sum", "project", "balance", "guard")
 
 
 def option(default: Any, help: str, group: str, *, flag: str | None = None, choices: tuple | None = None,
@@ -153,9 +153,9 @@ class TrainConfig:
     heatmap_gradient: str = option(
         "balance", "how the heatmap loss's gradient joins the cross-entropy's: sum ((1-P) CE + P heatmap loss, the "
                "papers), project (its component against the cross-entropy's gradient removed when they conflict) "
-               "or balance (its norm capped at --gradient-ratio times the cross-entropy's); project and balance "
-               "take one more backward pass", "ISNet loss", choices=GRADIENT_RULES)
-    gradient_ratio: float = option(1.0, "balance: the largest heatmap-loss gradient norm, as a multiple of the "
+               "balance (its norm capped at --gradient-ratio times the cross-entropy's) or guard (projected, then "
+               "capped); every rule but sum takes one more backward pass", "ISNet loss", choices=GRADIENT_RULES)
+    gradient_ratio: float = option(1.0, "balance, guard: the largest heatmap-loss gradient norm, as a multiple of the "
                                         "cross-entropy's", "ISNet loss", above=0)
     log_gradients: bool = option(False, "log the norms of the cross-entropy and heatmap-loss gradients and their "
                                         "cosine per step (train/grad_*; with --heatmap-gradient sum this takes one "

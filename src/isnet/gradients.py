@@ -14,6 +14,9 @@ project     ``g_hl`` loses its component along ``g_ce`` when the two conflict
             (negative dot product), so the heatmap term cannot raise the cross-entropy
             to first order; then summed as above
 balance     ``g_hl`` scaled down to at most ``ratio * |g_ce|`` in norm; then summed
+guard       both: ``g_hl`` projected as in ``project``, then scaled as in ``balance``. To first
+            order the step lowers the cross-entropy at least as fast as ``(1 - P) g_ce``
+            alone would, and the heatmap term never outweighs it
 =========== ============================================================================
 
 Every rule but ``sum`` takes the two gradients separately (one more backward pass through
@@ -85,10 +88,13 @@ def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Iterabl
     ce_norm, hl_norm = ce_sq.sqrt(), hl_sq.sqrt()
     # on the device, without a host sync: the multiple of g_ce added to the heatmap gradient, and its scale
     zero, one = torch.zeros_like(dot), torch.ones_like(dot)
-    along = torch.where((dot < 0) & (ce_sq > 0), -dot / ce_sq.clamp(min=1e-300), zero) if rule == "project" else zero
-    scale = (torch.where(hl_norm > ratio * ce_norm, ratio * ce_norm / hl_norm.clamp(min=1e-300), one)
-             if rule == "balance" else one)
-    combined = [(1.0 - P + P * along.to(gc.dtype)) * gc + (P * scale.to(gh.dtype)) * gh
+    conflict = (dot < 0) & (ce_sq > 0)
+    along = torch.where(conflict, -dot / ce_sq.clamp(min=1e-300), zero) if rule in ("project", "guard") else zero
+    # the norm of g_hl + along * g_ce, the heatmap gradient after any projection
+    kept_norm = (hl_sq - along * along * ce_sq).clamp(min=0).sqrt() if rule == "guard" else hl_norm
+    scale = (torch.where(kept_norm > ratio * ce_norm, ratio * ce_norm / kept_norm.clamp(min=1e-300), one)
+             if rule in ("balance", "guard") else one)
+    combined = [(1.0 - P + P * (scale * along).to(gc.dtype)) * gc + (P * scale.to(gh.dtype)) * gh
                 for gc, gh in zip(g_ce, g_hl)]
     surrogate = sum((p * g.detach()).sum() for p, g in zip(params, combined))
     stats = {"grad_ce": ce_norm.float(), "grad_heatmap": hl_norm.float(),
