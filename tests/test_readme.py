@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -68,7 +69,7 @@ def test_python_blocks_run_in_order(one_thread):
     assert len(code) >= 2
     for knob in SMALL:
         assert "\n".join(code).count(knob) == 1, f"README.md no longer has the line {knob!r}: update SMALL"
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")                    # plot_heatmap draws without a display
     torch.manual_seed(0)
     namespace: dict = {"__name__": "readme"}
     explained = None
@@ -78,7 +79,6 @@ def test_python_blocks_run_in_order(one_thread):
         exec(compile(block, f"README.md, python block {number}", "exec"), namespace)  # a user runs them in turn
         if explained is None and "gxi" in namespace:
             explained = dict(namespace)
-    import matplotlib.pyplot as plt
     plt.close("all")
 
     # the explain block: heatmaps of the input's shape, and eps 0 without Z^B is gradient x input
