@@ -62,7 +62,7 @@ def test_training_step_decreases_loss_on_a_fixed_batch(variant):
             optimizer.zero_grad()
             (out.loss if out.backward is None else out.backward).backward()  # the gradient rule's surrogate
             optimizer.step()
-        gradient_terms = {"grad_ce", "grad_heatmap", "grad_cos", "grad_scale"}  # balance, the default, logs them
+        gradient_terms = {"grad_ce", "grad_heatmap", "grad_cos", "grad_scale"}  # guard, the default, logs them
         assert set(out.terms) == ({"ce"} if variant == "standard" else {"ce", "heatmap", *gradient_terms})
         if variant != "standard":
             k = 10 if variant == "original" else 1

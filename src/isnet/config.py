@@ -151,8 +151,8 @@ class TrainConfig:
     d_loss: float = option(1.0, "GWRP decay over deep-supervision layers (1: mean)", "ISNet loss",
                            at_least=0, at_most=1)
     heatmap_gradient: str = option(
-        "balance", "how the heatmap loss's gradient joins the cross-entropy's: sum ((1-P) CE + P heatmap loss, the "
-               "papers), project (its component against the cross-entropy's gradient removed when they conflict) "
+        "guard", "how the heatmap loss's gradient joins the cross-entropy's: sum ((1-P) CE + P heatmap loss, the "
+               "papers), project (its component against the cross-entropy's gradient removed when they conflict), "
                "balance (its norm capped at --gradient-ratio times the cross-entropy's) or guard (projected, then "
                "capped); every rule but sum takes one more backward pass", "ISNet loss", choices=GRADIENT_RULES)
     gradient_ratio: float = option(1.0, "balance, guard: the largest heatmap-loss gradient norm, as a multiple of the "
