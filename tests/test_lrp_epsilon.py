@@ -45,6 +45,7 @@ def test_torchvision_default_runs_and_is_finite(tv_models, name):
     assert rel_err(heat, explain(model, x, "argmax", epsilon=0.0)) > 1e-4
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.01])
 @pytest.mark.parametrize("zb", [False, True])
 def test_reused_inplace_functional_relus_match_twin(epsilon, zb):
     torch.manual_seed(0)

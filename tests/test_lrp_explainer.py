@@ -196,6 +196,7 @@ def test_training_backward_uses_ordinary_derivative():
 
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_input_raises(bad):
     torch.manual_seed(0)
     model = TwinModules().eval()

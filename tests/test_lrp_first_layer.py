@@ -179,7 +179,8 @@ def test_input_far_outside_the_zb_bounds_warns_naming_the_range():
     with pytest.warns(IsnetWarning, match="bounds=") as seen:  # says which option to pass
         LRPFlex(model).explain(normalised, 0)
     low, high = _numbers(str(seen[0].message))[:2]
-    assert low == pytest.approx(normalised.min().item(), abs=1e-3) and high == pytest.approx(normalised.max().item(), abs=1e-3)
+    assert low == pytest.approx(normalised.min().item(), abs=1e-3)
+    assert high == pytest.approx(normalised.max().item(), abs=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", IsnetWarning)
         explain(model, x, "argmax")

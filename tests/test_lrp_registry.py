@@ -73,7 +73,7 @@ def one_hidden(act: nn.Module | None, fn=None) -> nn.Module:
 
 
 def ratio_rule(net: nn.Module, x: torch.Tensor, f, eps: float) -> torch.Tensor:
-    """Relevance passed unchanged through ``f``, written with matrices: ``x W1^T ((f(z) - f(0)) / (z + eps sign z) w2)``."""
+    """Relevance passed unchanged through ``f``, with matrices: ``x W1^T ((f(z) - f(0)) / (z + eps sign z) w2)``."""
     w1, b1, w2 = net.l1.weight.detach(), net.l1.bias.detach(), net.l2.weight.detach()
     z = x @ w1.T + b1
     share = (f(z) - f(torch.zeros_like(z))) / (z + eps * sign(z))
@@ -205,7 +205,8 @@ def test_rules_replace_and_add_rejections():
     lrn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(2), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     with pytest.raises(UnsupportedModelError, match="LocalResponseNorm"):
         LRPFlex(lrn)
-    assert torch.isfinite(LRPFlex(lrn, rules={nn.LocalResponseNorm: Identity()}).explain(torch.rand(1, 3, 8, 8), 0)).all()
+    heat = LRPFlex(lrn, rules={nn.LocalResponseNorm: Identity()}).explain(torch.rand(1, 3, 8, 8), 0)
+    assert torch.isfinite(heat).all()
     mine = nn.Sequential(nn.Linear(4, 4), nn.Sequential(Swish()), nn.Linear(4, 2))
     with pytest.raises(UnsupportedModelError, match=r"'1\.0'.*Swish.*not yet"):
         LRPFlex(mine, rules={Swish: Unsupported("not yet")})
