@@ -59,7 +59,7 @@ from torchvision.models import vision_transformer
 
 from conftest import require
 from isnet import explain
-from test_lrp import assert_no_mode_left, rel_err
+from lrp_models import assert_no_mode_left, rel_err
 from test_lrp_transformers import randomised
 
 require("lxt")  # a test dependency (make install); the guard only keeps a bare checkout collectable

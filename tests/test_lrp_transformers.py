@@ -10,7 +10,7 @@ from torchvision import models
 from torchvision.models import convnext, swin_transformer, vision_transformer
 
 from isnet import LRPFlex, UnsupportedModelError, explain
-from test_lrp import assert_no_mode_left, assert_same, snapshot
+from lrp_models import assert_no_mode_left, assert_same, snapshot
 
 E, HEADS, L = 8, 2, 5
 

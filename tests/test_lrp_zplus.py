@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from isnet import LRPFlex, explain
-from test_lrp import VGGLike, assert_no_mode_left, assert_same, bias_free_net, rel_err, snapshot
+from lrp_models import VGGLike, assert_no_mode_left, assert_same, bias_free_net, rel_err, snapshot
 
 
 def zennit_zplus(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, zb: bool, eps: float = 0.01):

@@ -162,7 +162,7 @@ def test_timm_models_by_name_with_their_errors(tmp_path):
     timm = require("timm")
 
     from isnet import explain
-    from test_lrp import assert_same, snapshot
+    from lrp_models import assert_same, snapshot
 
     vit = build_model("timm:vit_tiny_patch16_224", 3, image_size=32)
     assert vit.patch_embed.img_size == (32, 32) and vit(torch.rand(2, 3, 32, 32)).shape == (2, 3)

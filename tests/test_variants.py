@@ -9,7 +9,7 @@ from torch import nn
 
 from isnet import ISNet, ISNetLoss, LRPFlex, explain
 from isnet.variants import default_supervised_layers, selective_quantity, stochastic_classes
-from test_lrp import assert_same, rel_err, snapshot
+from lrp_models import assert_same, rel_err, snapshot
 
 
 def small_net(classes: int = 5) -> nn.Module:

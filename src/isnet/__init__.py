@@ -1,6 +1,6 @@
 """isnet: LRP-Flex explanations for ReLU, attention and modern CNN classifiers, and ISNet / Faster ISNet training.
 
-Explain: :func:`explain`, :class:`LRPFlex`, :func:`plot_heatmap`.
+Explain: :func:`explain`, :class:`LRPFlex` (with :class:`Rules` for a model's own operations), :func:`plot_heatmap`.
 Train: :class:`ISNet`, :func:`heatmap_loss`, :class:`ISNetLoss`, :func:`calibrate`, :func:`swap_backgrounds`,
 with ``isnet train``'s defaults (:mod:`isnet.recipe`, which also holds the papers' values);
 :mod:`isnet.training` (Lightning) runs whole training runs, :mod:`isnet.checkpoints` loads them.
@@ -8,11 +8,11 @@ Audit: :func:`audit`, how much a classifier relies on the background, by interve
 """
 
 from .loss import ISNetLoss, calibrate, heatmap_loss
-from .lrp import LRPFlex, Relevance, Trace, UnsupportedModelError, explain
+from .lrp import LRPFlex, Relevance, Rules, Trace, UnsupportedModelError, explain
 from .variants import ISNet
 
 __all__ = [
-    "ISNet", "ISNetLoss", "LRPFlex", "Relevance", "Trace", "UnsupportedModelError",
+    "ISNet", "ISNetLoss", "LRPFlex", "Relevance", "Rules", "Trace", "UnsupportedModelError",
     "audit", "calibrate", "explain", "heatmap_loss", "plot_heatmap", "swap_backgrounds",
 ]
 __version__ = "0.1.0"

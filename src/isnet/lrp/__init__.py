@@ -15,28 +15,37 @@ that is active only while a :class:`LRPFlex` traces a forward pass. Modules,
 functional calls, tensor methods, reused and in-place calls are all covered, and
 the model is never modified: no hooks stay, no flag is changed.
 
+Which rule applies to which operation is data: :class:`Rules`, a table from functions and
+module types to rules. Users extend it for their own modules (``LRPFlex(model, rules=...)``),
+e.g. with :class:`Identity` (an element-wise activation) or :class:`ExplainAs` (a gate whose
+relevance goes to its value path).
+
 Modules
 -------
+core
+    The mechanism: the backward switch, the intercepted call, input dependence.
+registry
+    :class:`Rules`, the table of rules.
 rules
-    The ReLU-type rules and the Z^B rule of the first block; the switch between the
-    relevance backward and the ordinary one.
-activations, normalisation, attention, zplus
-    The identity rule; normalisations with constant statistics; the uniform rule for
-    products and attention; LRP-z+ on convolutions and linear layers.
-first_block
-    Follows the input through the first layer, for Z^B.
+    The rules, one module per family (ReLU-type/epsilon, activations, normalisation,
+    attention, z+, Z^B with its first-block follower, rejected operations, generic rules
+    for users' operations) and the built-in table.
 tracing
     The traced forward pass: call interception, module outputs.
 explainer
     :class:`LRPFlex`, :class:`Trace` and :func:`explain`, built on the above.
 """
 
+from .core import Call, UnsupportedModelError
 from .explainer import LRPFlex, Relevance, Target, Trace, explain, select_logits
-from .rules import Bounds, FirstBlock, ZBRule, zb_relevance
-from .tracing import UNSUPPORTED_MODULES, UnsupportedModelError, check_activations, record_outputs
+from .registry import Rules
+from .rules import BUILTIN as BUILTIN_RULES
+from .rules.generic import ExplainAs, Identity, Unsupported
+from .rules.zb import Bounds, FirstBlock, ZBRule, zb_relevance
+from .tracing import record_outputs
 
 __all__ = [
-    "UNSUPPORTED_MODULES", "Bounds", "FirstBlock", "LRPFlex", "Relevance", "Target", "Trace",
-    "UnsupportedModelError", "ZBRule", "check_activations", "explain", "record_outputs",
+    "BUILTIN_RULES", "Bounds", "Call", "ExplainAs", "FirstBlock", "Identity", "LRPFlex", "Relevance", "Rules",
+    "Target", "Trace", "Unsupported", "UnsupportedModelError", "ZBRule", "explain", "record_outputs",
     "select_logits", "zb_relevance",
 ]

@@ -6,7 +6,7 @@ pass under :class:`~isnet.lrp.tracing.LRPMode` and returns a :class:`Trace`, who
 ``torch.autograd.grad`` call of a scalar quantity computed from that output, made
 with the trace's switch on, so the activations use the LRP rule; the relevance of a
 tensor ``t`` is then ``t * grad``. With the Z^B rule the pass stops at the first
-block's ReLU and :class:`~isnet.lrp.rules.ZBRule` takes the relevance to the input.
+block's ReLU and :class:`~isnet.lrp.rules.zb.ZBRule` takes the relevance to the input.
 ``create_graph=True`` keeps the relevance differentiable, for losses on heatmaps.
 """
 
@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import IsnetWarning
-from .rules import BackwardSwitch, Bounds, FirstBlock, ZBRule
-from .tracing import LRPMode, check_activations, named_submodules, owned_buffers, record_outputs, restore_buffers
+from .core import BackwardSwitch, Rule
+from .registry import Key, Rules
+from .rules import BUILTIN
+from .rules.zb import Bounds, FirstBlock, ZBRule
+from .tracing import LRPMode, named_submodules, owned_buffers, record_outputs, restore_buffers
 
 Target = Tensor | int | str
 BATCH_STATS = ("gradient", "constant")
@@ -188,7 +191,7 @@ class LRPFlex:
     epsilon
         LRP-epsilon stabiliser; ``0`` gives gradient x input on ReLU networks.
     zb
-        Use the Z^B rule on the first conv/linear layer (see :mod:`isnet.lrp.first_block`).
+        Use the Z^B rule on the first conv/linear layer (see :mod:`isnet.lrp.rules.zb`).
     bounds
         Lowest and highest input values for Z^B: floats, or one value per channel.
     layers
@@ -199,17 +202,22 @@ class LRPFlex:
         (``high - low``) outside ``bounds``, e.g. pixels in 0-255; one device sync each per call.
     rule
         ``"epsilon"`` (LRP-epsilon on conv/linear layers) or ``"z+"`` (LRP-z+, stabilised by
-        ``epsilon``; see :mod:`isnet.lrp.zplus`). The first block keeps Z^B either way.
+        ``epsilon``; see :mod:`isnet.lrp.rules.zplus`). The first block keeps Z^B either way.
     batch_stats
         Batch norm in training mode: ``"gradient"`` (its batch statistics' ordinary derivative,
         as the reference implementation; each image's heatmap then also depends on the other
         images' gradients) or ``"constant"`` (statistics held constant: each heatmap is its
         image's own). Batch norm in eval mode is linear either way.
+    rules
+        Rules for the model's own operations (:class:`~isnet.lrp.registry.Rules` or a mapping
+        ``{module type or function: rule}``); they extend the built-in rules and replace those
+        registered for the same operation. See "Your own rules" in docs/lrp-flex.md.
     """
 
     def __init__(self, model: nn.Module, *, epsilon: float = 0.01, zb: bool = True,
                  bounds: Bounds = (0.0, 1.0), layers: Sequence[str] = (), check_finite: bool = True,
-                 rule: str = "epsilon", batch_stats: str = "gradient") -> None:
+                 rule: str = "epsilon", batch_stats: str = "gradient",
+                 rules: Rules | Mapping[Key, Rule] | None = None) -> None:
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
         if rule not in ("epsilon", "z+"):
@@ -218,7 +226,8 @@ class LRPFlex:
             raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
         self.rule, self.batch_stats = rule, batch_stats
         _check_bounds(bounds)
-        check_activations(model)
+        self.rules = BUILTIN.extended(rules) if rules else BUILTIN
+        self.rules.check(model)
         named_submodules(model, layers)
         self.model, self.epsilon, self.zb = model, float(epsilon), zb
         self.bounds, self.layers, self.check_finite = bounds, tuple(layers), check_finite
@@ -242,10 +251,11 @@ class LRPFlex:
         zplus = self.rule == "z+"  # then activations pass relevance unchanged, the layers divide by z+
         switch = BackwardSwitch(0.0 if zplus else self.epsilon)
         buffers = owned_buffers(self.model) if keep_buffers else []
-        mode = LRPMode(switch, x_in, first_block=self.zb, zplus=self.epsilon if zplus else None,
+        mode = LRPMode(self.rules, switch, x_in, first_block=self.zb, zplus=self.epsilon if zplus else None,
                        constant_bn=self.batch_stats == "constant", kept=[b for _, _, b in buffers])
-        try:
-            with torch.enable_grad(), record_outputs(self.model, self.layers) as layer_outputs, mode:
+        recorded = record_outputs(self.model, self.layers, mode.in_own_forward)
+        try:  # rule hooks first: the recorded outputs of modules with a rule are the rule's
+            with torch.enable_grad(), mode.modules(self.model), recorded as layer_outputs, mode:
                 output = self.model(x_in)
         finally:
             restore_buffers(buffers)

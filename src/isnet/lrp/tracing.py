@@ -3,25 +3,14 @@
 Call interception
 -----------------
 :class:`LRPMode` is a :class:`~torch.overrides.TorchFunctionMode`, active only while
-a forward pass is traced and only in the thread that traces it. It routes each call,
-whether a module, a functional call, a tensor method, reused or in place, to its rule,
-bound to the trace's :class:`~isnet.lrp.rules.BackwardSwitch`:
-
-* ReLU, ReLU6, LeakyReLU: :mod:`isnet.lrp.rules`;
-* other element-wise activations (GELU, SiLU, sigmoid, ...): the identity rule,
-  :mod:`isnet.lrp.activations`;
-* LayerNorm, GroupNorm, InstanceNorm, RMSNorm, ``F.normalize``: statistics held
-  constant, :mod:`isnet.lrp.normalisation`;
-* products of two input-dependent tensors, ``einsum``, ``scaled_dot_product_attention``,
-  ``multi_head_attention_forward``, GLU: the uniform rule, :mod:`isnet.lrp.attention`;
-* convolutions and linear layers, only for explainers using LRP-z+: :mod:`isnet.lrp.zplus`.
-
-Every other call keeps its ordinary derivative (linear maps, pooling, softmax,
-reshapes). Non-linear arithmetic that has no rule (``exp``, ``log``, ``sqrt``, powers,
-division by an input-dependent tensor) applied to a tensor computed from the input
-raises :class:`UnsupportedModelError` naming the function; so do modules known to hide
-such arithmetic (recurrent layers, local response norm) when the explainer is built.
-The model itself is never modified.
+a forward pass is traced and only in the thread that traces it. It looks each call up in
+the explainer's :class:`~isnet.lrp.registry.Rules` (functions, tensor methods, reused or in
+place: whatever reaches ``__torch_function__``) and hands the calls that have a rule to it
+as a :class:`~isnet.lrp.core.Call` bound to the trace's state; every other call keeps its
+ordinary derivative. Modules of a type that has a rule are seen through forward hooks that
+exist only during the trace and ignore other threads: inside such a module the mode lets
+calls through unchanged, and its output is handed to the rule. The model itself is never
+modified.
 
 Kept buffers
 ------------
@@ -37,8 +26,9 @@ norm's ``_u = F.normalize(..., out=_u)``) gets the original back when the pass e
 
 First block
 -----------
-The mode also feeds a :class:`~isnet.lrp.first_block.FirstBlockTracker`, which follows
-the input through the first layer for Z^B.
+The mode also feeds a :class:`~isnet.lrp.rules.zb.FirstBlockTracker`, which follows
+the input through the first layer for Z^B: rules report element-wise activations, every
+other call is reported by the mode.
 
 Module outputs
 --------------
@@ -53,50 +43,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
-from .activations import ACTIVATIONS, apply_activation
-from .attention import ATTENTION, PRODUCTS, Dependence, apply_glu, apply_mha, apply_product, apply_sdpa
-from .first_block import FirstBlockTracker, qualname
-from .normalisation import NORMALISATIONS, apply_normalisation
-from .rules import BackwardSwitch, PiecewiseLinearRule, ReLURule, UnsupportedModelError
-from .zplus import ZPLUS_LAYERS, apply_zplus
-
-_RELU_FUNCS = {F.relu, torch.relu, Tensor.relu}
-_RELU_INPLACE_FUNCS = {torch.relu_, F.relu_, Tensor.relu_}
-_LEAKY_FUNCS = {F.leaky_relu, torch._C._nn.leaky_relu, F.leaky_relu_, torch._C._nn.leaky_relu_}
-_HARDTANH_FUNCS = {F.hardtanh, torch._C._nn.hardtanh, F.hardtanh_, torch._C._nn.hardtanh_, F.relu6}
-_NO_RULE_FUNCS = {  # non-linear arithmetic without an LRP rule, when applied to input-dependent tensors
-    torch.exp, Tensor.exp, Tensor.exp_, torch.log, Tensor.log, torch.sqrt, Tensor.sqrt, torch.rsqrt, Tensor.rsqrt,
-    torch.reciprocal, Tensor.reciprocal, torch.square, Tensor.square, torch.pow, Tensor.pow, Tensor.__pow__,
-    Tensor.__rpow__, F.local_response_norm,
-}
-_DIVISIONS = {torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__, Tensor.__itruediv__, torch.true_divide,
-              Tensor.true_divide}
-_KINDS: dict[Callable, str] = {
-    **{f: "relu" for f in _RELU_FUNCS | _RELU_INPLACE_FUNCS}, **{f: "leaky" for f in _LEAKY_FUNCS},
-    **{f: "hardtanh" for f in _HARDTANH_FUNCS}, **{f: "activation" for f in ACTIVATIONS},
-    **{f: "norm" for f in NORMALISATIONS}, **{f: "product" for f in PRODUCTS}, **ATTENTION,
-    **{f: "no_rule" for f in _NO_RULE_FUNCS}, **{f: "division" for f in _DIVISIONS}, Tensor.__rdiv__: "rdivision",
-    F.batch_norm: "batch_norm",
-}
-UNSUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.RNNBase, nn.RNNCellBase, nn.LocalResponseNorm, nn.CrossMapLRN2d,
-)
-
-
-def check_activations(model: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` naming the first module LRP-Flex has no rule for."""
-    for name, module in model.named_modules():
-        if isinstance(module, UNSUPPORTED_MODULES):
-            raise UnsupportedModelError(
-                f"module '{name}' ({type(module).__name__}) computes non-linear arithmetic LRP-Flex has no rule "
-                "for (recurrent gates, cross-channel normalisation). LRP-Flex covers element-wise activations, "
-                "normalisation layers, attention and gating; replace this module to explain the model."
-            )
+from .core import BackwardSwitch, Call, Dependence, TraceState, UnsupportedModelError
+from .registry import Rules
+from .rules.zb import FirstBlockTracker
 
 
 class UnknownModuleError(KeyError, ValueError):
@@ -129,7 +81,8 @@ def restore_buffers(buffers: Sequence[tuple[nn.Module, str, Tensor]]) -> None:
 
 
 @contextmanager
-def record_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+def record_outputs(model: nn.Module, names: Sequence[str],
+                   skip: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Tensor]]:
     """Record the outputs of the modules ``names`` during forward passes made in this thread.
 
     Parameters
@@ -139,6 +92,9 @@ def record_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str,
         hooks, which are removed on exit, also after an exception.
     names
         Module names from ``model.named_modules()``.
+    skip
+        Calls made while it returns true are not recorded (the own forward of a module with a
+        rule, whose rule computes the output the relevance flows through).
 
     Yields
     ------
@@ -163,7 +119,7 @@ def record_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str,
 
     def recorder(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if threading.get_ident() != owner:
+            if threading.get_ident() != owner or skip():
                 return
             if name in store:
                 raise UnsupportedModelError(
@@ -183,10 +139,12 @@ def record_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str,
 
 
 class LRPMode(TorchFunctionMode):
-    """Routes calls to the LRP rule functions and follows the first block.
+    """Routes calls to their rules and follows the first block.
 
     Parameters
     ----------
+    rules
+        The table of rules (built-in ones and the user's).
     switch
         The trace's switch between the LRP backward and the ordinary one.
     x
@@ -197,58 +155,107 @@ class LRPMode(TorchFunctionMode):
         If given, convolutions and linear layers use LRP-z+ with this stabiliser.
     constant_bn
         Training-mode batch norm holds its batch statistics constant in the relevance pass
-        (``batch_stats="constant"``, see :mod:`isnet.lrp.normalisation`); else they keep
+        (``batch_stats="constant"``, see :mod:`isnet.lrp.rules.normalisation`); else they keep
         their ordinary derivative.
     kept
         Tensors (the model's buffers) that calls get copies of, so that the pass cannot write
         into them (see the module docstring).
     """
 
-    def __init__(self, switch: BackwardSwitch, x: Tensor, *, first_block: bool = True,
+    def __init__(self, rules: Rules, switch: BackwardSwitch, x: Tensor, *, first_block: bool = True,
                  zplus: float | None = None, constant_bn: bool = False, kept: Iterable[Tensor] = ()) -> None:
         super().__init__()
-        self.switch, self.zplus, self.constant_bn = switch, zplus, constant_bn
+        self.rules = rules
         self.kept = {id(t) for t in kept}
         self._copies_of: dict[int, Tensor] = {}  # kept tensor id -> its copy for this pass, made on first use
-        self.depends = Dependence(x)
         self.tracker = FirstBlockTracker(x if first_block else None)
+        self.state = TraceState(switch, Dependence(x), self, zplus, constant_bn, self._nested)
+        self._opaque: list[nn.Module] = []  # the module with a rule whose own forward runs now
+        self._quiet = 0  # > 0 while a rule's own calls run: they are not followed for Z^B
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if self.kept:
             args, kwargs = self._copies(args), {k: self._copies(v) for k, v in kwargs.items()}
-        kind = _KINDS.get(func)
-        if kind == "batch_norm":  # a normalisation rule only when its statistics are held constant
-            kind = "norm" if self.constant_bn else None
-        if kind is None:
-            if self.zplus is not None and func in ZPLUS_LAYERS:
-                out = apply_zplus(func, args, kwargs, self.switch, self.zplus)
-            else:
-                out = func(*args, **kwargs)
-        elif kind == "relu":
-            return self._relu(func, args, kwargs)
-        elif kind in ("leaky", "hardtanh"):
-            return self._piecewise(func, kind, args, kwargs)
-        elif kind == "activation":
-            out, pre = apply_activation(func, args, kwargs, self.switch)
-            self.tracker.activation(qualname(func), args[0], out, pre)
-            return out
-        elif kind == "norm":
-            out = apply_normalisation(func, args, kwargs, self.switch)
-        elif kind == "product":
-            out = apply_product(func, args, kwargs, self.switch, self.depends)
-        elif kind == "sdpa":
-            out = apply_sdpa(args, kwargs, self.switch, self.depends)
-        elif kind == "mha":
-            out = apply_mha(func, args, kwargs, self.switch, self.depends)
-        elif kind == "glu":
-            out = apply_glu(args, kwargs, self.switch, self._sigmoid, self.depends)
-        else:
-            self._check_rule(func, kind, args)
+        if self._opaque:
+            return func(*args, **kwargs)
+        rule = self.rules.function_rule(func)
+        if rule is None:
             out = func(*args, **kwargs)
-        if not self.tracker.done:
-            self.tracker.other(func, args, kwargs, out)
+            self._follow(func, args, kwargs, out)
+            return out
+        return self._apply(rule, Call(func, args, kwargs, self.state))
+
+    def in_own_forward(self) -> bool:
+        """Whether the own forward of a module with a rule runs now (its calls are not the rule's)."""
+        return bool(self._opaque)
+
+    def _apply(self, rule: Callable[[Call], Any], call: Call) -> Any:
+        out = rule(call)
+        if not call.reported:
+            self._follow(call.target, call.args, call.kwargs, out)
         return out
+
+    def _follow(self, target: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        if not self.done:
+            self.tracker.other(target, args, kwargs, out)
+
+    # the first-block observer the rules see: the tracker, silent while a rule's own calls run
+    @property
+    def done(self) -> bool:
+        return self._quiet > 0 or self.tracker.done
+
+    def activation(self, name: str, z: Tensor, out: Tensor, pre: Tensor | None = None) -> None:
+        if not self._quiet:
+            self.tracker.activation(name, z, out, pre)
+
+    def needs_copy(self, z: Tensor) -> bool:
+        return not self._quiet and self.tracker.needs_copy(z)
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        self._quiet += 1
+        try:
+            if any(mode is self for mode in _get_current_function_mode_stack()):
+                yield
+            else:  # inside this mode's own __torch_function__, where it is paused
+                with self:
+                    yield
+        finally:
+            self._quiet -= 1
+
+    @contextmanager
+    def modules(self, model: nn.Module) -> Iterator[None]:
+        """Hand the calls of ``model``'s modules whose type has a rule to that rule, in this thread.
+
+        The hooks exist only inside the ``with`` block, also after an exception.
+        """
+        owner = threading.get_ident()
+        handles = []
+
+        def enter(module: nn.Module, _args: tuple, _kwargs: dict) -> None:
+            if threading.get_ident() == owner and not self._opaque:
+                self._opaque.append(module)
+
+        def leaver(rule: Callable[[Call], Any]) -> Callable[..., Any]:
+            def leave(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+                if threading.get_ident() != owner or not self._opaque or self._opaque[-1] is not module:
+                    return None
+                self._opaque.pop()
+                return self._apply(rule, Call(module, args, kwargs, self.state, output))
+
+            return leave
+
+        try:
+            for module in model.modules():
+                rule = self.rules.module_rule(module)
+                if rule is not None:
+                    handles.append(module.register_forward_pre_hook(enter, with_kwargs=True))
+                    handles.append(module.register_forward_hook(leaver(rule), with_kwargs=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _copies(self, value: Any) -> Any:
         """``value`` with each kept tensor in it (also inside a list or tuple) replaced by its copy."""
@@ -261,45 +268,3 @@ class LRPMode(TorchFunctionMode):
         if type(value) in (list, tuple):
             return type(value)(self._copies(v) for v in value)
         return value
-
-    def _relu(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
-        inplace = func in _RELU_INPLACE_FUNCS or bool(kwargs.get("inplace", False))
-        z = args[0]
-        pre = z.clone() if inplace and self.tracker.closes(z) and z is self.tracker.block.conv_out else None
-        out = ReLURule.apply(z, self.switch, inplace)
-        self.tracker.activation("a ReLU", z, out, pre)
-        return out
-
-    def _piecewise(self, func: Callable, kind: str, args: tuple, kwargs: dict) -> Tensor:
-        z = args[0]
-        if kind == "leaky":
-            params: tuple = (float(args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)),)
-        elif func is F.relu6:
-            params = (0.0, 6.0)
-        else:
-            params = (float(args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)),
-                      float(args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)))
-            if params[0] > 0 or params[1] < 0:
-                raise UnsupportedModelError(
-                    f"hardtanh with range {params} does not map 0 to 0; LRP-Flex supports "
-                    "piecewise-linear activations with f(0) = 0 (ReLU, ReLU6, LeakyReLU)."
-                )
-        out = PiecewiseLinearRule.apply(z, self.switch, "leaky" if kind == "leaky" else "hardtanh", params)
-        self.tracker.activation(qualname(func), z, out)
-        return out
-
-    def _sigmoid(self, t: Tensor) -> Tensor:
-        return apply_activation(torch.sigmoid, (t,), {}, self.switch)[0]
-
-    def _check_rule(self, func: Callable, kind: str, args: tuple) -> None:
-        """Reject non-linear arithmetic without a rule on input-dependent tensors."""
-        if kind == "no_rule":
-            operands = [a for a in args if isinstance(a, Tensor)]
-        else:  # a division: only an input-dependent divisor is non-linear
-            operands = args[:1] if kind == "rdivision" else args[1:2]
-        if any(self.depends(t) for t in operands):
-            raise UnsupportedModelError(
-                f"the model applies {qualname(func)} to a tensor computed from the input; LRP-Flex has no rule "
-                "for this non-linearity. Express it with a supported operation (an activation module, "
-                "nn.LayerNorm, F.normalize, F.softmax, attention) to explain this model."
-            )

@@ -13,8 +13,8 @@ receives ``g_out`` (``R = out * g_out``) and returns ``g_x = W+^T s`` where ``x 
 ``W-^T s`` where ``x < 0``. The activations then pass relevance unchanged (their
 factor is taken with ``eps = 0``): the stabiliser sits in the layer's ``z+``.
 
-When an explainer uses this rule, every ``F.conv1d/2d/3d`` and ``F.linear`` call is
-routed through :class:`ZPlusLayer`; the first block keeps Z^B. Batch norm is not folded
+When an explainer uses this rule (``rule="z+"``), every ``F.conv1d/2d/3d`` and ``F.linear``
+call is routed through :class:`ZPlusLayer`; the first block keeps Z^B. Batch norm is not folded
 into the preceding layer (it keeps its ordinary, linear derivative). Outside the
 relevance pass the layers have their ordinary derivative.
 """
@@ -28,10 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rules import BackwardSwitch, ordinary_vjp, stabilise
-
-ZPLUS_LAYERS: dict[Callable, str] = {F.conv1d: "conv1d", F.conv2d: "conv2d", F.conv3d: "conv3d", F.linear: "linear"}
-
+from ..core import BackwardSwitch, Call, Rule, ordinary_vjp, stabilise
 
 def _transposed(layer: Callable[[Tensor, Tensor], Tensor], weight: Tensor, s: Tensor, like: Tensor,
                 create_graph: bool) -> Tensor:
@@ -73,8 +70,11 @@ class ZPlusLayer(torch.autograd.Function):
         return None, None, None, torch.where(x < 0, through_neg, through_pos), None, None
 
 
-def apply_zplus(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch, stabiliser: float) -> Tensor:
-    """Run a convolution or linear call whose relevance backward is LRP-z+."""
+def zplus(call: Call) -> Tensor:
+    """A convolution or linear call: LRP-z+ if the explainer uses it, else the ordinary layer."""
+    func, args, kwargs = call.target, call.args, call.kwargs
+    if call.trace.zplus is None:
+        return call.run()
     x = args[0] if args else kwargs["input"]
     if not x.requires_grad:
         return func(*args, **kwargs)
@@ -86,4 +86,7 @@ def apply_zplus(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitc
     def layer(inp: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         return func(inp, w, b, *rest, **options)
 
-    return ZPlusLayer.apply(switch, stabiliser, layer, x, weight, bias)
+    return ZPlusLayer.apply(call.trace.switch, call.trace.zplus, layer, x, weight, bias)
+
+
+RULES: dict[Callable, Rule] = {f: zplus for f in (F.conv1d, F.conv2d, F.conv3d, F.linear)}

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rules import BackwardSwitch, ordinary_vjp
+from ..core import BackwardSwitch, Call, Rule, arg, ordinary_vjp
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,6 @@ class NormRule(torch.autograd.Function):
         return None, None, None, *ordinary_vjp(ctx.call, (x, weight, bias), ctx.needs_input_grad[3:], grad)
 
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
-    return args[index] if len(args) > index else kwargs.get(name, default)
-
-
 def _shape(value: int | Sequence[int]) -> tuple[int, ...]:
     return (value,) if isinstance(value, int) else tuple(value)
 
@@ -120,29 +116,29 @@ def _shape(value: int | Sequence[int]) -> tuple[int, ...]:
 def _read(func: Callable, args: tuple, kwargs: dict) -> tuple[NormCall, Tensor | None, Tensor | None] | None:
     """The call's :class:`NormCall`, weight and bias; ``None`` when it uses no input statistics."""
     if func is F.layer_norm:
-        shape = _shape(_arg(args, kwargs, 1, "normalized_shape"))
-        return (NormCall("layer", shape, eps=_arg(args, kwargs, 4, "eps", 1e-5)),
-                _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias"))
+        shape = _shape(arg(args, kwargs, 1, "normalized_shape"))
+        return (NormCall("layer", shape, eps=arg(args, kwargs, 4, "eps", 1e-5)),
+                arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias"))
     if func is F.group_norm:
-        return (NormCall("group", groups=_arg(args, kwargs, 1, "num_groups"), eps=_arg(args, kwargs, 4, "eps", 1e-5)),
-                _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias"))
+        return (NormCall("group", groups=arg(args, kwargs, 1, "num_groups"), eps=arg(args, kwargs, 4, "eps", 1e-5)),
+                arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias"))
     if func is F.instance_norm:
-        if not _arg(args, kwargs, 5, "use_input_stats", True):
+        if not arg(args, kwargs, 5, "use_input_stats", True):
             return None  # running statistics: already linear
         x = args[0]
-        return (NormCall("group", groups=x.shape[1], eps=_arg(args, kwargs, 7, "eps", 1e-5)),
-                _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"))
+        return (NormCall("group", groups=x.shape[1], eps=arg(args, kwargs, 7, "eps", 1e-5)),
+                arg(args, kwargs, 3, "weight"), arg(args, kwargs, 4, "bias"))
     if func is F.batch_norm:
-        training = bool(_arg(args, kwargs, 5, "training", False)) or _arg(args, kwargs, 1, "running_mean") is None
+        training = bool(arg(args, kwargs, 5, "training", False)) or arg(args, kwargs, 1, "running_mean") is None
         if not training:
             return None  # running statistics: already linear
-        return (NormCall("batch", eps=_arg(args, kwargs, 7, "eps", 1e-5)),
-                _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias"))
+        return (NormCall("batch", eps=arg(args, kwargs, 7, "eps", 1e-5)),
+                arg(args, kwargs, 3, "weight"), arg(args, kwargs, 4, "bias"))
     if func is F.normalize:
-        return NormCall("normalize", eps=_arg(args, kwargs, 3, "eps", 1e-12), p=_arg(args, kwargs, 1, "p", 2.0),
-                        dim=_arg(args, kwargs, 2, "dim", 1)), None, None
-    shape = _shape(_arg(args, kwargs, 1, "normalized_shape"))
-    return NormCall("rms", shape, eps=_arg(args, kwargs, 3, "eps")), _arg(args, kwargs, 2, "weight"), None
+        return NormCall("normalize", eps=arg(args, kwargs, 3, "eps", 1e-12), p=arg(args, kwargs, 1, "p", 2.0),
+                        dim=arg(args, kwargs, 2, "dim", 1)), None, None
+    shape = _shape(arg(args, kwargs, 1, "normalized_shape"))
+    return NormCall("rms", shape, eps=arg(args, kwargs, 3, "eps")), arg(args, kwargs, 2, "weight"), None
 
 
 NORMALISATIONS: dict[Callable, str] = {
@@ -151,11 +147,20 @@ NORMALISATIONS: dict[Callable, str] = {
 }
 
 
-def apply_normalisation(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch) -> Tensor:
+def normalisation(call: Call) -> Tensor:
     """Run a normalisation call with its statistic constant in the relevance pass."""
+    func, args, kwargs = call.target, call.args, call.kwargs
     read = _read(func, args, kwargs)
     x = args[0]
     if read is None or not x.requires_grad or (func is F.normalize and kwargs.get("out") is not None):
         return func(*args, **kwargs)
-    call, weight, bias = read
-    return NormRule.apply(switch, call, lambda: func(*args, **kwargs), x, weight, bias)
+    norm, weight, bias = read
+    return NormRule.apply(call.trace.switch, norm, lambda: func(*args, **kwargs), x, weight, bias)
+
+
+def batch_norm(call: Call) -> Tensor:
+    """Batch norm: linear with running statistics; batch statistics held constant if the explainer asks."""
+    return normalisation(call) if call.trace.constant_bn else call.run()
+
+
+RULES: dict[Callable, Rule] = {**{f: normalisation for f in NORMALISATIONS}, F.batch_norm: batch_norm}

@@ -1,15 +1,4 @@
-"""LRP rules: the modified activation backward and the Z^B rule of the first block.
-
-LRP-epsilon through autograd
-----------------------------
-For a layer ``z = W a + b`` feeding a piecewise-linear activation ``a' = f(z)``,
-LRP-epsilon redistributes the relevance at ``a'`` as ``R_a = a * W^T (R / (z + eps))``.
-Writing the relevance of a tensor ``t`` as ``t * g_t``, this is ordinary backpropagation
-of ``g`` with one change at the activation: its derivative ``f'(z)`` becomes
-``f(z) / (z + eps * sign(z))``, i.e. ``a / (a + eps)`` for a ReLU. Layers that do not
-feed an activation (pooling, additions, the classifier) then follow LRP-0, and
-``eps = 0`` gives gradient x input. :class:`BackwardSwitch` chooses, per traced forward
-pass, between that factor (the heatmap pass) and the ordinary derivative (training).
+"""The Z^B rule of the first block, and the follower that finds that block in a trace.
 
 Z^B
 ---
@@ -19,155 +8,38 @@ The first conv/linear -> [batch norm] -> [activation] block sees pixels, which l
 ``R_x = x W^T s - (low W+ + high W-)^T s`` with ``s = R / z`` and
 ``z = W x + b - (low W+ + high W-) 1 - (b+ low + b- high)``, so every contribution is
 measured against the least activating input within the bounds.
+
+The first block
+---------------
+:class:`FirstBlockTracker` follows the input of a traced forward pass. Z^B needs the first
+layer applied to the input (a convolution, or a linear layer that may see the input
+flattened), its optional batch norm, and the tensor whose relevance it redistributes:
+
+* the output of an element-wise activation applied to the layer (or batch norm) output:
+  any call a rule reports as element-wise (EfficientNet's conv -> BN -> SiLU, MobileNetV3's
+  Hardswish, a user's own activation module);
+* else the layer (or batch norm) output itself, when what comes next is a normalisation or
+  a rearrangement: reshape, permute, transpose, concatenation, addition (a position
+  embedding), dropout (ViT's patch convolution, ConvNeXt's and Swin's conv -> LayerNorm stems).
+
+Any other operation on the way (a pooling before the activation, an activation on the raw
+input) is remembered as the reason Z^B cannot be used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core import UnsupportedModelError, arg, qualname, stabilise
+from .normalisation import NORMALISATIONS
+
 Bounds = tuple[float | Tensor, float | Tensor]
-
-
-class UnsupportedModelError(ValueError):
-    """The model contains an operation LRP-Flex cannot propagate relevance through."""
-
-
-class BackwardSwitch:
-    """Selects the activation derivative of one traced forward pass.
-
-    Off: the ordinary derivative (training losses). On: the LRP rule (heatmap pass).
-    One switch belongs to one trace, so concurrent traces never see each other.
-    """
-
-    def __init__(self, epsilon: float) -> None:
-        self.epsilon = epsilon
-        self.lrp = False
-
-
-def stabilise(z: Tensor, eps: float) -> Tensor:
-    """``z + eps * sign(z)`` with ``sign(0) = +1``, in the dtype of ``z``."""
-    return z + torch.where(z >= 0, eps, -eps).to(z.dtype)
-
-
-def ordinary_vjp(fn: Callable[..., Tensor], inputs: Sequence[Tensor | None], needs: Sequence[bool],
-                 grad: Tensor) -> list[Tensor | None]:
-    """The ordinary backward of ``fn`` at ``inputs`` (gradients for those ``needs`` marks), by re-running ``fn``.
-
-    Used by the rule functions outside the relevance pass. When the backward itself
-    is recorded (``create_graph``), the inputs keep their history, so the result is
-    differentiable again.
-    """
-    wanted = [i for i, t in enumerate(inputs) if i < len(needs) and needs[i] and t is not None]
-    result: list[Tensor | None] = [None] * len(inputs)
-    if not wanted:
-        return result
-    if torch.is_grad_enabled():
-        grads = torch.autograd.grad(fn(*inputs), [inputs[i] for i in wanted], grad, create_graph=True)
-    else:
-        with torch.enable_grad():
-            fresh = [None if t is None else t.detach().requires_grad_(i in wanted) for i, t in enumerate(inputs)]
-            grads = torch.autograd.grad(fn(*fresh), [fresh[i] for i in wanted], grad)
-    for i, g in zip(wanted, grads):
-        result[i] = g
-    return result
-
-
-class ReLURule(torch.autograd.Function):
-    """ReLU whose backward is ``a / (a + eps)`` while the switch is on."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, switch: BackwardSwitch, inplace: bool) -> Tensor:
-        if inplace:
-            ctx.mark_dirty(z)
-            out = z.relu_()
-        else:
-            out = z.relu()
-        ctx.switch = switch
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        (out,) = ctx.saved_tensors
-        eps = ctx.switch.epsilon
-        if ctx.switch.lrp and eps > 0:
-            if torch.is_grad_enabled() and not _is_batched(grad):
-                # create_graph: a differentiable gate that saves no temporaries
-                return _LRPGate.apply(grad, out, eps), None, None
-            return grad * (out / (out + eps)), None, None
-        # ordinary derivative; also the LRP factor a / (a + 0), defined as 0 where a = 0
-        return grad * (out > 0), None, None
-
-
-def _is_batched(t: Tensor) -> bool:
-    """A gradient batched by ``torch.autograd.grad(..., is_grads_batched=True)``.
-
-    Custom Functions do not record their graph under that legacy vmap, so the gate
-    falls back to plain ops there.
-    """
-    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
-    return bool(check(t)) if check is not None else False
-
-
-class _LRPGate(torch.autograd.Function):
-    """``grad * a / (a + eps)``, differentiable in ``grad`` and ``a``.
-
-    Autograd of the three-op expression would keep ``a + eps``, the factor and ``grad`` for
-    the training backward; this keeps ``grad`` (``a`` is already saved by the ReLU) and
-    recomputes the rest.
-    """
-
-    @staticmethod
-    def forward(ctx, grad: Tensor, out: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(grad, out)
-        ctx.eps = eps
-        return grad * (out / (out + eps))
-
-    @staticmethod
-    def backward(ctx, upstream: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        grad, out = ctx.saved_tensors
-        denominator = out + ctx.eps
-        grad_grad = upstream * (out / denominator) if ctx.needs_input_grad[0] else None
-        grad_out = upstream * grad * (ctx.eps / denominator**2) if ctx.needs_input_grad[1] else None
-        return grad_grad, grad_out, None
-
-
-def _piecewise_derivative(z: Tensor, kind: str, params: tuple) -> Tensor:
-    if kind == "leaky":
-        (slope,) = params
-        return torch.where(z > 0, 1.0, slope).to(z.dtype)
-    low, high = params
-    return ((z > low) & (z < high)).to(z.dtype)
-
-
-class PiecewiseLinearRule(torch.autograd.Function):
-    """LeakyReLU / hardtanh (ReLU6); LRP backward ``f(z) / (z + eps * sign(z))``."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, switch: BackwardSwitch, kind: str, params: tuple) -> Tensor:
-        out = F.leaky_relu(z, *params) if kind == "leaky" else F.hardtanh(z, *params)
-        ctx.switch, ctx.kind, ctx.params = switch, kind, params
-        ctx.save_for_backward(z, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        z, out = ctx.saved_tensors
-        if ctx.switch.lrp:
-            factor = out / stabilise(z, ctx.switch.epsilon)
-            if ctx.switch.epsilon == 0:  # f(0) / 0: the ordinary derivative there, as gradient x input
-                factor = torch.where(z == 0, _piecewise_derivative(z, ctx.kind, ctx.params), factor)
-        else:
-            factor = _piecewise_derivative(z, ctx.kind, ctx.params)
-        return grad * factor, None, None, None
-
-
-# ------------------------------------------------------------------------------------ Z^B
 
 
 @dataclass
@@ -331,3 +203,116 @@ def _layer(block: FirstBlock, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight)
     stride, padding, dilation, groups = block.conv_args
     return _CONV_BY_DIMS[block.dims](x, weight, None, stride, padding, dilation, groups)
+
+
+CONV_FUNCS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+RESHAPE_FUNCS = {torch.flatten, Tensor.flatten, Tensor.view, Tensor.reshape, torch.reshape}
+FOLLOWERS = {
+    *RESHAPE_FUNCS, *NORMALISATIONS, Tensor.permute, torch.permute, Tensor.transpose, torch.transpose,
+    Tensor.contiguous, torch.cat, torch.concat, torch.stack, Tensor.add, torch.add, Tensor.__add__,
+    Tensor.__radd__, Tensor.sub, torch.sub, F.dropout,
+}
+
+
+class FirstBlockTracker:
+    """Follows the input of one traced forward pass until its first block is complete.
+
+    ``done`` turns true when the block is complete, when something else happened
+    first (``failure`` says what), or from the start when ``x`` is ``None``.
+    """
+
+    def __init__(self, x: Tensor | None) -> None:
+        self.block: FirstBlock | None = None
+        self.failure: str | None = None
+        self.done = x is None
+        self.watched: list[Tensor] = [x] if x is not None else []
+        self.source_shape: torch.Size | None = None
+
+    def closes(self, z: Tensor) -> bool:
+        """Whether an activation of ``z`` is the first block's activation."""
+        block = self.block
+        return not self.done and block is not None and (z is block.conv_out or z is block.bn_out)
+
+    def needs_copy(self, z: Tensor) -> bool:
+        """Whether an in-place activation of ``z`` would overwrite the pre-activations Z^B needs."""
+        return self.closes(z) and z is self.block.conv_out
+
+    def activation(self, name: str, z: Tensor, out: Tensor, pre: Tensor | None = None) -> None:
+        """Record an element-wise activation ``out = f(z)`` (``name`` describes ``f`` in errors).
+
+        ``pre`` holds a copy of ``z`` when ``f`` overwrote it in place.
+        """
+        if self.done:
+            return
+        if self.closes(z):
+            block = self.block
+            if pre is not None and z is block.conv_out:
+                block.conv_out = pre  # Z^B needs the pre-activations the call overwrote
+            block.relu_out = out
+            self.done = True
+        elif any(z is w for w in self.watched):
+            self._fail(f"{name} applied directly to the input")
+
+    def _fail(self, what: str) -> None:
+        self.failure = what
+        self.done = True
+
+    def _consumes_watched(self, args: tuple, kwargs: dict) -> bool:
+        for value in (*args, *kwargs.values()):
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            if any(isinstance(v, Tensor) and any(v is w for w in self.watched) for v in items):
+                return True
+        return False
+
+    def other(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        """Record any other call; only calls on the watched tensors matter."""
+        if self.done or not isinstance(out, Tensor) or not self._consumes_watched(args, kwargs):
+            return
+        block = self.block
+        first = args[0] if args else None
+        if block is None and func in CONV_FUNCS and first is self.watched[0]:
+            self.block = FirstBlock(
+                dims=CONV_FUNCS[func], input=first, weight=arg(args, kwargs, 1, "weight"),
+                bias=arg(args, kwargs, 2, "bias"),
+                conv_args=tuple(arg(args, kwargs, i, n, d) for i, n, d in
+                                ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1), (6, "groups", 1))),
+                conv_out=out,
+            )
+            self.watched = [out]
+        elif (block is None and func in RESHAPE_FUNCS and first is self.watched[0] and out.dim() == 2
+              and out.shape[0] == first.shape[0]):  # flattening the input for a first linear layer
+            if self.source_shape is None:
+                self.source_shape = first.shape
+            self.watched = [out]
+        elif block is None and func is F.linear and first is self.watched[0]:
+            self.block = FirstBlock(dims=0, input=first, weight=arg(args, kwargs, 1, "weight"),
+                                    bias=arg(args, kwargs, 2, "bias"), conv_out=out,
+                                    source_shape=self.source_shape if self.source_shape != first.shape else None)
+            self.watched = [out]
+        elif block is not None and block.bn is None and func is F.batch_norm and first is block.conv_out:
+            running_mean = arg(args, kwargs, 1, "running_mean")
+            running_var = arg(args, kwargs, 2, "running_var")
+            training = bool(arg(args, kwargs, 5, "training", False)) or running_mean is None
+            block.bn = (running_mean, running_var, arg(args, kwargs, 3, "weight"),
+                        arg(args, kwargs, 4, "bias"), training, float(arg(args, kwargs, 7, "eps", 1e-5)))
+            block.bn_out = out
+            self.watched = [out]
+        elif block is not None and func in FOLLOWERS:  # Z^B takes the relevance of the layer's output
+            block.relu_out = self.watched[0]
+            self.done = True
+        else:
+            where = "the input" if block is None else (
+                "the first layer's output" if block.bn is None else "the first batch norm's output")
+            self._fail(f"{qualname(func)} applied to {where}")
+
+    def result(self) -> FirstBlock:
+        """The complete first block; :class:`UnsupportedModelError` saying what was found instead."""
+        block = self.block
+        if block is None or block.relu_out is None:
+            found = self.failure or "nothing using the first layer's output"
+            raise UnsupportedModelError(
+                "zb=True needs the model to start with a conv or linear layer, optionally batch norm, then an "
+                f"element-wise activation, a normalisation or a reshape; found {found}. Pass zb=False to "
+                "propagate LRP-epsilon down to the input instead."
+            )
+        return block

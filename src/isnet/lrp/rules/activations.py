@@ -9,7 +9,7 @@ a modified derivative: the backward multiplies the incoming gradient by
 
 instead of ``f'(z)``, so that ``z * g_z = (f(z) - f(0)) * g_a`` up to the epsilon
 stabiliser, which absorbs relevance where ``|z|`` is small (as the ReLU rule does).
-This is the ReLU rule of :mod:`isnet.lrp.rules` generalised to GELU, SiLU (Swish),
+This is the ReLU rule of :mod:`isnet.lrp.rules.epsilon` generalised to GELU, SiLU (Swish),
 Hardswish, Mish, ELU, SELU, CELU, tanh, PReLU and the shrink functions, for which
 ``f(0) = 0`` and the factor is exactly AttnLRP's ``f(z) / z``.
 
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rules import BackwardSwitch, UnsupportedModelError, ordinary_vjp
+from ..core import BackwardSwitch, Call, Rule, UnsupportedModelError, ordinary_vjp
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ class IdentityRule(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         z, *tensors = ctx.saved_tensors
         if ctx.switch.lrp:
-            grads = [grad * IdentityRule.factor(ctx, z, tensors), *([None] * len(tensors))]
+            factor = identity_factor(lambda t: ctx.fn(t, *tensors), z, ctx.switch.epsilon, ctx.offset)
+            grads = [grad * factor, *([None] * len(tensors))]
         else:
             needs = (ctx.needs_input_grad[4 if ctx.inplace else 5], *ctx.needs_input_grad[6:])
             grads = ordinary_vjp(ctx.fn, (z, *tensors), needs, grad)
@@ -124,17 +125,19 @@ class IdentityRule(torch.autograd.Function):
             return None, None, None, None, grads[0], None, *grads[1:]
         return None, None, None, None, None, *grads
 
-    @staticmethod
-    def factor(ctx: Any, z: Tensor, tensors: list[Tensor]) -> Tensor:
-        """``(f(z) - f(0)) / (z + eps sign z)``, or its limit ``f'(0)`` at ``z = 0`` when ``eps = 0``."""
-        out = ctx.fn(z, *tensors)
-        varying = out if ctx.offset is None else out - ctx.offset
-        eps = ctx.switch.epsilon
-        if eps > 0:  # at z = +-0 the numerator is 0, so the sign of eps there does not matter
-            return varying / (z + torch.full((), eps, dtype=z.dtype, device=z.device).copysign(z))
-        zero = z == 0
-        slope = ordinary_vjp(ctx.fn, (z, *tensors), (True,), torch.ones_like(z))[0] if zero.any() else z
-        return torch.where(zero, slope, varying / torch.where(zero, torch.ones_like(z), z))
+
+def identity_factor(fn: Callable[[Tensor], Tensor], z: Tensor, eps: float, offset: Tensor | None) -> Tensor:
+    """``(f(z) - f(0)) / (z + eps sign z)``, or its limit ``f'(0)`` at ``z = 0`` when ``eps = 0``.
+
+    ``offset`` is ``f(0)``, or ``None`` when it is 0.
+    """
+    out = fn(z)
+    varying = out if offset is None else out - offset
+    if eps > 0:  # at z = +-0 the numerator is 0, so the sign of eps there does not matter
+        return varying / (z + torch.full((), eps, dtype=z.dtype, device=z.device).copysign(z))
+    zero = z == 0
+    slope = ordinary_vjp(fn, (z,), (True,), torch.ones_like(z))[0] if zero.any() else z
+    return torch.where(zero, slope, varying / torch.where(zero, torch.ones_like(z), z))
 
 
 def _bind(spec: ActivationSpec, args: tuple, kwargs: dict) -> tuple[list, dict, bool]:
@@ -149,7 +152,7 @@ def _bind(spec: ActivationSpec, args: tuple, kwargs: dict) -> tuple[list, dict, 
     return rest, kw, inplace
 
 
-def apply_activation(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch) -> tuple[Tensor, Tensor | None]:
+def identity(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch) -> tuple[Tensor, Tensor | None]:
     """Run an element-wise activation call with the identity rule.
 
     Returns the output and, for an in-place call, a copy of the overwritten input
@@ -178,3 +181,13 @@ def apply_activation(func: Callable, args: tuple, kwargs: dict, switch: Backward
         return IdentityRule.apply(switch, fn, spec.offset, None, None, z, *tensors), None
     pre = z.clone()  # the rule needs the pre-activations the call overwrites
     return IdentityRule.apply(switch, fn, spec.offset, lambda: func(*args, **kwargs), z, pre, *tensors), pre
+
+
+def activation(call: Call) -> Tensor:
+    """An element-wise activation call with the identity rule, reported as such to the first block."""
+    out, pre = identity(call.target, call.args, call.kwargs, call.trace.switch)
+    call.elementwise(call.args[0], out, pre)
+    return out
+
+
+RULES: dict[Callable, Rule] = {f: activation for f in ACTIVATIONS}

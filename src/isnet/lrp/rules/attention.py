@@ -32,7 +32,8 @@ backward, which ISNet training needs. ``nn.MultiheadAttention`` calls
 and value arguments has the same effect (as LXT does for torchvision's ViT); it is asked
 for its attention weights, which selects its explicit path for the same reason.
 
-Which tensors depend on the input is read from the autograd graph (:class:`Dependence`).
+Which tensors depend on the input is read from the autograd graph
+(:class:`~isnet.lrp.core.Dependence`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rules import BackwardSwitch, UnsupportedModelError
+from ..core import BackwardSwitch, Call, Dependence, Rule, UnsupportedModelError
+from .activations import identity
 
 
 class UniformGate(torch.autograd.Function):
@@ -60,48 +62,6 @@ class UniformGate(torch.autograd.Function):
         return (grad * ctx.factor if ctx.switch.lrp else grad), None, None
 
 
-class Dependence:
-    """Whether a tensor depends on the traced input ``x``, read from autograd's graph.
-
-    Parameters and tensors computed from parameters alone do not; results are
-    memoised per graph node for the trace that owns this object.
-    """
-
-    def __init__(self, x: Tensor) -> None:
-        self.x = x
-        self._memo: dict[Any, bool] = {}
-
-    def __call__(self, t: Any) -> bool:
-        if not isinstance(t, Tensor) or not t.requires_grad:
-            return False
-        if t is self.x:
-            return True
-        return t.grad_fn is not None and self._reaches(t.grad_fn)
-
-    def _is_input(self, node: Any) -> bool:
-        return node is self.x.grad_fn or getattr(node, "variable", None) is self.x
-
-    def _reaches(self, root: Any) -> bool:
-        memo, stack = self._memo, [root]
-        while stack:
-            node = stack[-1]
-            if node in memo:
-                stack.pop()
-                continue
-            children = [child for child, _ in node.next_functions if child is not None]
-            if self._is_input(node) or any(memo.get(child, False) for child in children):
-                memo[node] = True
-                stack.pop()
-                continue
-            pending = [child for child in children if child not in memo]
-            if pending:
-                stack.extend(pending)
-            else:
-                memo[node] = False
-                stack.pop()
-        return memo[root]
-
-
 def _gate(t: Tensor, switch: BackwardSwitch, factor: float) -> Tensor:
     return t if factor == 1 else UniformGate.apply(t, switch, factor)
 
@@ -115,8 +75,10 @@ PRODUCTS = {
 _SECOND_OPERAND = ("other", "mat2")
 
 
-def apply_product(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch, depends: Dependence) -> Any:
+def product(call: Call) -> Any:
     """Run a product with the uniform rule when two or more factors depend on the input."""
+    func, args, kwargs = call.target, call.args, call.kwargs
+    switch, depends = call.trace.switch, call.trace.depends
     if func is torch.einsum:
         equation, *operands = args
         listed = len(operands) == 1 and isinstance(operands[0], (list, tuple))
@@ -164,11 +126,12 @@ def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | Non
     return weights @ v
 
 
-def apply_sdpa(args: tuple, kwargs: dict, switch: BackwardSwitch, depends: Dependence) -> Tensor:
+def sdpa(call: Call) -> Tensor:
     """``F.scaled_dot_product_attention``, computed explicitly with its query, key and value gated."""
+    args, kwargs, switch = call.args, call.kwargs, call.trace.switch
     names = ("query", "key", "value")
     qkv = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
-    factors = _attention_factors(*qkv, depends)
+    factors = _attention_factors(*qkv, call.trace.depends)
     gated = [_gate(t, switch, f) for t, f in zip(qkv, factors)]
     rest = {n: v for n, v in kwargs.items() if n not in names}
     return _explicit_attention(*gated, *args[3:], **rest)
@@ -180,8 +143,9 @@ _MHA_UNSUPPORTED = ((7, "bias_k", "add_bias_kv=True"), (8, "bias_v", "add_bias_k
 _NEED_WEIGHTS = 15  # position of need_weights
 
 
-def apply_mha(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch, depends: Dependence) -> Any:
+def mha(call: Call) -> Any:
     """``F.multi_head_attention_forward`` (``nn.MultiheadAttention``) with gated query, key and value."""
+    func, args, kwargs, switch = call.target, call.args, call.kwargs, call.trace.switch
     for index, name, what in _MHA_UNSUPPORTED:
         value = args[index] if index is not None and len(args) > index else kwargs.get(name)
         if value is not None and value is not False:
@@ -189,7 +153,7 @@ def apply_mha(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch,
                 f"nn.MultiheadAttention with {what} is not supported by LRP-Flex (an attention key that is not "
                 "computed from the input); build the attention without it to explain this model.")
     query, key, value = args[:3]
-    factors = _attention_factors(query, key, value, depends)
+    factors = _attention_factors(query, key, value, call.trace.depends)
     gated = [_gate(t, switch, f) for t, f in zip((query, key, value), factors)]
     # asking for the attention weights selects the explicit path (the fused one has no double backward)
     rest, kwargs = list(args[3:]), dict(kwargs)
@@ -201,17 +165,18 @@ def apply_mha(func: Callable, args: tuple, kwargs: dict, switch: BackwardSwitch,
     return out, (weights if wanted else None)
 
 
-def apply_glu(args: tuple, kwargs: dict, switch: BackwardSwitch, sigmoid: Callable[[Tensor], Tensor],
-              depends: Dependence) -> Tensor:
+def glu(call: Call) -> Tensor:
     """``F.glu``: ``a * sigmoid(b)`` with the identity rule on the sigmoid and the uniform rule on the product."""
+    args, kwargs, switch, depends = call.args, call.kwargs, call.trace.switch, call.trace.depends
     dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
     a, b = args[0].chunk(2, dim)
-    gate = sigmoid(b)
+    gate = identity(torch.sigmoid, (b,), {}, switch)[0]
     if depends(a) and depends(gate):
         return _gate(a, switch, 0.5) * _gate(gate, switch, 0.5)
     return a * gate
 
 
-ATTENTION: dict[Callable, str] = {
-    F.scaled_dot_product_attention: "sdpa", F.multi_head_attention_forward: "mha", F.glu: "glu",
+RULES: dict[Callable, Rule] = {
+    **{f: product for f in PRODUCTS}, F.scaled_dot_product_attention: sdpa, F.multi_head_attention_forward: mha,
+    F.glu: glu,
 }
