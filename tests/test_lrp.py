@@ -532,10 +532,10 @@ def test_no_module_level_mutable_state():
     import isnet.lrp.explainer
     import isnet.lrp.rules
     import isnet.lrp.tracing
-    import isnet.variants
+    import isnet.network
     from isnet import ISNet, ISNetLoss
 
-    modules = (isnet.lrp, isnet.lrp.rules, isnet.lrp.tracing, isnet.lrp.explainer, isnet.variants, isnet.loss)
+    modules = (isnet.lrp, isnet.lrp.rules, isnet.lrp.tracing, isnet.lrp.explainer, isnet.network, isnet.loss)
 
     def tables() -> dict:
         return {(mod.__name__, name): copy.copy(value) for mod in modules
