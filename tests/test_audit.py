@@ -225,7 +225,7 @@ def _small_cnn_state(classes: int = 3) -> dict:
 def _run_folder(run, names):
     """A run folder as isnet train leaves it: config.json and model.pt (a small_cnn, untrained)."""
     run.mkdir()
-    config = {"arch": "small_cnn", "num_classes": len(names), "image_size": SIZE, "variant": "standard",
+    config = {"arch": "small_cnn", "num_classes": len(names), "image_size": SIZE, "objective": "standard",
               "epsilon": 0.01, "zb": True, "classes": names}
     (run / "config.json").write_text(json.dumps(config))
     torch.save(_small_cnn_state(len(names)), run / "model.pt")

@@ -188,7 +188,7 @@ def test_unknown_gradcam_layer_is_named_before_training():
     from isnet.training import ISNetModule
 
     with pytest.raises(ValueError, match="gradcam_layer 'nope' is not a module of small_cnn"):
-        ISNetModule.from_config({"train": "x", "variant": "gradcam", "gradcam_layer": "nope", "num_classes": 3,
+        ISNetModule.from_config({"train": "x", "objective": "gradcam", "gradcam_layer": "nope", "num_classes": 3,
                      "image_size": 16})
 
 
@@ -206,7 +206,7 @@ class _Recorder(nn.Module):
         return self.inner(x)
 
 
-def test_masked_variant_zeroes_background_in_training_and_at_test_time():
+def test_masked_objective_zeroes_background_in_training_and_at_test_time():
     model = _Recorder()
     x, masks, labels = _batch()
     out = masked_objective(_fake_module(model), x, masks, labels)
@@ -216,11 +216,11 @@ def test_masked_variant_zeroes_background_in_training_and_at_test_time():
     assert out.loss.requires_grad
 
     assert get_objective("masked").masked_input and not get_objective("selective").masked_input
-    test_x = classifier_input(x, masks, {"variant": "masked"})
+    test_x = classifier_input(x, masks, {"objective": "masked"})
     assert torch.all(test_x * (1 - masks) == 0)
-    assert classifier_input(x, masks, {"variant": "standard"}) is x
+    assert classifier_input(x, masks, {"objective": "standard"}) is x
     with pytest.raises(ValueError):
-        classifier_input(x, None, {"variant": "masked"})
+        classifier_input(x, None, {"objective": "masked"})
 
 
 def test_baselines_are_registered_in_training_pipeline():

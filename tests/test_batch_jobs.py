@@ -47,7 +47,7 @@ def test_sigterm_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
     data = write_dataset(tmp_path / "bg", seed=0, n_train=64, n_val=16, n_test=8)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "isnet.cli", "train", "--train", str(data["train"]), "--val", str(data["val"]),
-           "--variant", "standard", "--epochs", "40", "--batch-size", "8", "--workers", "2", "--out", str(run)]
+           "--objective", "standard", "--epochs", "40", "--batch-size", "8", "--workers", "2", "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)

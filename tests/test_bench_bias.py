@@ -42,7 +42,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown methods"):
         BiasBenchConfig(methods=["nope"]).validate()
     with pytest.raises(ValueError, match="cannot set"):
-        BiasBenchConfig(train_options={"variant": "standard"}).validate()
+        BiasBenchConfig(train_options={"objective": "standard"}).validate()
     # a --set value is checked against its training option before any data or run is made
     with pytest.raises(UserError, match="--batch-stats must be one of"):
         BiasBenchConfig(train_options={"batch_stats": "frozen"}).validate()
@@ -172,7 +172,7 @@ def test_masked_method_sees_masked_inputs_at_test_time(tiny_bench):
 
     out, _ = tiny_bench
     model, config = load_classifier(out / "runs" / "masked" / "seed0")
-    assert config["variant"] == "masked"
+    assert config["objective"] == "masked"
     seen = []
     # keep a reference only: any torch call on the input inside the LRP trace would change what it traces
     handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
@@ -274,8 +274,8 @@ def test_every_method_states_its_swap_in_its_name():
         assert options["background_swap"] in (0.0, 1.0), method
         assert options["background_swap"] == (1.0 if method.endswith("+swap") else 0.0), method
         assert swap_setting(method) == (None if method in ("masked", "seg-classify") else options["background_swap"])
-    assert METHODS["standard+swap"]["variant"] == "swap"  # the standard loss with masks loaded
-    assert METHODS["gxi+swap"] == {"variant": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0}
+    assert METHODS["standard+swap"]["objective"] == "swap"  # the standard loss with masks loaded
+    assert METHODS["gxi+swap"] == {"objective": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0}
     for preset in (QUICK, FULL):
         for base in ("standard", "rrr", "gradcam", "selective", "stochastic"):
             assert {base, base + "+swap"} <= set(preset["methods"])
@@ -406,7 +406,7 @@ def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
     from isnet.bench.grid import settings_key
     from isnet.config import TrainConfig
 
-    base = {"train": "t", "val": "v", "variant": "selective", "seed": 0}
+    base = {"train": "t", "val": "v", "objective": "selective", "seed": 0}
     key = settings_key(base, {"n": 10})
     assert settings_key({**base, "C1_zplus": None, "quiet": True, "workers": 3}, {"n": 10}) == key
     assert settings_key({**base, "P": 0.9}, {"n": 10}) != key
@@ -476,8 +476,8 @@ def test_test_sets_are_evaluated_at_the_runs_training_size(monkeypatch):
         seen.append(tuple(t.images.shape[-2:]))
         return {}
     monkeypatch.setattr(run_module, "audit_run", lambda model, config, t: audited.append(tuple(t.images.shape[-2:])))
-    _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": 64})
-    _evaluate_run(evaluate, {"biased": test}, {}, None, {"variant": "selective", "image_size": None})
+    _evaluate_run(evaluate, {"biased": test}, {}, None, {"objective": "selective", "image_size": 64})
+    _evaluate_run(evaluate, {"biased": test}, {}, None, {"objective": "selective", "image_size": None})
     assert seen == audited == [(64, 64), (32, 32)]  # the audit sees the test set as the run's training size
 
 

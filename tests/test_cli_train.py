@@ -29,10 +29,10 @@ def test_train_arguments_map_to_the_training_config(monkeypatch, capsys):
 
     seen = {}
     monkeypatch.setattr(isnet.training, "fit", lambda config: seen.update(config) or config["out"])
-    assert main(["train", "--train", "tr", "--val", "va", "--out", "run", "--variant", "stochastic", "--P", "0.5",
+    assert main(["train", "--train", "tr", "--val", "va", "--out", "run", "--objective", "stochastic", "--P", "0.5",
                  "--c1", "2", "--c2", "30", "--no-zb", "--deep-supervision", "--devices", "2",
                  "--no-deterministic", "--p-warmup", "3", "--schedule", "cosine"]) == 0
-    assert seen == {"train": "tr", "val": "va", "out": "run", "variant": "stochastic", "P": 0.5, "C1": 2.0,
+    assert seen == {"train": "tr", "val": "va", "out": "run", "objective": "stochastic", "P": 0.5, "C1": 2.0,
                     "C2": 30.0, "zb": False, "deep_supervision": True, "devices": 2, "deterministic": False,
                     "p_warmup": 3.0, "schedule": "cosine"}
     seen.clear()
@@ -52,7 +52,7 @@ def test_train_help_is_generated_from_the_config(capsys):
     from isnet.objectives import objective_names
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    actions = {a.dest: a for a in sub.choices["train"]._actions}
+    actions = {a.dest: a for a in sub.choices["train"]._actions if a.help != argparse.SUPPRESS}  # not --variant
     for f in dataclasses.fields(TrainConfig):
         if "help" not in f.metadata:
             assert f.metadata.get("resolved") and f.name not in actions, f.name
@@ -64,8 +64,8 @@ def test_train_help_is_generated_from_the_config(capsys):
             assert action.help.endswith(f"(default {'on' if f.default else 'off'})"), f.name
         elif f.default is not None:
             assert action.help.endswith(f"(default {f.default})"), f.name
-    variant_help = actions["variant"].help
-    assert all(name in variant_help for name in objective_names())
+    objective_help = actions["objective"].help
+    assert all(name in objective_help for name in objective_names())
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert f"(default {TrainConfig().P})" in " ".join(capsys.readouterr().out.split())
@@ -74,7 +74,7 @@ def test_train_help_is_generated_from_the_config(capsys):
 @pytest.mark.e2e
 def test_train_resume_and_eval(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", "standard",
+    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--objective", "standard",
                  "--out", str(run), *FAST]) == 0
     assert (run / "model.pt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
@@ -97,13 +97,13 @@ def test_train_resume_and_eval(data, tmp_path, capsys):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("arch, variant", [("small_vit", "selective"), ("small_convnext", "stochastic"),
+@pytest.mark.parametrize("arch, objective", [("small_vit", "selective"), ("small_convnext", "stochastic"),
                                            ("small_vit", "dual"), ("small_convnext", "original"),
                                            ("timm:vit_tiny_patch16_224", "selective")])
-def test_train_and_eval_a_transformer_and_a_modern_cnn(data, tmp_path, arch, variant):
+def test_train_and_eval_a_transformer_and_a_modern_cnn(data, tmp_path, arch, objective):
     """ISNets train through the CLI on a ViT (GELU, LayerNorm, attention) and a ConvNeXt (LayerNorm stem, GELU)."""
     run = tmp_path / arch
-    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", variant,
+    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--objective", objective,
                  "--arch", arch, "--calibrate-epochs", "1", "--out", str(run), *FAST]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["arch"] == arch and 0 < config["C1"] < config["C2"]
@@ -122,7 +122,7 @@ def test_missing_mask_fails_before_training(data, tmp_path, capsys):
     victim = sorted((train / "masks" / "3").iterdir())[0]
     victim.unlink()
     run = tmp_path / "run"
-    assert main(["train", "--train", str(train), "--val", str(data["val"]), "--variant", "selective",
+    assert main(["train", "--train", str(train), "--val", str(data["val"]), "--objective", "selective",
                  "--out", str(run), *FAST]) == 2
     err = capsys.readouterr().err
     assert "has no mask" in err and str(train / "images" / "3" / victim.name) in err
@@ -132,7 +132,7 @@ def test_missing_mask_fails_before_training(data, tmp_path, capsys):
 @pytest.mark.e2e
 def test_diverging_run_stops_with_a_message(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--train", str(data["train"]), "--variant", "selective", "--c1", "1", "--c2", "25",
+    assert main(["train", "--train", str(data["train"]), "--objective", "selective", "--c1", "1", "--c2", "25",
                  "--lr", "1e30", "--out", str(run), *FAST]) == 2
     err = capsys.readouterr().err
     assert "training diverged" in err and "--lr" in err
@@ -145,7 +145,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "isnet.cli", "train", "--train", str(data["train"]), "--val", str(data["val"]),
-           "--variant", "selective", "--calibrate-epochs", "1", "--epochs", "1", "--batch-size", "16",
+           "--objective", "selective", "--calibrate-epochs", "1", "--epochs", "1", "--batch-size", "16",
            "--workers", "0", "--quiet", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
            "--out", str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -166,7 +166,7 @@ def test_loggers_keep_metrics_csv_and_receive_heatmap_pictures(data, tmp_path, l
     """``--logger tensorboard|mlflow``: metrics.csv is still written; each epoch logs a picture of val heatmaps."""
     require(logger)
     run = tmp_path / "run"
-    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", "standard",
+    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--objective", "standard",
                  "--logger", logger, "--log-images", "3", "--out", str(run), *FAST]) == 0
     assert "val/acc" in (run / "metrics.csv").read_text().splitlines()[0]
     if logger == "tensorboard":

@@ -42,13 +42,13 @@ def test_print_config_lists_every_option_and_reads_back_as_a_config(tmp_path, ca
     assert capsys.readouterr().out == printed
     assert main(["segment", "train", "--print-config", "--depth", "3"]) == 0
     segment = yaml.safe_load(capsys.readouterr().out)
-    assert segment["depth"] == 3 and segment["out"] == SegmentConfig().out and "variant" not in segment
+    assert segment["depth"] == 3 and segment["out"] == SegmentConfig().out and "objective" not in segment
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_flags_override_the_file(tmp_path, seen, suffix):
     config = tmp_path / f"recipe{suffix}"
-    values = {"train": "data/train", "out": "runs/a", "epochs": 4, "lr": 0.01, "variant": "stochastic"}
+    values = {"train": "data/train", "out": "runs/a", "epochs": 4, "lr": 0.01, "objective": "stochastic"}
     config.write_text(json.dumps(values) if suffix == ".json" else yaml.safe_dump(values))
     assert main(["train", "--config", str(config), "--epochs", "6", "--out", "runs/b"]) == 0
     assert seen == {**values, "epochs": 6, "out": "runs/b"}
@@ -100,7 +100,7 @@ def test_out_and_train_are_required_from_the_file_or_the_command_line(tmp_path, 
 
 def test_a_runs_config_json_reruns_it_without_what_training_resolved(tmp_path, seen):
     """Resolved fields, the calibrated bounds and how the run was started are left out; given bounds stay."""
-    recorded = {**TrainConfig(train="t", out="old", variant="dual", C1_zplus=0.5, C2_zplus=9.0).to_dict(),
+    recorded = {**TrainConfig(train="t", out="old", objective="dual", C1_zplus=0.5, C2_zplus=9.0).to_dict(),
                 "C1": 1.5, "C2": 4.2, "classes": ["a", "b"], "num_classes": 2, "resume": True,
                 "calibration": {"C1": 1.5, "C2": 4.2, "mean": 2.8, "std": 0.4, "n": 64, "epochs": 2}}
     config = tmp_path / "config.json"
@@ -113,19 +113,19 @@ def test_a_runs_config_json_reruns_it_without_what_training_resolved(tmp_path, s
     segment = {**SegmentConfig(train="t", out="seg").to_dict(), "image_size": 32}
     (tmp_path / "seg.json").write_text(json.dumps(segment))
     assert main(["segment", "train", "--config", str(tmp_path / "seg.json"), "--out", "seg2"]) == 0
-    assert "variant" not in seen and seen["image_size"] == 32 and seen["out"] == "seg2"
+    assert "objective" not in seen and seen["image_size"] == 32 and seen["out"] == "seg2"
 
 
 @pytest.mark.e2e
 def test_a_run_trained_again_from_its_config_json_gives_the_same_model(tmp_path, capsys):
     data = write_dataset(tmp_path / "bg", seed=0, n_train=32, n_val=16, n_test=8)
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", "selective",
+    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--objective", "selective",
                  "--calibrate-epochs", "1", "--epochs", "2", "--batch-size", "16", "--workers", "0", "--quiet",
                  "--out", str(first)]) == 0
     capsys.readouterr()
     assert main(["train", "--config", str(first / "config.json"), "--out", str(second)]) == 0
-    assert "is not used by --variant" not in capsys.readouterr().out  # options at their defaults are not flagged
+    assert "is not used by --objective" not in capsys.readouterr().out  # options at their defaults are not flagged
     a, b = (json.loads((run / "config.json").read_text()) for run in (first, second))
     assert {k for k in a if a[k] != b[k]} == {"out"}  # calibrated again, to the same bounds
     weights = [torch.load(run / "model.pt", weights_only=True) for run in (first, second)]

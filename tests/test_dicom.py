@@ -140,7 +140,7 @@ def test_dicom_and_16_bit_images_in_the_dataset_layout(tmp_path, ramp):
 def test_train_one_channel_on_dicom_then_eval_and_explain(tmp_path, ramp, capsys):
     root = _layout(tmp_path / "data", ramp)
     run = tmp_path / "run"
-    assert main(["train", "--train", str(root), "--in-channels", "1", "--variant", "standard", "--epochs", "1",
+    assert main(["train", "--train", str(root), "--in-channels", "1", "--objective", "standard", "--epochs", "1",
                  "--batch-size", "8", "--workers", "0", "--quiet", "--out", str(run)]) == 0
     assert json.loads((run / "config.json").read_text())["in_channels"] == 1
     assert main(["eval", "--checkpoint", str(run), "--test", f"train={root}", "--json", str(tmp_path / "e.json")]) == 0

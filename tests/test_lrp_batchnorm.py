@@ -12,7 +12,7 @@ from torch import nn
 from isnet import LRPFlex
 from isnet.config import TrainConfig
 from isnet.errors import UserError
-from isnet.variants import ISNet
+from isnet.network import ISNet
 
 
 def _model() -> nn.Sequential:

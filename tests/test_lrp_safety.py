@@ -85,13 +85,13 @@ def test_no_module_level_mutable_state():
     import isnet.lrp.registry
     import isnet.lrp.rules
     import isnet.lrp.tracing
-    import isnet.variants
+    import isnet.network
     from isnet import ISNet, ISNetLoss
 
     rules = isnet.lrp.rules
     modules = (isnet.lrp, isnet.lrp.core, isnet.lrp.registry, isnet.lrp.tracing, isnet.lrp.explainer, rules,
                rules.epsilon, rules.activations, rules.normalisation, rules.attention, rules.zplus, rules.zb,
-               rules.rejected, rules.generic, isnet.variants, isnet.loss)
+               rules.rejected, rules.generic, isnet.network, isnet.loss)
 
     def tables() -> dict:
         return {(mod.__name__, name): copy.copy(value) for mod in modules

@@ -123,7 +123,7 @@ def test_eval_reports_auroc_over_the_classes_each_test_set_holds(tmp_path) -> No
 
     run = tmp_path / "run"
     run.mkdir()
-    config = {"arch": "small_cnn", "num_classes": 3, "image_size": 16, "variant": "standard", "epsilon": 0.01,
+    config = {"arch": "small_cnn", "num_classes": 3, "image_size": 16, "objective": "standard", "epsilon": 0.01,
               "zb": True, "classes": ["cat", "dog", "fox"]}
     (run / "config.json").write_text(json.dumps(config))
     torch.manual_seed(0)

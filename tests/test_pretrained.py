@@ -112,7 +112,7 @@ def test_training_starts_from_the_cached_weights_and_the_run_loads_without_them(
 
     data = _tiny_dataset(tmp_path / "data")
     probe = _StartingWeights()
-    run = fit({"train": str(data), "arch": "resnet18", "weights": "DEFAULT", "variant": "standard", "epochs": 1,
+    run = fit({"train": str(data), "arch": "resnet18", "weights": "DEFAULT", "objective": "standard", "epochs": 1,
                "batch_size": 8, "workers": 0, "quiet": True, "out": str(tmp_path / "run")}, callbacks=[probe])
     start = probe.state
     assert set(start) == set(hub) | {"conv1.bias"}  # the folded normalisation gives conv1 a bias

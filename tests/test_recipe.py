@@ -14,7 +14,7 @@ from isnet.objectives import get_objective, objective_names
 from isnet.recipe import REFERENCE, default
 from isnet.small_models import small_cnn
 from isnet.training import ISNetModule
-from isnet.variants import selective_quantity
+from isnet.network import selective_quantity
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 PYTHON_API = (isnet.ISNet, isnet.ISNetLoss, isnet.heatmap_loss, isnet.swap_backgrounds, selective_quantity)
@@ -33,7 +33,7 @@ SHARED = _shared_defaults()
 
 def test_the_comparison_sees_the_recipe():
     names = {name for _, name, _ in SHARED}
-    assert names >= {"P", "d", "E", "A", "B", "foreground", "norm", "d_loss", "variant", "epsilon", "zb",
+    assert names >= {"P", "d", "E", "A", "B", "foreground", "norm", "d_loss", "objective", "epsilon", "zb",
                      "selective_eps", "selective_class", "deep_supervision", "batch_stats", "C1", "C2"}
 
 
@@ -50,7 +50,7 @@ def test_selective_eps_and_swap_defaults_are_isnet_trains():
     assert inspect.signature(selective_quantity).parameters["eps"].default == default("selective_eps")
     swap = inspect.signature(isnet.swap_backgrounds).parameters["p"].default
     isnets = [name for name in objective_names() if get_objective(name).heatmap_loss]
-    assert isnets and default("background_swap") is None  # each variant's own
+    assert isnets and default("background_swap") is None  # each objective's own
     assert all(get_objective(name).swap_probability(default("background_swap")) == swap for name in isnets)
 
 

@@ -71,8 +71,8 @@ def test_resnet_label_heatmaps(reference, zb):
     assert_close(explain(model.eval(), r["x"].float(), r["y"], zb=bool(zb)), r[f"heat_labels_zb{zb}"])
 
 
-def _check_training(model: nn.Module, grad_owner: nn.Module, r: dict, variant: str, key: str) -> None:
-    net = ISNet(model, variant, batch_stats=REFERENCE["batch_stats"]).train()
+def _check_training(model: nn.Module, grad_owner: nn.Module, r: dict, objective: str, key: str) -> None:
+    net = ISNet(model, objective, batch_stats=REFERENCE["batch_stats"]).train()
     logits, heat = net(r["x"].float(), heatmaps=True)
     terms = ISNetLoss(P=REFERENCE["P"], **PAPER_LOSS)(logits, r["y"], heat, r["mask"])
     terms.total.backward()
@@ -86,11 +86,11 @@ def _check_training(model: nn.Module, grad_owner: nn.Module, r: dict, variant: s
 
 
 @pytest.mark.parametrize("functional", [False, True], ids=["modules", "reused-inplace-functional"])
-@pytest.mark.parametrize("variant", ["selective", "original"])
-def test_seqcnn_training_step(reference, variant, functional):
+@pytest.mark.parametrize("objective", ["selective", "original"])
+def test_seqcnn_training_step(reference, objective, functional):
     model = load_seqcnn(reference, functional)
     owner = model.body if functional else model
-    _check_training(model, owner, reference["seqcnn"], variant, f"train_{variant}")
+    _check_training(model, owner, reference["seqcnn"], objective, f"train_{objective}")
 
 
 def test_resnet_training_step(reference):

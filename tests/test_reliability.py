@@ -41,7 +41,7 @@ def space(tmp_path_factory):
     run = root / "run"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", "selective",
+        assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--objective", "selective",
                      "--calibrate-epochs", "1", "--epochs", "2", "--out", str(run), *FAST]) == 0
     photos = root / "photos"
     photos.mkdir()
@@ -182,7 +182,7 @@ def test_ctrl_c_in_training_says_how_to_continue_and_the_run_resumes(space, tmp_
     real = fit_module._checkpoints
     monkeypatch.setattr(fit_module, "_checkpoints", lambda run, monitored: [*real(run, monitored), CtrlC()])
     run = tmp_path / "run"
-    args = ["train", "--train", str(space["data"]["train"]), "--variant", "standard", "--epochs", "2",
+    args = ["train", "--train", str(space["data"]["train"]), "--objective", "standard", "--epochs", "2",
             "--out", str(run), *FAST]
     assert main(args) == 130
     assert "isnet train: interrupted; continue the run with --resume" in capsys.readouterr().err
@@ -257,7 +257,7 @@ def test_a_start_that_failed_on_a_truncated_image_restarts_with_overwrite(space,
     good = victim.read_bytes()
     victim.write_bytes(good[: len(good) // 2])  # the header is intact: the scan passes, loading fails
     run = tmp_path / "run"
-    argv = ["train", "--train", train, "--variant", "standard", "--epochs", "1", "--out", run, *FAST]
+    argv = ["train", "--train", train, "--objective", "standard", "--epochs", "1", "--out", run, *FAST]
     assert _cli(argv) == 2
     err = capsys.readouterr().err
     assert str(victim) in err and "--overwrite" in err and "Traceback" not in err

@@ -54,7 +54,7 @@ def space(tmp_path_factory):
     data = write_dataset(root / "bg", seed=0, n_train=20, n_val=10, n_test=10)
     old = os.umask(0o022)
     try:
-        assert main(["train", "--train", str(data["train"]), "--variant", "standard", "--epochs", "1",
+        assert main(["train", "--train", str(data["train"]), "--objective", "standard", "--epochs", "1",
                      "--out", str(root / "run"), *FAST]) == 0
     finally:
         os.umask(old)
@@ -110,7 +110,7 @@ def test_files_the_user_owns_are_never_replaced(space, tmp_path, capsys, monkeyp
     (unfinished / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"isnet's events")
     kept = digest(unfinished / "checkpoints" / "colleague.ckpt", unfinished / "tensorboard" / "notes.txt")
     capsys.readouterr()
-    assert _cli(["train", "--train", data["train"], "--variant", "standard", "--epochs", "1", "--out", unfinished,
+    assert _cli(["train", "--train", data["train"], "--objective", "standard", "--epochs", "1", "--out", unfinished,
                  "--overwrite", *FAST]) == 0
     assert "--overwrite: removed" in capsys.readouterr().out
     assert digest(*map(Path, kept)) == kept and (unfinished / "model.pt").is_file()
@@ -147,7 +147,7 @@ def test_files_the_user_owns_are_never_replaced(space, tmp_path, capsys, monkeyp
 def test_one_run_at_a_time_per_folder_and_a_dead_holder_is_taken_over(space, tmp_path, capsys):
     data = space["data"]
     held = tmp_path / "held"
-    train = ["train", "--train", data["train"], "--variant", "standard", "--epochs", "1", "--out", held, *FAST]
+    train = ["train", "--train", data["train"], "--objective", "standard", "--epochs", "1", "--out", held, *FAST]
     with FolderLock(held, "isnet train"):  # another process would hold it the same way
         _refused(capsys, train, str(held), "in use by isnet train (process", "choose another output folder")
         _refused(capsys, _explain(space, space["photos"], held), "in use by isnet train")
@@ -219,7 +219,7 @@ def test_a_full_or_read_only_disk_is_one_message_and_never_a_truncated_file(spac
     monkeypatch.undo()
     assert _cli(_explain(space, space["photos"], out)) == 0  # the rerun may replace what the first began
 
-    train = ["train", "--train", data["train"], "--variant", "standard", "--epochs", "1", *FAST]
+    train = ["train", "--train", data["train"], "--objective", "standard", "--epochs", "1", *FAST]
     _failing_replace(monkeypatch, "best.ckpt", errno.ENOSPC)
     unfinished = tmp_path / "run"
     _refused(capsys, [*train, "--out", unfinished], "best.ckpt", "the disk is full", "--resume")

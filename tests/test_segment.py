@@ -36,7 +36,7 @@ def test_segment_train_resume_predict_and_eval(space, capsys):
     seg, data, root = space["seg"], space["data"], space["root"]
     assert {"config.json", "model.pt", "metrics.csv", "checkpoints"} <= {p.name for p in seg.iterdir()}
     config = json.loads((seg / "config.json").read_text())
-    assert (config["variant"], config["image_size"], config["in_channels"]) == ("unet", 32, 3)
+    assert (config["objective"], config["image_size"], config["in_channels"]) == ("unet", 32, 3)
     assert "val/dice" in (seg / "metrics.csv").read_text().splitlines()[0]
     assert main(["segment", "train", "--out", str(seg), "--resume", "--epochs", "1", "--quiet"]) == 2
     assert "above 1" in capsys.readouterr().err  # a finished run continues only to train longer
@@ -95,14 +95,14 @@ def test_segment_then_classify(space, tmp_path, capsys):
 
     data, seg = space["data"], space["seg"]
     fast = ["--epochs", "1", "--batch-size", "16", "--workers", "0", "--quiet"]
-    assert main(["train", "--train", str(data["train"]), "--variant", "seg-classify", "--out",
+    assert main(["train", "--train", str(data["train"]), "--objective", "seg-classify", "--out",
                  str(tmp_path / "x"), *fast]) == 2
     assert "--segmenter RUN" in capsys.readouterr().err
-    assert main(["train", "--train", str(data["train"]), "--variant", "standard", "--segmenter", str(seg),
+    assert main(["train", "--train", str(data["train"]), "--objective", "standard", "--segmenter", str(seg),
                  "--out", str(tmp_path / "x"), *fast]) == 2
     assert "seg-classify only" in capsys.readouterr().err
     run = tmp_path / "run"
-    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--variant", "seg-classify",
+    assert main(["train", "--train", str(data["train"]), "--val", str(data["val"]), "--objective", "seg-classify",
                  "--segmenter", str(seg), "--out", str(run), *fast]) == 0
     assert "train/foreground" in (run / "metrics.csv").read_text().splitlines()[0]
     _, config = load_classifier(run)
@@ -159,7 +159,7 @@ def test_predict_and_eval_keep_the_requested_regions(space, capsys):
 def test_seg_classify_is_evaluated_on_the_segmenters_masks(monkeypatch):
     """At test time (benchmarks, isnet eval) a seg-classify classifier sees the image masked by the segmenter's
     prediction, never by the true masks."""
-    import isnet.checkpoints
+    import isnet.objectives.segmented
     from isnet import LRPFlex
     from isnet.evaluate import predict_batch
     from isnet.small_models import small_cnn
@@ -172,11 +172,11 @@ def test_seg_classify_is_evaluated_on_the_segmenters_masks(monkeypatch):
         keep[..., 8:24, 8:24] = 1  # a square the true masks below do not have
         return keep
 
-    monkeypatch.setattr(isnet.checkpoints, "predicted_masks", predicted)
+    monkeypatch.setattr(isnet.objectives.segmented, "predicted_masks", predicted)
     torch.manual_seed(0)
     model = small_cnn(3).eval()
     images, true_masks = torch.rand(4, 3, 32, 32), torch.ones(4, 1, 32, 32)
-    config = {"variant": "seg-classify", "segmenter": "runs/seg", "epsilon": 0.01, "zb": True}
+    config = {"objective": "seg-classify", "segmenter": "runs/seg", "epsilon": 0.01, "zb": True}
     logits, heat = predict_batch(model, LRPFlex(model), config, images, true_masks)
     square = torch.zeros_like(images)
     square[..., 8:24, 8:24] = images[..., 8:24, 8:24]

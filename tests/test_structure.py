@@ -83,7 +83,7 @@ def test_explaining_and_loading_a_run_do_not_import_lightning(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    config = {"arch": "small_cnn", "num_classes": 3, "image_size": 16, "variant": "masked", "epsilon": 0.01,
+    config = {"arch": "small_cnn", "num_classes": 3, "image_size": 16, "objective": "masked", "epsilon": 0.01,
               "zb": True, "classes": ["a", "b", "c"]}
     (run / "config.json").write_text(json.dumps(config))
     torch.save(build_model("small_cnn", 3, image_size=16).state_dict(), run / "model.pt")

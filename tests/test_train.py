@@ -45,27 +45,27 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 # ---------------------------------------------------------------------------- the training step
 
 
-@pytest.mark.parametrize("variant", ["standard", "original", "selective", "stochastic"])
-def test_training_step_decreases_loss_on_a_fixed_batch(variant):
+@pytest.mark.parametrize("objective", ["standard", "original", "selective", "stochastic"])
+def test_training_step_decreases_loss_on_a_fixed_batch(objective):
     torch.manual_seed(0)
     x, masks, labels = to_tensors(generate(8, split="train", seed=1))
-    config = TrainConfig(train="unused", variant=variant, num_classes=10, image_size=32, C1=1.0, C2=25.0,
+    config = TrainConfig(train="unused", objective=objective, num_classes=10, image_size=32, C1=1.0, C2=25.0,
                          optimizer="adam", lr=3e-3, schedule="none").to_dict()
     module = ISNetModule.from_config(config)
     module.train()
     optimizer = module.configure_optimizers()
 
     def loss(step: bool) -> float:
-        torch.manual_seed(123)  # the stochastic variant draws the same classes every time
+        torch.manual_seed(123)  # the stochastic objective draws the same classes every time
         out = module.objective_step(x, masks, labels)
         if step:
             optimizer.zero_grad()
             (out.loss if out.backward is None else out.backward).backward()  # the gradient rule's surrogate
             optimizer.step()
         gradient_terms = {"grad_ce", "grad_heatmap", "grad_cos", "grad_scale"}  # guard, the default, logs them
-        assert set(out.terms) == ({"ce"} if variant == "standard" else {"ce", "heatmap", *gradient_terms})
-        if variant != "standard":
-            k = 10 if variant == "original" else 1
+        assert set(out.terms) == ({"ce"} if objective == "standard" else {"ce", "heatmap", *gradient_terms})
+        if objective != "standard":
+            k = 10 if objective == "original" else 1
             assert out.heatmaps.shape == (8, k, 3, 32, 32) and not out.heatmaps.requires_grad
         return out.loss.item()
 
@@ -82,8 +82,8 @@ def test_p_warmup_and_option_checks():
     assert module.criterion.weight(module.warmup()) == TrainConfig().P  # no trainer attached: the target value
     with pytest.raises(ValueError, match="needs C1 and C2"):
         ISNetModule.from_config(TrainConfig(train="x", num_classes=10, image_size=32).to_dict())
-    with pytest.raises(ValueError, match="unknown variant"):
-        fit(TrainConfig(train="x", variant="nope").to_dict())
+    with pytest.raises(ValueError, match="unknown objective"):
+        fit(TrainConfig(train="x", objective="nope").to_dict())
     with pytest.raises(ValueError, match="both --c1 and --c2"):
         TrainConfig(train="x", C1=1.0).validate()
     with pytest.raises(ValueError, match="unknown training options"):
@@ -110,7 +110,7 @@ def test_data_module_uses_training_classes_and_epoch_seeded_shuffling(data):
 @pytest.fixture(scope="module")
 def calibrated_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "selective"
-    fit(_config(data, out, variant="selective", calibrate_epochs=1))
+    fit(_config(data, out, objective="selective", calibrate_epochs=1))
     return out
 
 
@@ -180,7 +180,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path):
     # stochastic: the explained class is random, and flips run in 2 worker processes, so this also
     # checks the RNG streams and the shuffling of a resumed epoch
     # (a constant learning rate: raising --epochs on resume stretches a cosine schedule by design)
-    kw = dict(variant="stochastic", C1=1.0, C2=25.0, epochs=2, deterministic=True, workers=2, hflip=True,
+    kw = dict(objective="stochastic", C1=1.0, C2=25.0, epochs=2, deterministic=True, workers=2, hflip=True,
               schedule="none")
     fit(_config(data, tmp_path / "full", **kw))
     reference = _state(tmp_path / "full" / "model.pt")
@@ -219,7 +219,7 @@ class _Poison(Callback):
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, tmp_path):
     out = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 1, batch 0.*last good checkpoint"):
-        fit(_config(data, out, variant="selective", C1=1.0, C2=25.0, epochs=3), callbacks=[_Poison(epoch=1)])
+        fit(_config(data, out, objective="selective", C1=1.0, C2=25.0, epochs=3), callbacks=[_Poison(epoch=1)])
     assert not (out / "model.pt").exists()
     model, config = load_classifier(out / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -229,7 +229,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, 
 @pytest.mark.e2e
 def test_bf16_mixed_precision_run_has_finite_losses(data, tmp_path):
     out = tmp_path / "bf16"
-    fit(_config(data, out, variant="selective", C1=1.0, C2=25.0, precision="bf16-mixed", accelerator="cpu",
+    fit(_config(data, out, objective="selective", C1=1.0, C2=25.0, precision="bf16-mixed", accelerator="cpu",
                 p_warmup=2))
     rows = (out / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -255,7 +255,7 @@ def test_standard_with_background_swap_reads_the_training_masks(data, tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.setdefault("masks", batch[1])
 
-    fit(_config(data, tmp_path / "run", variant="standard", background_swap=1.0), callbacks=[Spy()])
+    fit(_config(data, tmp_path / "run", objective="standard", background_swap=1.0), callbacks=[Spy()])
     assert not seen["masks"].bool().all(), "the training masks were replaced by all-ones masks"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["background_swap"] == 1.0
     assert MaskedDataModule(data["train"], train_masks=False).train_set.has_masks is False
@@ -264,7 +264,7 @@ def test_standard_with_background_swap_reads_the_training_masks(data, tmp_path):
 @pytest.mark.e2e
 def test_dual_calibrates_each_rule_and_keeps_given_bounds(data, tmp_path):
     """The Dual ISNet's z+ maps get their own C1/C2; bounds given on the command line are kept."""
-    fit(_config(data, tmp_path / "dual", variant="dual", calibrate_epochs=1, C1=2.0, C2=30.0))
+    fit(_config(data, tmp_path / "dual", objective="dual", calibrate_epochs=1, C1=2.0, C2=30.0))
     config = json.loads((tmp_path / "dual" / "config.json").read_text())
     calibration = config["calibration"]
     assert (config["C1"], config["C2"]) == (2.0, 30.0)
@@ -273,7 +273,7 @@ def test_dual_calibrates_each_rule_and_keeps_given_bounds(data, tmp_path):
     mean, std = calibration["mean_zplus"], calibration["std_zplus"]
     assert calibration["C1_zplus"] == pytest.approx(max(mean / 5, mean - 3 * std))
     with pytest.raises(ValueError, match="needs C1 and C2, C1_zplus and C2_zplus"):
-        ISNetModule.from_config(TrainConfig(train="x", variant="dual", num_classes=10, image_size=32, C1=1.0, C2=2.0))
+        ISNetModule.from_config(TrainConfig(train="x", objective="dual", num_classes=10, image_size=32, C1=1.0, C2=2.0))
     with pytest.raises(UserError, match="both --c1-zplus and --c2-zplus"):
         TrainConfig(train="x", C1_zplus=1.0).validate()
 
@@ -282,7 +282,7 @@ def test_dual_calibration_takes_each_group_from_its_own_columns():
     """Totals (N, K=2) gathered over two ranks: C1/C2 from column 0 (LRP-epsilon), C1_zplus/C2_zplus from column 1."""
     from isnet import calibrate
 
-    module = ISNetModule.from_config(TrainConfig(train="x", variant="dual", num_classes=10, image_size=32),
+    module = ISNetModule.from_config(TrainConfig(train="x", objective="dual", num_classes=10, image_size=32),
                                      calibrate=True)
     eps, zplus = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 30.0, 50.0, 70.0])
     local = torch.stack([eps, zplus], 1)  # (N, 2) on this rank
@@ -298,10 +298,10 @@ def test_dual_calibration_takes_each_group_from_its_own_columns():
 
 def test_calibration_trains_with_its_own_swap(data, tmp_path):
     """C1/C2 come from a standard classifier trained with calibration_swap, whatever the run's swap."""
-    module = ISNetModule.from_config(TrainConfig(train="x", variant="selective", num_classes=10, image_size=32,
+    module = ISNetModule.from_config(TrainConfig(train="x", objective="selective", num_classes=10, image_size=32,
                                                  background_swap=0.0, calibration_swap=1.0), calibrate=True)
     assert module.background_swap == 1.0 and module.objective.name == "standard"
-    module = ISNetModule.from_config(TrainConfig(train="x", variant="selective", num_classes=10, image_size=32,
+    module = ISNetModule.from_config(TrainConfig(train="x", objective="selective", num_classes=10, image_size=32,
                                                  background_swap=1.0, calibration_swap=0.0), calibrate=True)
     assert module.background_swap == 0.0
 
@@ -312,8 +312,8 @@ def test_an_option_of_another_objective_is_named_as_unused(data, tmp_path, caplo
     assert foreign_options(get_objective("selective"), ["rrr_lambda", "P", "lr"]) == ["rrr_lambda"]
     assert foreign_options(get_objective("rrr"), ["rrr_lambda", "P", "batch_stats"]) == ["P", "batch_stats"]
     with caplog.at_level("WARNING", logger="isnet.training"):
-        fit(_config(data, tmp_path / "run", variant="standard", gradcam_weight=3.0))
-    assert "--gradcam-weight is not used by --variant standard" in caplog.text
+        fit(_config(data, tmp_path / "run", objective="standard", gradcam_weight=3.0))
+    assert "--gradcam-weight is not used by --objective standard" in caplog.text
 
 
 def test_a_heatmap_loss_run_with_a_weak_swap_is_warned_that_its_heatmaps_can_hide_a_shortcut(data, tmp_path, caplog):
@@ -323,10 +323,10 @@ def test_a_heatmap_loss_run_with_a_weak_swap_is_warned_that_its_heatmaps_can_hid
             fit(_config(data, tmp_path / f"run{len(list(tmp_path.iterdir()))}", epochs=1, C1=0.5, C2=7.0, **options))
         return [r.getMessage() for r in caplog.records if "heatmaps hide it" in r.getMessage()]
 
-    message, = warned(variant="selective", background_swap=0.25)
-    assert "--variant selective with --background-swap 0.25" in message
-    assert warned(variant="selective", background_swap=0.5) == []
-    assert warned(variant="swap", background_swap=0.0) == []  # no heatmap loss
+    message, = warned(objective="selective", background_swap=0.25)
+    assert "--objective selective with --background-swap 0.25" in message
+    assert warned(objective="selective", background_swap=0.5) == []
+    assert warned(objective="swap", background_swap=0.0) == []  # no heatmap loss
 
 
 @pytest.mark.e2e
@@ -337,7 +337,7 @@ def test_a_calibration_network_at_chance_trains_on_until_half_the_epochs_then_is
     for name in ("isnet.training.module", "isnet.training.fit"):  # (isnet.training.fit is also a function's name)
         monkeypatch.setattr(importlib.import_module(name), "at_chance", lambda accuracy, k: True)
     with caplog.at_level("WARNING", logger="isnet.training"):
-        fit(_config(data, tmp_path / "run", variant="selective", calibrate_epochs=1, epochs=4))
+        fit(_config(data, tmp_path / "run", objective="selective", calibrate_epochs=1, epochs=4))
     warned = [r.getMessage() for r in caplog.records if "still at chance after 2 epoch(s)" in r.getMessage()]
     assert len(warned) == 1 and "--c1/--c2" in warned[0]
     calibration = json.loads((tmp_path / "run" / "config.json").read_text())["calibration"]
@@ -351,7 +351,7 @@ def test_a_calibration_network_at_chance_trains_on_until_half_the_epochs_then_is
 @pytest.mark.e2e
 def test_a_calibration_network_that_has_learnt_stops_at_calibrate_epochs(data, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.import_module("isnet.training.module"), "at_chance", lambda accuracy, k: False)
-    fit(_config(data, tmp_path / "run", variant="selective", calibrate_epochs=1, epochs=4))
+    fit(_config(data, tmp_path / "run", objective="selective", calibrate_epochs=1, epochs=4))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["calibration"]["epochs"] == 1
 
 
@@ -368,7 +368,7 @@ class _StartWeights(Callback):
 @pytest.mark.e2e
 def test_warm_start_continues_from_the_calibration_network_within_the_epoch_budget(data, tmp_path):
     start = _StartWeights()
-    run = fit(_config(data, tmp_path / "warm", variant="selective", calibrate_epochs=1, epochs=3, warm_start=True),
+    run = fit(_config(data, tmp_path / "warm", objective="selective", calibrate_epochs=1, epochs=3, warm_start=True),
               callbacks=[start])
     _assert_same_weights(start.state, _state(run / "calibration" / "model.pt"))
     config = json.loads((run / "config.json").read_text())
@@ -377,7 +377,7 @@ def test_warm_start_continues_from_the_calibration_network_within_the_epoch_budg
     header = rows[0].split(",")
     assert {row.split(",")[header.index("epoch")] for row in rows[1:]} == {"0", "1"}  # 3 epochs less 1 calibrating
     cold = _StartWeights()
-    fit(_config(data, tmp_path / "cold", variant="selective", calibrate_epochs=1, epochs=3, warm_start=False),
+    fit(_config(data, tmp_path / "cold", objective="selective", calibrate_epochs=1, epochs=3, warm_start=False),
         callbacks=[cold])
     assert not (tmp_path / "cold" / "calibration" / "model.pt").exists()
     assert any(not torch.equal(start.state[k], cold.state[k]) for k in start.state)

@@ -9,7 +9,7 @@ Audit: :func:`audit`, how much a classifier relies on the background, by interve
 
 from .loss import ISNetLoss, calibrate, heatmap_loss
 from .lrp import LRPFlex, Relevance, Rules, Trace, UnsupportedModelError, explain
-from .variants import ISNet
+from .network import ISNet
 
 __all__ = [
     "ISNet", "ISNetLoss", "LRPFlex", "Relevance", "Rules", "Trace", "UnsupportedModelError",

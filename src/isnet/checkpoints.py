@@ -21,20 +21,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig
+from .config import TrainConfig, current_names
 from .errors import UserError, UserFileNotFoundError
 from .lrp import LRPFlex
-from .masks import mask_background
 from .models import build_model, check_state_dict, read_torch_file
 from .objectives import get_objective
 from .outputs import write_json
 from .paths import CHECKPOINTS, CONFIG, MODEL, read_run_config
-from .segment.predict import predicted_masks
 
 __all__ = ["CHECKPOINTS", "CONFIG", "MODEL", "classifier_input", "explainer", "load_classifier", "read_checkpoint",
            "write_json"]
 
-_REQUIRED = ("arch", "num_classes", "image_size", "variant")
+_REQUIRED = ("arch", "num_classes", "image_size", "objective")
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -65,7 +63,7 @@ def load_classifier(path: str | Path, *, map_location: str | torch.device = "cpu
     if path.suffix == ".ckpt":
         ckpt = read_checkpoint(path)
         try:
-            config = dict(ckpt["hyper_parameters"]["config"])
+            config = current_names(ckpt["hyper_parameters"]["config"])  # a checkpoint of an earlier isnet too
             prefix = "net.model."
             state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         except (KeyError, TypeError, AttributeError):
@@ -98,10 +96,6 @@ def explainer(model: nn.Module, config: Mapping[str, Any]) -> LRPFlex:
 
 
 def classifier_input(images: Tensor, masks: Tensor | None, config: Mapping[str, Any]) -> Tensor:
-    """What a run's classifier sees: the images, or, for masked-input variants, the masked images.
-
-    With a ``segmenter`` in the config (``seg-classify``), the masks are the segmenter's predictions.
-    """
-    if config.get("segmenter"):
-        return mask_background(images, predicted_masks(config["segmenter"], images))
-    return get_objective(config["variant"]).classifier_input(images, masks)
+    """What a run's classifier sees: the images, or, for masked-input objectives, the masked images
+    (:meth:`isnet.objectives.Objective.classifier_input`; ``seg-classify``: masked by its segmenter)."""
+    return get_objective(config["objective"]).classifier_input(images, masks, TrainConfig.from_dict(config))

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from .errors import UserError
+from .errors import IsnetDeprecationWarning, UserError
 
-__all__ = ["BOOKKEEPING", "BOUND_GROUPS", "GRADIENT_RULES", "OPTIMIZERS", "RESUMABLE", "SCHEDULES", "TrainConfig", "flag", "from_fields",
-           "option", "out_of_range", "plain_fields", "validate_ranges"]
+__all__ = ["BOOKKEEPING", "BOUND_GROUPS", "GRADIENT_RULES", "OPTIMIZERS", "RENAMED", "RESUMABLE", "SCHEDULES",
+           "TrainConfig", "current_names", "flag", "from_fields", "option", "out_of_range", "plain_fields",
+           "validate_ranges"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -108,13 +111,13 @@ class TrainConfig:
     in_channels: int = option(3, "image channels the model reads: 3 (RGB; grayscale is replicated) or 1 "
                                  "(grayscale; colour images are converted; a pretrained first convolution is summed "
                                  "over its colour channels)", "model", choices=(1, 3))
-    variant: str = option("selective", "training objective: an ISNet variant (standard, original, selective, "
-                                       "stochastic, dual), the swap control or a baseline (rrr, gradcam, masked, "
-                                       "seg-classify with --segmenter)", "model")
+    objective: str = option("selective", "training objective: an ISNet objective (standard, original, selective, "
+                                         "stochastic, dual), the swap control or a baseline (rrr, gradcam, masked, "
+                                         "seg-classify with --segmenter)", "model")
     deep_supervision: bool | list[str] = option(
         False, "LRP deep supervision: without names the default layers (ResNet stages, DenseNet transitions, "
                "VGG stages, else the max-pool outputs), or these module names", "model", metavar="LAYER")
-    selective_class: str = option("lowest", "class whose eta the selective and dual variants explain (lowest, as the "
+    selective_class: str = option("lowest", "class whose eta the selective and dual objectives explain (lowest, as the "
                                             "reference implementation)", "model",
                                   choices=("lowest", "label", "highest"))
     selective_eps: float = option(0.01, "e_s of the selective quantity", "model", at_least=0)
@@ -164,7 +167,7 @@ class TrainConfig:
                                    "ISNet loss", at_least=1)
     background_swap: float | None = option(
         None, "probability that a training image gets another image's background (mask-based); default: the "
-              "variant's own (see --variant)", "ISNet loss", metavar="PROB", at_least=0, at_most=1)
+              "objective's own (see --objective)", "ISNet loss", metavar="PROB", at_least=0, at_most=1)
     warm_start: bool = option(
         True, "the heatmap-loss training continues from the calibration network's weights instead of a fresh "
                "initialisation; the calibration epochs count towards --epochs (the heatmap-loss training keeps at "
@@ -251,7 +254,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`isnet.errors.UserError` naming the first option out of range.
 
-        Ranges come from the fields' metadata; the variant and architecture names are checked
+        Ranges come from the fields' metadata; the objective and architecture names are checked
         by their registries when training starts.
         """
         validate_ranges(self)
@@ -271,9 +274,40 @@ class TrainConfig:
             raise UserError("no training set: give --train, a dataset root (images/ + masks/)")
 
 
+RENAMED = MappingProxyType({"variant": "objective"})
+"""Earlier option names and today's. Run folders and checkpoints written under an earlier name
+(their ``config.json``, a checkpoint's hyper-parameters) are read with today's; a configuration
+file, ``--set`` or a Python mapping that uses one works, with an :class:`IsnetDeprecationWarning`;
+the command line takes the earlier flag too (``--variant``, :mod:`isnet.options`)."""
+
+
+def current_names(values: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """``values`` with each key of :data:`RENAMED` under today's name.
+
+    ``source`` names where the values were written (``--config FILE``, ``--set``): each earlier
+    name found is then reported as an :class:`isnet.errors.IsnetDeprecationWarning`; a run's own
+    records are read without one. Both names with different values is a :class:`UserError`.
+    """
+    out = dict(values)
+    for old, new in RENAMED.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        where = f"{source}: " if source else ""
+        if new in out and out[new] != value:
+            raise UserError(f"{where}{old} {value!r} and {new} {out[new]!r} disagree; {old} is the earlier name of "
+                            f"{new}: give {new} only")
+        out[new] = value
+        if source is not None:
+            warnings.warn(f"{where}{old} is deprecated; use {new}", IsnetDeprecationWarning, stacklevel=2)
+    return out
+
+
 def from_fields(cls: type, values: Mapping[str, Any], kind: str) -> Any:
     """An instance of the dataclass ``cls`` from a mapping of its field values; an unknown key is a
-    :class:`isnet.errors.UserError` (``kind`` names the options in its message)."""
+    :class:`isnet.errors.UserError` (``kind`` names the options in its message). An earlier name
+    (:data:`RENAMED`) is read as today's, with a deprecation warning."""
+    values = current_names(values, source=f"{kind} options")
     declared = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)

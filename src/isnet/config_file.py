@@ -5,7 +5,8 @@ One implementation for every command whose options come from a configuration dat
 :class:`isnet.segment.config.SegmentConfig`). The file is a mapping of option names, the
 dataclass's field names (``batch_size``, ``C1``), as ``--print-config`` writes them and a run's
 ``config.json`` records them. A value comes from, by precedence: the command line, the file,
-the default. A key that is not an option is refused, naming it; so is a value of the wrong type.
+the default. A key that is not an option is refused, naming it; so is a value of the wrong type. An earlier
+name of an option (:data:`isnet.config.RENAMED`: ``variant``) is read as today's, with a warning.
 Relative paths are read from the current folder, as on the command line.
 
 A run's own ``config.json`` (it records the fields that training resolves, such as
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import BOUND_GROUPS, from_fields, validate_ranges
+from .config import BOUND_GROUPS, current_names, from_fields, validate_ranges
 from .errors import UserError, UserFileNotFoundError
 from .options import given_values, number
 
@@ -137,6 +138,7 @@ def read_config_file(path: Path, cls: type, command: str) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise UserError(f"--config {path} must hold a mapping of option names to values, not a {type(values).__name__}")
+    values = current_names(values, source=f"--config {path}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:

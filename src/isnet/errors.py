@@ -11,7 +11,9 @@ subclasses that are also ``FileExistsError`` / ``FileNotFoundError`` keep the st
 meaning for callers that test for those.
 
 :class:`IsnetWarning` marks warnings about suspicious but usable input (empty masks, random
-weights); the command prints them as ``isnet CMD: warning: ...``.
+weights); the command prints them as ``isnet CMD: warning: ...``. :class:`IsnetDeprecationWarning`,
+one of them, marks an earlier name of an option that still works (shown to command-line users,
+unlike Python's ``DeprecationWarning``).
 
 This module imports only the standard library, so every other module may import it.
 """
@@ -23,8 +25,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["IsnetWarning", "OutputExistsError", "UserError", "UserFileNotFoundError", "command_warnings",
-           "short_message"]
+__all__ = ["IsnetDeprecationWarning", "IsnetWarning", "OutputExistsError", "UserError", "UserFileNotFoundError",
+           "command_warnings", "short_message"]
 
 
 class UserError(ValueError):
@@ -41,6 +43,10 @@ class UserFileNotFoundError(UserError, FileNotFoundError):
 
 class IsnetWarning(UserWarning):
     """Input that isnet can use, but probably not as the user meant (the command shows it as a warning)."""
+
+
+class IsnetDeprecationWarning(IsnetWarning, FutureWarning):
+    """An earlier name of an option or setting, still read; the message names the one to use."""
 
 
 def short_message(error: BaseException) -> str:

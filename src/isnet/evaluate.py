@@ -131,14 +131,14 @@ def evaluate(checkpoint: str | Path, tests: Mapping[str, str | Path], *, batch_s
                                         channels=config.get("in_channels", 3))
                 for name, root in tests.items()}  # scanned first: errors before any work
     lrp = explainer(model, config)
-    masked_input = get_objective(config["variant"]).masked_input
+    masked_input = get_objective(config["objective"]).masked_input
     for name, dataset in datasets.items():  # every test set is checked before the first is evaluated
         if len(dataset) == 0:
             raise UserError(f"test set {name} ({dataset.root}) holds no images")
         if audit:
             check_auditable(dataset.targets, has_masks=dataset.has_masks, what=f"test set {name} ({dataset.root})")
         if masked_input and not dataset.has_masks:
-            raise UserError(f"variant {config['variant']!r} classifies background-masked images, but test set "
+            raise UserError(f"objective {config['objective']!r} classifies background-masked images, but test set "
                             f"{name} ({dataset.root}) has no masks/ folder")
     results: dict[str, dict[str, Any]] = {}
     for name, dataset in datasets.items():

@@ -12,19 +12,22 @@ zero or more values (none meaning True, e.g. ``--deep-supervision`` alone); a un
 ``int`` and ``str`` accepts a count, a comma-separated list of integers or a word (Lightning's
 ``--devices``). A number with a range in its metadata (``at_least``, ``above``, ``at_most``) is
 checked as it is parsed, so a bad value is reported with its option name before anything runs.
+An option renamed since (:data:`isnet.config.RENAMED`) also takes its earlier flag, hidden from
+``--help``, which says once per command line that it is deprecated (``--variant``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import out_of_range
+from .config import RENAMED, out_of_range
 from .errors import UserError
 
 __all__ = ["OneLineParser", "add_dataclass_options", "given_values", "named_tests", "number", "target"]
@@ -113,8 +116,36 @@ def _kwargs(annotation: Any, meta: dict, default: Any) -> dict[str, Any]:
     return kwargs
 
 
+class _EarlierFlag(argparse.Action):
+    """An option's earlier flag: stores the value as the option does, and says once that it is deprecated."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, current: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.current = current
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        warned = vars(namespace).setdefault("_deprecated_flags", set())
+        if option_string not in warned:
+            warned.add(option_string)
+            print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.current}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _earlier_flags(name: str, kwargs: Mapping[str, Any], flag: str) -> tuple[list[str], dict[str, Any]] | None:
+    """The hidden argument of a renamed field's earlier flag (``--variant``), or None."""
+    earlier = [f"--{old.replace('_', '-')}" for old, new in RENAMED.items() if new == name]
+    if not earlier:
+        return None
+    if "action" in kwargs or "nargs" in kwargs:
+        raise TypeError(f"an earlier flag of {flag} needs a field with one value")
+    hidden = {key: value for key, value in kwargs.items() if key != "required"}
+    return earlier, {**hidden, "help": argparse.SUPPRESS, "action": _EarlierFlag, "current": flag}
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, required: Iterable[str] = ()) -> None:
-    """Add one option per documented field of the dataclass ``cls``, in argument groups."""
+    """Add one option per documented field of the dataclass ``cls``, in argument groups (and the hidden
+    earlier flags of renamed fields)."""
     hints = typing.get_type_hints(cls)
     required = set(required)
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -129,6 +160,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, require
         if f.name in required:
             kwargs["required"] = True
         group.add_argument(flag, dest=f.name, **kwargs)
+        if (alias := _earlier_flags(f.name, kwargs, flag)) is not None:
+            group.add_argument(*alias[0], dest=f.name, **alias[1])
 
 
 def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

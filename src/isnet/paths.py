@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .config import current_names
 from .errors import OutputExistsError, UserError
 from .outputs import EVALUATION, LEDGER, claimed
 
@@ -118,14 +119,15 @@ def check_json_output(path: Path, *, option: str, kind: str = EVALUATION) -> Non
 
 
 def read_run_config(path: Path) -> dict:
-    """A run's ``config.json`` as a dict; a :class:`UserError` when it is not one."""
+    """A run's ``config.json`` as a dict, options renamed since it was written under today's names
+    (:func:`isnet.config.current_names`); a :class:`UserError` when it is not one."""
     try:
         config = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, ValueError) as err:
         raise UserError(f"{path} is not a run configuration written by isnet train ({err})") from None
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a run configuration written by isnet train")
-    return config
+    return current_names(config)
 
 
 def run_contents(run: Path) -> list[str]:
@@ -134,11 +136,12 @@ def run_contents(run: Path) -> list[str]:
 
 
 def _looks_like_a_run(run: Path) -> bool:
-    """Whether isnet wrote what is in ``run``: a config.json with a variant, or checkpoint/calibration logs."""
+    """Whether isnet wrote what is in ``run``: a config.json with an objective, or checkpoint/calibration logs."""
     config = run / CONFIG
     if config.is_file():
         try:
-            return "variant" in json.loads(config.read_text())
+            recorded = json.loads(config.read_text())
+            return isinstance(recorded, dict) and "objective" in current_names(recorded)
         except (UnicodeDecodeError, ValueError):
             return False
     return any((run / CHECKPOINTS / name).is_file() for name in RUN_LAYOUT[CHECKPOINTS]) or (

@@ -1,10 +1,10 @@
 """The training recipe's defaults: one source for the Python API and ``isnet train``.
 
 :class:`isnet.config.TrainConfig`'s field defaults are the recipe. :class:`isnet.ISNet`,
-:class:`isnet.ISNetLoss`, :func:`isnet.heatmap_loss` and :func:`isnet.variants.selective_quantity`
+:class:`isnet.ISNetLoss`, :func:`isnet.heatmap_loss` and :func:`isnet.network.selective_quantity`
 read their defaults from it (:func:`default`), so a training loop written with them and
 ``isnet train`` train the same network. The background swap, on by default for the ISNet
-variants of ``isnet train``, is :func:`isnet.swap_backgrounds`.
+objectives of ``isnet train``, is :func:`isnet.swap_backgrounds`.
 
 The recipe departs from the papers in a few values, which :data:`REFERENCE` holds by field
 name. In Python the papers' recipe is::

@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from ..checkpoints import load_classifier, write_json
-from ..config import BOOKKEEPING, TrainConfig
+from ..config import BOOKKEEPING, RENAMED, TrainConfig
 from ..signals import Terminated, install_sigterm_handler
 from ..training import fit
 from ..training.progress import epoch_line
@@ -54,7 +54,7 @@ class RunFailed(RuntimeError):
 class Grid:
     """What to train and how to judge it.
 
-    ``methods``: method -> its training options (with its ``variant``); ``options``: training
+    ``methods``: method -> its training options (with its ``objective``); ``options``: training
     options of every run; ``data``: the ``train`` and ``val`` dataset roots (``method_data``:
     other roots for some methods, e.g. training masks of another quality); ``evaluate(model,
     config)`` scores a trained classifier (eval mode, resolved config) and returns the entries
@@ -110,7 +110,7 @@ def run_dir(runs: Path, method: str, seed: int) -> Path:
 def run_options(grid: Grid, method: str, seed: int) -> dict[str, Any]:
     """The training options of one run: the grid's options, the method's, then :data:`RUN_OPTIONS`."""
     data = grid.method_data.get(method, grid.data)
-    per_run = {"variant": grid.methods[method]["variant"], "arch": grid.arch, "train": str(data["train"]),
+    per_run = {"objective": grid.methods[method]["objective"], "arch": grid.arch, "train": str(data["train"]),
                "val": str(data["val"]), "out": str(run_dir(grid.runs, method, seed)), "seed": seed,
                "resume": False}
     return {"workers": 0, "quiet": not grid.progress_bar, **grid.options, **grid.methods[method],
@@ -123,11 +123,13 @@ def settings_key(options: Mapping[str, Any], test_key: Mapping[str, Any]) -> str
     Options that are None by default and in this run are left out, so an option added to a
     later isnet (None unless given) leaves the keys of stored runs unchanged. Data and
     segmenter folders count as resolved paths, so ``--out runs/x`` and ``--out /abs/runs/x``
-    give the same keys.
+    give the same keys. An option renamed since (:data:`isnet.config.RENAMED`) counts under its
+    earlier name, so runs stored before the renaming keep their keys.
     """
     resolved = TrainConfig.from_dict(options).to_dict()
     unset = {k for k, v in TrainConfig().to_dict().items() if v is None and resolved[k] is None}
-    relevant = {k: v for k, v in resolved.items() if k not in BOOKKEEPING and k not in unset}
+    earlier = {new: old for old, new in RENAMED.items()}
+    relevant = {earlier.get(k, k): v for k, v in resolved.items() if k not in BOOKKEEPING and k not in unset}
     for name in ("train", "val", "segmenter"):  # the same folder however it is written (relative, absolute)
         if relevant.get(name):
             relevant[name] = str(Path(relevant[name]).expanduser().resolve())

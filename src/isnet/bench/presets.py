@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from ..config import TrainConfig, validate_ranges
+from ..config import TrainConfig, current_names, validate_ranges
 
 __all__ = [
     "CUES",
@@ -61,29 +61,31 @@ MASK_QUALITIES = ("exact", "dilated", "eroded", "bbox", "shifted")
 """Training-mask degradations (:data:`isnet.data.bg_digits.MASK_DEGRADATIONS`)."""
 
 METHODS: dict[str, dict[str, Any]] = {
-    "standard": {"variant": "standard", "background_swap": 0.0},
-    "standard+swap": {"variant": "swap", "background_swap": 1.0},
-    "rrr": {"variant": "rrr", "background_swap": 0.0},
-    "rrr+swap": {"variant": "rrr", "rrr_lambda": 1.0, "background_swap": 1.0},
-    "gradcam": {"variant": "gradcam", "background_swap": 0.0},
-    "gradcam+swap": {"variant": "gradcam", "background_swap": 1.0},
-    "selective": {"variant": "selective", "background_swap": 0.0},
-    "selective+swap": {"variant": "selective", "background_swap": 1.0},
-    "stochastic": {"variant": "stochastic", "background_swap": 0.0},
-    "stochastic+swap": {"variant": "stochastic", "background_swap": 1.0},
-    "original+swap": {"variant": "original", "background_swap": 1.0},
-    "selective+ds+swap": {"variant": "selective", "deep_supervision": True, "background_swap": 1.0},
-    "stochastic+ds+swap": {"variant": "stochastic", "deep_supervision": True, "background_swap": 1.0},
-    "gxi+swap": {"variant": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0},
-    "dual+swap": {"variant": "dual", "background_swap": 1.0},
-    "masked": {"variant": "masked", "background_swap": 0.0},
-    "seg-classify": {"variant": "seg-classify", "background_swap": 0.0},
+    "standard": {"objective": "standard", "background_swap": 0.0},
+    "standard+swap": {"objective": "swap", "background_swap": 1.0},
+    "rrr": {"objective": "rrr", "background_swap": 0.0},
+    "rrr+swap": {"objective": "rrr", "rrr_lambda": 1.0, "background_swap": 1.0},
+    "gradcam": {"objective": "gradcam", "background_swap": 0.0},
+    "gradcam+swap": {"objective": "gradcam", "background_swap": 1.0},
+    "selective": {"objective": "selective", "background_swap": 0.0},
+    "selective+swap": {"objective": "selective", "background_swap": 1.0},
+    "stochastic": {"objective": "stochastic", "background_swap": 0.0},
+    "stochastic+swap": {"objective": "stochastic", "background_swap": 1.0},
+    "original+swap": {"objective": "original", "background_swap": 1.0},
+    "selective+ds+swap": {"objective": "selective", "deep_supervision": True, "background_swap": 1.0},
+    "stochastic+ds+swap": {"objective": "stochastic", "deep_supervision": True, "background_swap": 1.0},
+    "gxi+swap": {"objective": "selective", "epsilon": 0.0, "zb": False, "background_swap": 1.0},
+    "dual+swap": {"objective": "dual", "background_swap": 1.0},
+    "masked": {"objective": "masked", "background_swap": 0.0},
+    "seg-classify": {"objective": "seg-classify", "background_swap": 0.0},
 }
-"""Benchmark method -> training options. Every method states its background swap: names ending
-in ``+swap`` train with the mask-based swap (each training image gets another image's
-background, the donor's own object removed), the others without, so each method can be read
+"""Benchmark method -> training options. A method is a training objective (its ``objective`` option,
+:mod:`isnet.objectives`) with its background-swap setting and any options it fixes: ``selective``
+and ``selective+swap`` are one objective without and with the swap. Every method states its
+background swap: names ending in ``+swap`` train with the mask-based swap (each training image
+gets another image's background, the donor's own object removed), the others without, so each method can be read
 next to ``standard`` or ``standard+swap``, its equal. ``+ds``: LRP deep supervision at the
-architecture's default layers (:func:`isnet.variants.default_supervised_layers`). ``gxi+swap``:
+architecture's default layers (:func:`isnet.network.default_supervised_layers`). ``gxi+swap``:
 the selective ISNet loss on gradient x input heatmaps (``epsilon=0``, no Z^B), the papers'
 ablation. ``dual+swap``: the Dual ISNet (the selective quantity's LRP-epsilon and LRP-z+
 heatmaps both penalised). ``masked`` classifies background-zeroed images, so a swap would change
@@ -103,7 +105,7 @@ RELATIVE_COST: dict[str, float] = {
 """Rough training cost of each method relative to ``standard``: parallel runs start with the
 most expensive, so the last ones to finish are short."""
 
-RUN_OPTIONS = ("variant", "arch", "train", "val", "out", "seed", "resume")
+RUN_OPTIONS = ("objective", "arch", "train", "val", "out", "seed", "resume")
 """Training options the grid sets for every run: the method's objective, the architecture, the
 data, the run's folder and seed, and a fresh start. ``train_options`` cannot set them."""
 
@@ -134,7 +136,7 @@ def check_segmenter_available(methods: list[str]) -> None:
 def swap_setting(method: str) -> float | None:
     """The swap probability a benchmark method trains with; None where it is irrelevant (masked input)."""
     options = METHODS[method.removesuffix(RAW_INPUT)]
-    return None if options["variant"] in ("masked", "seg-classify") else options["background_swap"]
+    return None if options["objective"] in ("masked", "seg-classify") else options["background_swap"]
 
 
 def method_order(name: str) -> tuple[int, int]:
@@ -269,7 +271,7 @@ def bench_config(kind: type[Config], base: Mapping[str, Any], given: Mapping[str
     that are not None (the command's options), with the ``--set`` ``options`` as its ``train_options``."""
     values = {**base, **{f.name: given[f.name] for f in fields(kind)
                          if f.name != "train_options" and given.get(f.name) is not None}}
-    parsed = dict(parse_option(item) for item in options)
+    parsed = current_names(dict(parse_option(item) for item in options), source="--set")
     if parsed:
         values["train_options"] = parsed
     return kind(**values)

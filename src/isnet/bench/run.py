@@ -86,7 +86,7 @@ def _evaluate_run(evaluate: Evaluate, tests: Mapping[str, Any], lrp: Mapping[str
     tests = {name: at_training_size(test, config.get("image_size")) for name, test in tests.items()}
     results = {name: evaluate(model, config, test) for name, test in tests.items()}
     raw = {}
-    if get_objective(config["variant"]).masked_input:
+    if get_objective(config["objective"]).masked_input:
         raw = {name: evaluate(model, config, test, raw_input=True) for name, test in tests.items()}
     audited = audit_run(model, config, tests[AUDIT_SET]) if AUDIT_SET in tests else None
     return {"results": results, "raw_input_results": raw or None, "audit": audited}

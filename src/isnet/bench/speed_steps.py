@@ -25,7 +25,7 @@ from ..loss import ISNetLoss
 from ..lrp import zb_relevance
 from ..models import build_model
 from ..recipe import REFERENCE
-from ..variants import ISNet, default_supervised_layers
+from ..network import ISNet, default_supervised_layers
 from .timing import Progress, median, peak_memory, round_robin
 
 ALL_VARIANTS = ("standard", "selective", "stochastic", "dual", "selective+ds", "stochastic+ds", "original",

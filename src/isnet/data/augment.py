@@ -63,7 +63,7 @@ def swap_backgrounds(images: Tensor, masks: Tensor, p: float = 1.0,
     image shows a random other sample with that sample's foreground filled from its own
     background (:func:`fill_foreground`). Masks are (B, 1|C, H, W). Applied to each training
     batch before the forward pass; ``p = 1`` is what ``isnet train`` uses for the ISNet
-    variants (``--background-swap``). Draws from ``generator``, or from torch's global RNG.
+    objectives (``--background-swap``). Draws from ``generator``, or from torch's global RNG.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"background swap probability must be in [0, 1], got {p}")

@@ -1,4 +1,4 @@
-"""Training objectives by name: the ISNet variants, the swap control and the baselines.
+"""Training objectives by name: the ISNet objectives, the swap control and the baselines.
 
 Importing this package registers every built-in objective (:mod:`.isnet`, :mod:`.baselines`,
 :mod:`.segmented`); a new one is a function decorated with :func:`register_objective`.

@@ -1,7 +1,7 @@
 """Baselines the ISNet papers compare with, as objectives of the same training pipeline.
 
 =========== ==============================================================================
-variant     what one training step optimises
+objective   what one training step optimises
 =========== ==============================================================================
 rrr         Right for the Right Reasons (Ross et al. 2017): ``CE + lambda * penalty``,
             ``penalty = mean over the batch of sum over background pixels and channels of

@@ -1,7 +1,7 @@
 """The ISNet objectives and the plain classifier.
 
 =========== ==============================================================================
-variant     what one training step optimises
+objective   what one training step optimises
 =========== ==============================================================================
 standard    cross-entropy: the plain classifier, the baseline
 swap        cross-entropy with the mask-based background swap: the control that shows
@@ -13,7 +13,7 @@ dual        the same on the selective quantity's LRP-epsilon and LRP-z+ heatmaps
             with its own C1/C2 (Dual ISNet)
 =========== ==============================================================================
 
-The ISNet variants train with the background swap by default: a network can encode a
+The ISNet objectives train with the background swap by default: a network can encode a
 background cue by switching units off, which no LRP rule can see, and the swap removes the
 cue's predictive value (``docs/shortcut-study.md``).
 """
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..loss import float32_region
-from ..variants import epsilon_heatmaps
+from ..network import epsilon_heatmaps
 from .registry import StepContext, StepOutput, register_objective
 
 __all__ = ["cross_entropy", "heatmap_objective"]
@@ -52,8 +52,8 @@ def _as_float(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor | dict[str, Ten
     return heatmaps.float()
 
 
-def _isnet(variant: str, *extra: str) -> dict:
-    return dict(explains=variant, heatmap_loss=True, background_swap=1.0,
+def _isnet(name: str, *extra: str) -> dict:
+    return dict(explains=name, heatmap_loss=True, background_swap=1.0,
                 hyperparameters=(*_LOSS_OPTIONS, *extra, "deep_supervision"))
 
 
@@ -62,7 +62,7 @@ def _isnet(variant: str, *extra: str) -> dict:
 @register_objective("selective", **_isnet("selective", "selective_class", "selective_eps"))
 @register_objective("original", **_isnet("original"))
 def heatmap_objective(ctx: StepContext, x: Tensor, masks: Tensor, labels: Tensor) -> StepOutput:
-    """``(1 - P) * CE + P * heatmap loss`` on the variant's heatmaps (loss in float32)."""
+    """``(1 - P) * CE + P * heatmap loss`` on the objective's heatmaps (loss in float32)."""
     logits, heatmaps = ctx.net(x, heatmaps=True, labels=labels)
     with float32_region(x):
         terms = ctx.criterion(logits.float(), labels, _as_float(heatmaps), masks.float(), warmup=ctx.warmup)
@@ -70,4 +70,4 @@ def heatmap_objective(ctx: StepContext, x: Tensor, masks: Tensor, labels: Tensor
     combined = terms.combined(ctx.net.model.parameters(), rule=cfg.heatmap_gradient, ratio=cfg.gradient_ratio,
                               measure=cfg.log_gradients)
     return StepOutput(terms.total, logits, {"ce": terms.cross_entropy, "heatmap": terms.heatmap, **combined.stats},
-                      epsilon_heatmaps(heatmaps, ctx.net.variant).detach(), backward=combined.loss)
+                      epsilon_heatmaps(heatmaps, ctx.net.objective).detach(), backward=combined.loss)

@@ -3,15 +3,19 @@
 An objective is a function ``step(ctx, images, masks, labels) -> StepOutput`` registered
 under a name with :func:`register_objective`, which also records what the objective needs:
 
-* ``explains``: the :class:`isnet.ISNet` variant whose heatmaps the run validates (and, for
-  heatmap-loss objectives, calibrates C1/C2 on);
+* ``explains``: the ISNet objective whose :class:`isnet.ISNet` heatmaps the run validates (and,
+  for heatmap-loss objectives, calibrates C1/C2 on);
 * ``heatmap_loss``: whether it uses the ISNet heatmap loss (so C1/C2 are calibrated when not given);
 * ``needs_masks``: whether training images need foreground masks;
-* ``masked_input``: whether the classifier sees background-masked images (then also at test time);
+* ``masked_input``: whether the classifier sees images masked by their true masks (then also at
+  test time, where the test images need masks too);
+* ``input_masks``: ``input_masks(images, config)``, masks the objective makes itself for the
+  images the classifier sees (at training and test time; ``seg-classify``'s segmenter);
 * ``background_swap``: the default probability that a training image gets another image's background;
 * ``hyperparameters``: the :class:`isnet.config.TrainConfig` fields it reads.
 
-The training loop knows no objective by name: it looks the run's ``variant`` up here.
+The training loop knows no objective by name: it looks the run's ``objective`` up here, and
+evaluation and explanation ask it what the classifier sees (:meth:`Objective.classifier_input`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..loss import ISNetLoss
 from ..masks import mask_background
-from ..variants import ISNet
+from ..network import ISNet
 
 __all__ = ["Objective", "StepContext", "StepOutput", "foreign_options", "get_objective", "objective_names",
            "register_objective"]
@@ -35,7 +39,7 @@ __all__ = ["Objective", "StepContext", "StepOutput", "foreign_options", "get_obj
 class StepContext:
     """What an objective may use in a training step.
 
-    ``net`` wraps the classifier (``net.model``) with the objective's heatmap variant;
+    ``net`` wraps the classifier (``net.model``) with the heatmaps of the objective's ``explains``;
     ``criterion`` is the run's :class:`isnet.ISNetLoss`; ``warmup`` the fraction of ``P``
     reached (pass it to ``criterion``); ``config`` the resolved run configuration.
     """
@@ -65,6 +69,7 @@ class StepOutput:
 
 StepFn = Callable[[StepContext, Tensor, Tensor, Tensor], StepOutput]
 CheckFn = Callable[[nn.Module, TrainConfig], None]
+MasksFn = Callable[[Tensor, TrainConfig], Tensor]
 
 
 @dataclass(frozen=True)
@@ -77,16 +82,20 @@ class Objective:
     heatmap_loss: bool = False
     needs_masks: bool = True
     masked_input: bool = False
+    input_masks: MasksFn | None = None
     background_swap: float = 0.0
     hyperparameters: tuple[str, ...] = ()
     check: CheckFn | None = None
 
-    def classifier_input(self, images: Tensor, masks: Tensor | None) -> Tensor:
-        """What the trained classifier sees: the images, or the images with the background zeroed."""
+    def classifier_input(self, images: Tensor, masks: Tensor | None, config: TrainConfig) -> Tensor:
+        """What a classifier trained with this objective and ``config`` sees: the images, or the images with
+        the background zeroed by their ``masks`` (``masked_input``) or by the masks it makes (``input_masks``)."""
+        if self.input_masks is not None:
+            return mask_background(images, self.input_masks(images, config))
         if not self.masked_input:
             return images
         if masks is None:
-            raise ValueError(f"variant {self.name!r} classifies background-masked images: its inputs need masks")
+            raise ValueError(f"objective {self.name!r} classifies background-masked images: its inputs need masks")
         return mask_background(images, masks)
 
     def swap_probability(self, given: float | None) -> float:
@@ -117,7 +126,7 @@ def get_objective(name: str) -> Objective:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}; choose one of {objective_names()}") from None
+        raise ValueError(f"unknown objective {name!r}; choose one of {objective_names()}") from None
 
 
 def foreign_options(objective: Objective, given: Iterable[str]) -> list[str]:

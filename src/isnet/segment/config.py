@@ -17,7 +17,7 @@ from ..errors import UserError
 __all__ = ["SEGMENT_RESUMABLE", "SegmentConfig", "UNET"]
 
 UNET = "unet"
-"""The ``variant`` a segmentation run records (a classifier run records its objective there)."""
+"""The ``objective`` a segmentation run records (a classifier run records its training objective there)."""
 
 
 @dataclass
@@ -65,7 +65,7 @@ class SegmentConfig:
     strategy: str = option("auto", "Lightning strategy: auto, ddp, ...", "run", resumable=True)
     precision: str = option("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed", "run", resumable=True)
     # resolved
-    variant: str = resolved(UNET)
+    objective: str = resolved(UNET)
     num_nodes: int = resolved(1)
     gradient_clip: float | None = resolved(None)
 
@@ -81,8 +81,8 @@ class SegmentConfig:
     def validate(self) -> None:
         """Raise :class:`isnet.errors.UserError` naming the first option out of range."""
         validate_ranges(self)
-        if self.variant != UNET:
-            raise UserError(f"variant {self.variant!r}: isnet segment trains a {UNET}")
+        if self.objective != UNET:
+            raise UserError(f"objective {self.objective!r}: isnet segment trains a {UNET}")
         if self.resume and self.overwrite:
             raise UserError("--resume continues a run and --overwrite starts it again; give one of them")
         if self.train is None:

@@ -70,9 +70,9 @@ def load_segmenter(run: str | Path, *, map_location: str | torch.device = "cpu")
     if not (folder / CONFIG).is_file():
         raise UserFileNotFoundError(f"no {CONFIG} in {folder}: give the run folder of isnet segment train")
     config = read_run_config(folder / CONFIG)
-    if config.get("variant") != UNET:
-        raise UserError(f"{folder} is not a segmentation run (its {CONFIG} records variant "
-                        f"{config.get('variant')!r}); give a folder written by isnet segment train")
+    if config.get("objective") != UNET:
+        raise UserError(f"{folder} is not a segmentation run (its {CONFIG} records objective "
+                        f"{config.get('objective')!r}); give a folder written by isnet segment train")
     state = read_torch_file(weights, what="segmenter weights")
     if weights.suffix == ".ckpt":
         try:

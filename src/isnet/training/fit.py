@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..checkpoints import CHECKPOINTS, CONFIG, MODEL, write_json
-from ..config import BOUND_GROUPS, TrainConfig
+from ..config import BOUND_GROUPS, TrainConfig, current_names
 from ..data.folder import DatasetError
 from ..errors import UserError, short_message
 from ..locks import holding_lock
@@ -36,7 +36,7 @@ from ..objectives import Objective, foreign_options, get_objective
 from ..outputs import write_atomic
 from ..paths import check_run_folder, clear_run
 from ..signals import Terminated, lightning_handles
-from ..variants import calibration_groups
+from ..network import calibration_groups
 from .data import MaskedDataModule
 from .module import ISNetModule, TrainingDiverged, at_chance
 from .progress import console_progress
@@ -192,7 +192,7 @@ def _resolve_inputs(cfg: TrainConfig, objective: Objective, *, new: bool) -> Non
     """Settle what the model starts from and reads: weights path, normalisation, segmenter, logger."""
     check_logger(cfg.logger)
     if cfg.segmenter and "segmenter" not in objective.hyperparameters:
-        raise UserError(f"--segmenter is used by --variant seg-classify only, not by {cfg.variant}")
+        raise UserError(f"--segmenter is used by --objective seg-classify only, not by {cfg.objective}")
     if new:  # config.json records absolute paths, so that eval and explain work from any folder
         if cfg.weights is not None and not is_weights_name(cfg.weights):
             cfg.weights = str(Path(cfg.weights).expanduser().resolve())
@@ -205,7 +205,7 @@ def _objective(name: str) -> Objective:
     try:
         return get_objective(name)
     except ValueError as err:
-        raise UserError(f"--variant: {err}") from None
+        raise UserError(f"--objective: {err}") from None
 
 
 @contextlib.contextmanager
@@ -224,7 +224,7 @@ def _unfinished_run_hints(run: Path) -> Iterator[None]:
 def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
                groups: Sequence[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Train a standard classifier until it has learnt; C1/C2 of the heatmap ``groups`` (their suffixes,
-    :func:`isnet.variants.calibration_groups`) from its last epoch's heatmaps, and the classifier's weights.
+    :func:`isnet.network.calibration_groups`) from its last epoch's heatmaps, and the classifier's weights.
 
     The classifier trains ``calibrate_epochs`` epochs, and then on, one epoch at a time, while its
     training accuracy is still at chance (:func:`isnet.training.module.at_chance`), up to half of
@@ -234,7 +234,7 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
     _log.info(f"calibrating C1 and C2: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
               f"{limit} while its training accuracy is at chance); its last epoch records the total relevance of "
-              f"the {cfg.variant} heatmaps")
+              f"the {cfg.objective} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ISNetModule.from_config(cfg, calibrate=True)
     logger = CSVLogger(run, name="calibration", version="")
@@ -290,7 +290,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     Steps: check the options, the run folder, the hardware, the datasets (errors name the
     files), the architecture and the objective, all before anything is written; calibrate
     C1/C2 with a ``standard`` run of ``calibrate_epochs`` when they are not given and the
-    variant uses the heatmap loss; train from a fresh initialisation (same seed); write
+    objective uses the heatmap loss; train from a fresh initialisation (same seed); write
     ``config.json`` (the resolved configuration, with the background-swap probability used),
     checkpoints, ``metrics.csv`` and ``model.pt`` to ``config.out``. Progress lines (calibration
     and its values, resume, overwrite) go to the ``isnet.training`` logger at INFO level; the
@@ -312,6 +312,8 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     TrainingDiverged
         NaN / infinite loss; the last good checkpoint stays in ``checkpoints/last.ckpt``.
     """
+    if isinstance(config, Mapping):
+        config = current_names(config, source="fit()")  # an earlier option name, with a warning
     given = explicit_options(config)
     cfg = TrainConfig.from_dict(config if isinstance(config, Mapping) else config.to_dict())
     run = Path(cfg.out).expanduser()
@@ -326,14 +328,14 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         cfg.validate()
         if checks:
             clear = check_run_folder(run, overwrite=cfg.overwrite, datasets=[d for d in (cfg.train, cfg.val) if d])
-    objective = _objective(cfg.variant)
+    objective = _objective(cfg.objective)
     defaults = TrainConfig().to_dict()  # an option at its default (a --config file lists them all) is not flagged
     for name in foreign_options(objective, [k for k, v in given.items() if v != defaults.get(k)]):
-        _log.warning(f"--{name.replace('_', '-')} is not used by --variant {cfg.variant}; it has no effect")
+        _log.warning(f"--{name.replace('_', '-')} is not used by --objective {cfg.objective}; it has no effect")
     cfg.background_swap = objective.swap_probability(cfg.background_swap)  # config.json records the value used
     if objective.heatmap_loss and cfg.background_swap < WEAK_SWAP and not cfg.resume:
-        _log.warning(f"--variant {cfg.variant} with --background-swap {cfg.background_swap:g}: on BG-Digits, ISNets "
-                     f"trained with less than {WEAK_SWAP:g} swap read a background shortcut more than a plain "
+        _log.warning(f"--objective {cfg.objective} with --background-swap {cfg.background_swap:g}: on BG-Digits, "
+                     f"ISNets trained with less than {WEAK_SWAP:g} swap read a background shortcut more than a plain "
                      "classifier with the same swap, while their heatmaps hide it (docs/benchmark.md, swap dose); "
                      "judge this run by its accuracy on data without the shortcut, not by its heatmaps")
     _resolve_inputs(cfg, objective, new=not cfg.resume)

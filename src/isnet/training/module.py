@@ -2,7 +2,7 @@
 
 :class:`ISNetModule` receives the network (an :class:`isnet.ISNet` around the classifier),
 the criterion (:class:`isnet.ISNetLoss`) and the objective (:mod:`isnet.objectives`), and knows
-no variant by name. :meth:`ISNetModule.from_config` builds all three from a resolved
+no objective by name. :meth:`ISNetModule.from_config` builds all three from a resolved
 :class:`isnet.config.TrainConfig`.
 
 Logged: ``train/loss`` (what is optimised), the objective's terms as ``train/<term>``,
@@ -27,12 +27,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..config import BOUND_GROUPS, TrainConfig
 from ..data.augment import swap_backgrounds
 from ..loss import ISNetLoss, calibrate, float32_region
-from ..masks import mask_background
 from ..metrics import BackgroundRelevance
 from ..models import build_model, resolve_normalize
 from ..objectives import Objective, StepContext, StepOutput, get_objective
-from ..segment.predict import predicted_masks
-from ..variants import ISNet, calibration_groups, epsilon_heatmaps, input_heatmaps
+from ..network import ISNet, calibration_groups, epsilon_heatmaps, input_heatmaps
 from .data import epoch_seed
 
 __all__ = ["ISNetModule", "TrainingDiverged", "at_chance"]
@@ -54,7 +52,7 @@ class ISNetModule(L.LightningModule):
     Parameters
     ----------
     net
-        :class:`isnet.ISNet` wrapping the classifier with the objective's heatmap variant.
+        :class:`isnet.ISNet` wrapping the classifier with the heatmaps of the objective's ``explains``.
     criterion
         The ISNet loss (``P``, heatmap-loss options, C1/C2).
     objective
@@ -64,8 +62,8 @@ class ISNetModule(L.LightningModule):
     calibrate_for
         For a calibration run: the heatmap network (sharing ``net.model``) whose relevance
         totals are recorded in the last epoch; C1/C2 are then logged as ``calibration/C1|C2``
-        (and ``calibration/C1_zplus|C2_zplus`` for the dual variant's LRP-z+ maps, see
-        :func:`isnet.variants.calibration_groups`) and kept in :attr:`calibration`.
+        (and ``calibration/C1_zplus|C2_zplus`` for the dual objective's LRP-z+ maps, see
+        :func:`isnet.network.calibration_groups`) and kept in :attr:`calibration`.
     """
 
     def __init__(self, net: ISNet, criterion: ISNetLoss, objective: Objective, config: TrainConfig, *,
@@ -92,17 +90,17 @@ class ISNetModule(L.LightningModule):
         """The module a resolved configuration describes (``num_classes`` and ``image_size`` set).
 
         With ``calibrate``, the module trains the plain classifier and records the relevance
-        totals of the configured variant's heatmaps in its last epoch. ``pretrained=False``
+        totals of the configured objective's heatmaps in its last epoch. ``pretrained=False``
         builds the architecture without reading ``config.weights`` (a resumed run's checkpoint
         replaces them anyway).
         """
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-        objective = get_objective(cfg.variant)
+        objective = get_objective(cfg.objective)
         groups = calibration_groups(objective.explains)
         bounds = [(getattr(cfg, "C1" + g), getattr(cfg, "C2" + g)) for g in groups]
         if objective.heatmap_loss and not calibrate and any(None in pair for pair in bounds):
             names = ", ".join(f"C1{g} and C2{g}" for g in groups)
-            raise ValueError(f"variant {cfg.variant!r} needs {names} (fit() calibrates them)")
+            raise ValueError(f"objective {cfg.objective!r} needs {names} (fit() calibrates them)")
         c1 = [1.0 if low is None else low for low, _ in bounds]
         c2 = [25.0 if high is None else high for _, high in bounds]
         model = build_model(cfg.arch, cfg.num_classes, image_size=cfg.image_size, new_head=True,
@@ -118,7 +116,7 @@ class ISNetModule(L.LightningModule):
             net = ISNet(model, objective.explains, deep_supervision=cfg.deep_supervision, **lrp)
             return cls(net, criterion, objective, cfg)
         unset = {f"{bound}{group}": None for bound in ("C1", "C2") for group in BOUND_GROUPS}
-        plain = TrainConfig.from_dict(cfg.to_dict() | unset | {"variant": "standard", "p_warmup": 0.0,
+        plain = TrainConfig.from_dict(cfg.to_dict() | unset | {"objective": "standard", "p_warmup": 0.0,
                                                                 "background_swap": cfg.calibration_swap})
         return cls(ISNet(model, "standard", **lrp), criterion, get_objective("standard"), plain,
                    calibrate_for=ISNet(model, objective.explains, **lrp))
@@ -140,10 +138,8 @@ class ISNetModule(L.LightningModule):
         return self.net(x)
 
     def classifier_input(self, x: Tensor, masks: Tensor) -> Tensor:
-        """What the classifier sees: ``x``, or ``x`` masked (by its masks or, with a segmenter, predicted ones)."""
-        if self.config.segmenter:
-            return mask_background(x, predicted_masks(self.config.segmenter, x))
-        return self.objective.classifier_input(x, masks)
+        """What the classifier sees (:meth:`isnet.objectives.Objective.classifier_input`)."""
+        return self.objective.classifier_input(x, masks, self.config)
 
     def _check_finite(self, out: StepOutput, batch_idx: int) -> None:
         finite = torch.isfinite(out.loss.detach())
@@ -215,7 +211,7 @@ class ISNetModule(L.LightningModule):
             return
         totals = self.all_gather(torch.cat(self._totals))
         totals = totals.reshape(-1, totals.shape[-1])  # (N, K), gathered over ranks
-        groups = calibration_groups(self._calibration_net.variant)
+        groups = calibration_groups(self._calibration_net.objective)
         self.calibration = {}
         for i, suffix in enumerate(groups):
             group = totals[:, i::len(groups)].flatten()
@@ -236,7 +232,7 @@ class ISNetModule(L.LightningModule):
         x = self.classifier_input(x, masks)
         with torch.enable_grad():  # LRP needs autograd; eval mode keeps the heatmap out of any graph
             logits, heatmaps = self.net(x, heatmaps=True, labels=labels)
-        logits, maps = logits.detach(), epsilon_heatmaps(heatmaps, self.net.variant).detach().float()
+        logits, maps = logits.detach(), epsilon_heatmaps(heatmaps, self.net.objective).detach().float()
         n = labels.shape[0]
         with float32_region(x):
             self.val_ce.update(F.cross_entropy(logits.float(), labels), n)

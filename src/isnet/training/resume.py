@@ -41,7 +41,7 @@ def _same(name: str, new: Any, old: Any, saved: TrainConfig) -> bool:
     if name in ("train", "val") and new is not None and old is not None:
         return Path(new).expanduser().resolve() == Path(old).expanduser().resolve()
     if name == "background_swap":  # a run before swap values were resolved stored None
-        swap = get_objective(saved.variant).swap_probability
+        swap = get_objective(saved.objective).swap_probability
         return swap(new) == swap(old)
     numbers = (int, float)
     if isinstance(new, numbers) and isinstance(old, numbers) and not isinstance(new, bool) \

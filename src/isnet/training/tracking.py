@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..variants import input_heatmaps
+from ..network import input_heatmaps
 
 __all__ = ["HeatmapPictures", "check_logger", "extra_loggers", "heatmap_picture"]
 

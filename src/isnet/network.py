@@ -1,7 +1,7 @@
-"""Which quantity each ISNet variant explains, and the :class:`ISNet` module.
+"""The :class:`ISNet` module, and which quantity each ISNet objective explains.
 
 =========== ===================== =====================================================
-variant     heatmaps per image    quantity explained
+objective   heatmaps per image    quantity explained
 =========== ===================== =====================================================
 standard    0 (argmax if asked)   nothing in training: the plain classifier
 original    K (classes)           every logit, one relevance pass per class
@@ -28,15 +28,16 @@ from .config import BOUND_GROUPS
 from .lrp import Bounds, LRPFlex, Trace, select_logits
 from .recipe import default
 
-VARIANTS = ("standard", "original", "selective", "stochastic", "dual")
+ISNET_OBJECTIVES = ("standard", "original", "selective", "stochastic", "dual")
+"""The training objectives (:mod:`isnet.objectives`) whose heatmaps :class:`ISNet` computes."""
 
 
-def calibration_groups(variant: str) -> tuple[str, ...]:
-    """The groups of a variant's K heatmaps that get their own C1/C2, named by the suffix of their
+def calibration_groups(objective: str) -> tuple[str, ...]:
+    """The groups of an ISNet objective's K heatmaps that get their own C1/C2, named by the suffix of their
     :class:`isnet.config.TrainConfig` fields: ``("",)`` (C1, C2) for one group, ``("", "_zplus")``
     (C1, C2 for LRP-epsilon; C1_zplus, C2_zplus for LRP-z+) for dual. With G groups, group i is
     ``heatmaps[:, i::G]``."""
-    return BOUND_GROUPS if variant == "dual" else BOUND_GROUPS[:1]
+    return BOUND_GROUPS if objective == "dual" else BOUND_GROUPS[:1]
 
 
 SELECTIVE_CLASSES = ("lowest", "label", "highest")
@@ -95,10 +96,10 @@ def input_heatmaps(heatmaps: Tensor | Mapping[str, Tensor]) -> Tensor:
     return heatmaps["input"] if isinstance(heatmaps, Mapping) else heatmaps
 
 
-def epsilon_heatmaps(heatmaps: Tensor | Mapping[str, Tensor], variant: str) -> Tensor:
+def epsilon_heatmaps(heatmaps: Tensor | Mapping[str, Tensor], objective: str) -> Tensor:
     """The LRP-epsilon input heatmaps of :meth:`ISNet.forward`'s output: all of them, or for dual its first group
     (the LRP-z+ maps have another scale, so logged background shares use these only)."""
-    return input_heatmaps(heatmaps)[:, ::len(calibration_groups(variant))]
+    return input_heatmaps(heatmaps)[:, ::len(calibration_groups(objective))]
 
 
 class ISNet(nn.Module):
@@ -117,27 +118,28 @@ class ISNet(nn.Module):
     ----------
     model
         The classifier (any network LRP-Flex explains); kept unchanged as ``net.model``.
-    variant
-        ``standard | original | selective | stochastic | dual``.
+    objective
+        The ISNet objective whose heatmaps it computes: ``standard | original | selective | stochastic |
+        dual``.
     epsilon, zb, bounds, batch_stats
         LRP-Flex options (see :class:`isnet.LRPFlex`).
     selective_eps
         ``e_s`` of the selective quantity.
     selective_class
-        Class whose ``eta`` the selective and dual variants explain: ``"lowest"`` logit (the
+        Class whose ``eta`` the selective and dual objectives explain: ``"lowest"`` logit (the
         reference implementation's choice), the ``"label"``, or the ``"highest"`` logit.
     deep_supervision
         False, True (default layers for ResNet/DenseNet/VGG), or module names.
     """
 
-    def __init__(self, model: nn.Module, variant: str = default("variant"), *, epsilon: float = default("epsilon"),
+    def __init__(self, model: nn.Module, objective: str = default("objective"), *, epsilon: float = default("epsilon"),
                  zb: bool = default("zb"), bounds: Bounds = (0.0, 1.0), selective_eps: float = default("selective_eps"),
                  selective_class: str = default("selective_class"),
                  deep_supervision: bool | Sequence[str] = default("deep_supervision"),
                  batch_stats: str = default("batch_stats")) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if objective not in ISNET_OBJECTIVES:
+            raise ValueError(f"objective must be one of {ISNET_OBJECTIVES}, got {objective!r}")
         if selective_class not in SELECTIVE_CLASSES:
             raise ValueError(f"selective_class must be one of {SELECTIVE_CLASSES}, got {selective_class!r}")
         if deep_supervision is True:
@@ -145,21 +147,21 @@ class ISNet(nn.Module):
         else:
             layers = list(deep_supervision or [])
         self.model = model
-        self.variant, self.selective_eps, self.selective_class = variant, selective_eps, selective_class
+        self.objective, self.selective_eps, self.selective_class = objective, selective_eps, selective_class
         self.layers = layers
-        rules = ("epsilon", "z+") if variant == "dual" else ("epsilon",)
+        rules = ("epsilon", "z+") if objective == "dual" else ("epsilon",)
         self.explainers = [LRPFlex(model, epsilon=epsilon, zb=zb, bounds=bounds, layers=layers, check_finite=False,
                                    rule=rule, batch_stats=batch_stats) for rule in rules]
 
     @property
     def lrp(self) -> LRPFlex:
-        """The LRP-epsilon explainer (the dual variant also has an LRP-z+ one)."""
+        """The LRP-epsilon explainer (the dual objective also has an LRP-z+ one)."""
         return self.explainers[0]
 
     def forward(self, x: Tensor, heatmaps: bool = False, labels: Tensor | None = None):
         if not heatmaps:
             return self.model(x)
-        # one traced forward pass per rule (the dual variant's second pass also updates batch-norm statistics)
+        # one traced forward pass per rule (the dual objective's second pass also updates batch-norm statistics)
         traces = [explainer.trace(x) for explainer in self.explainers]
         heat = self.explain_trace(*traces, labels=labels)
         output = traces[0].output
@@ -167,11 +169,12 @@ class ISNet(nn.Module):
         return (output if torch.is_grad_enabled() else output.detach()), heat
 
     def explain_trace(self, *traces: Trace, labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
-        """The variant's heatmaps for traced forward passes, one per rule (two for dual)."""
+        """The objective's heatmaps for traced forward passes, one per rule (two for dual)."""
         if len(traces) != len(self.explainers):
-            raise ValueError(f"the {self.variant} variant explains {len(self.explainers)} trace(s), got {len(traces)}")
+            raise ValueError(f"the {self.objective} objective explains {len(self.explainers)} trace(s), "
+                             f"got {len(traces)}")
         create_graph = self.training and torch.is_grad_enabled()
-        if self.variant == "original":
+        if self.objective == "original":
             parts = traces[0].class_relevances(create_graph=create_graph)
         else:
             classes = self.classes(traces[0].output, labels)
@@ -194,9 +197,9 @@ class ISNet(nn.Module):
 
     def classes(self, logits: Tensor, labels: Tensor | None = None) -> Tensor:
         """Per sample, the class whose logit (stochastic, standard) or ``eta`` (selective, dual) is explained."""
-        if self.variant == "stochastic":
+        if self.objective == "stochastic":
             return stochastic_classes(logits)
-        if self.variant == "standard" or self.selective_class == "highest":
+        if self.objective == "standard" or self.selective_class == "highest":
             return logits.detach().argmax(1)
         if self.selective_class == "label":
             if labels is None:
@@ -206,6 +209,6 @@ class ISNet(nn.Module):
 
     def quantity(self, logits: Tensor, *, classes: Tensor) -> Tensor:
         """The scalar explained by selective, dual, stochastic and standard (batch sum)."""
-        if self.variant in ("stochastic", "standard"):
+        if self.objective in ("stochastic", "standard"):
             return select_logits(logits, classes).sum()
         return selective_quantity(logits, classes, self.selective_eps)

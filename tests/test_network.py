@@ -1,4 +1,4 @@
-"""ISNet variants (SPEC section 2): which quantity each explains, shapes, deep supervision."""
+"""The ISNet network (SPEC section 2): which quantity each ISNet objective explains, shapes, deep supervision."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from isnet import ISNet, ISNetLoss, LRPFlex, explain
-from isnet.variants import default_supervised_layers, selective_quantity, stochastic_classes
+from isnet.network import default_supervised_layers, selective_quantity, stochastic_classes
 from lrp_models import assert_same, rel_err, snapshot
 
 
@@ -22,7 +22,7 @@ def small_net(classes: int = 5) -> nn.Module:
 
 
 def eta(logits: torch.Tensor, classes: torch.Tensor, e: float = 0.01) -> torch.Tensor:
-    """Written out independently of isnet.variants."""
+    """Written out independently of isnet.network."""
     p = logits.softmax(1)[torch.arange(len(classes)), classes]
     return (torch.log(p + e) - torch.log(1 - p + e)).sum()
 
@@ -153,10 +153,10 @@ def test_standard_explains_argmax_when_asked():
     assert rel_err(heat[:, 0], explain(model, X, "argmax")) < 1e-6
 
 
-@pytest.mark.parametrize("variant", ["standard", "original", "selective", "stochastic"])
-def test_forward_is_the_plain_model(variant):
+@pytest.mark.parametrize("objective", ["standard", "original", "selective", "stochastic"])
+def test_forward_is_the_plain_model(objective):
     model = small_net()
-    net = ISNet(model, variant)
+    net = ISNet(model, objective)
     for mode in (True, False):
         net.train(mode)
         torch.manual_seed(0)
@@ -170,8 +170,8 @@ def test_training_step_runs_and_leaves_model_unchanged():
     model = small_net()
     model.train()
     before = snapshot(model)
-    for variant in ("original", "selective", "stochastic"):
-        net = ISNet(model, variant).train()
+    for objective in ("original", "selective", "stochastic"):
+        net = ISNet(model, objective).train()
         logits, heat = net(X, heatmaps=True)
         assert heat.requires_grad
         mask = torch.zeros(4, 1, 16, 16)
@@ -202,8 +202,8 @@ def test_heatmaps_without_graph_under_no_grad():
 def test_model_unchanged_by_isnet_eval():
     model = small_net().eval()
     before, out = snapshot(model), model(X)
-    for variant in ("original", "selective", "stochastic"):
-        ISNet(model, variant, deep_supervision=["4", "5"]).eval()(X, heatmaps=True)
+    for objective in ("original", "selective", "stochastic"):
+        ISNet(model, objective, deep_supervision=["4", "5"]).eval()(X, heatmaps=True)
     assert_same(before, snapshot(model))
     assert torch.equal(model(X), out)
 
@@ -256,7 +256,7 @@ def test_default_layers_densenet_vgg_and_unknown():
         default_supervised_layers(nn.Sequential(nn.Linear(2, 2)))
 
 
-def test_bad_variant_options():
+def test_bad_network_options():
     with pytest.raises(ValueError):
         ISNet(small_net(), "fastest")
     with pytest.raises(ValueError):
