@@ -6,7 +6,7 @@ keeps its accuracy on the ``biased`` test set and fails on the ``unbiased`` (no 
 ``deceiving`` (another class's cue) ones. ``isnet bench bias --out DIR`` (and
 :func:`run_benchmark`):
 
-1. writes BG-Digits to ``DIR/data`` (:func:`isnet.data.bg_digits.write_dataset`);
+1. writes BG-Digits to ``DIR/data`` (:func:`isnet.data.digits.bg_digits.write_dataset`);
 2. trains every method (:data:`~isnet.bench.presets.METHODS`) and seed with
    :func:`isnet.training.fit`, exactly what ``isnet train`` runs, into
    ``DIR/runs/<method>/seed<k>`` (:mod:`isnet.bench.grid`; finished runs are reused);
@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..checkpoints import explainer
-from ..data.bg_digits import generate, to_tensors, write_dataset
+from ..data.digits.bg_digits import generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
 from ..locks import holding_lock
 from ..metrics import background_share, relevance_share
@@ -60,7 +60,7 @@ _DATA_DEFAULTS = {"placement": "centre", "cue": "patch", "train_mask": "exact"} 
 def prepare_data(root: Path, cfg: BiasBenchConfig, train_mask: str = "exact") -> dict[str, Path]:
     """BG-Digits on disk (reused when ``root/bg-digits.json`` matches the settings).
 
-    ``train_mask`` degrades the training split's masks (:func:`isnet.data.bg_digits.degrade_masks`).
+    ``train_mask`` degrades the training split's masks (:func:`isnet.data.digits.mask_quality.degrade_masks`).
     """
     meta = root / "bg-digits.json"
     wanted = {"seed": cfg.data_seed, "image_size": cfg.image_size, "mask": cfg.mask, "placement": cfg.placement,

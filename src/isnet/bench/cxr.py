@@ -1,11 +1,11 @@
 """The background-bias benchmark on BG-CXR: ISNets and baselines where the background is anatomy.
 
-BG-CXR (:mod:`isnet.data.bg_cxr`) draws chests around real lung masks; the class lives in the
+BG-CXR (:mod:`isnet.data.cxr.bg_cxr`) draws chests around real lung masks; the class lives in the
 lungs, and eight fictional hospitals add the shortcuts (marker text, label box, exposure, noise,
 field of view), correlated with the class in training. ``isnet bench cxr --out DIR`` (and
 :func:`run_benchmark`) follows ``isnet bench bias`` (:mod:`isnet.bench.bias`):
 
-1. writes BG-CXR to ``DIR/data`` (:func:`isnet.data.bg_cxr.write_dataset`, all four test sets);
+1. writes BG-CXR to ``DIR/data`` (:func:`isnet.data.cxr.bg_cxr.write_dataset`, all four test sets);
 2. trains every method (the BG-Digits names and options) and seed with
    :func:`isnet.training.fit` into ``DIR/runs/<method>/seed<k>`` (:mod:`isnet.bench.grid`;
    finished runs are reused);
@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..checkpoints import explainer
-from ..data.bg_cxr import CLASSES, HOSPITALS, generate, to_tensors, write_dataset
+from ..data.cxr.bg_cxr import CLASSES, HOSPITALS, generate, to_tensors, write_dataset
 from ..evaluate import predict_batch
 from ..locks import holding_lock
 from ..metrics import background_share, classification_metrics, delong_auroc_ci, relevance_share
@@ -77,7 +77,7 @@ class CxrTestSet:
     masks: Tensor  # (N, 1, H, W), the lungs
     labels: Tensor  # (N,)
     shortcuts: Tensor  # (N, 1, H, W), the hospital's marker and label box
-    hospitals: Tensor  # (N,), index into isnet.data.bg_cxr.HOSPITALS
+    hospitals: Tensor  # (N,), index into isnet.data.cxr.bg_cxr.HOSPITALS
 
 
 def make_test_sets(cfg: CxrBenchConfig) -> dict[str, CxrTestSet]:

@@ -1,7 +1,7 @@
 """What the BG-CXR benchmark runs: its test sets, metrics, sizes and presets.
 
 The methods are those of the BG-Digits benchmark (:data:`~isnet.bench.presets.METHODS`,
-same names, same training options), trained on BG-CXR (:mod:`isnet.data.bg_cxr`) and
+same names, same training options), trained on BG-CXR (:mod:`isnet.data.cxr.bg_cxr`) and
 evaluated on its four test sets (:mod:`isnet.bench.cxr`). Like :mod:`isnet.bench.presets`,
 this module holds data only and imports no third-party package, so the command line builds
 its help from it without loading PyTorch.
@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 CXR_TEST_SETS = ("biased", "unbiased", "external", "deceiving")
-"""BG-CXR test sets (:data:`isnet.data.bg_cxr.BIASES`): the same test patients imaged at the
+"""BG-CXR test sets (:data:`isnet.data.cxr.bg_cxr.BIASES`): the same test patients imaged at the
 class's own hospitals as in training, at the training hospitals independently of the class, at
 two hospitals never seen in training, and at another class's hospitals."""
 CXR_METRICS = ("accuracy", "auroc", "abnormal_auroc", "background_relevance", "shortcut_relevance")

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..checkpoints import write_json
 from ..data.augment import swap_backgrounds
-from ..data.cxr_figure import examples_figure
+from ..data.cxr.figure import examples_figure
 from ..figures import accuracy_bars, bar_plot
 from ..outputs import write_text
 from ..report_html import write_html_report

@@ -14,7 +14,7 @@ like the main grid (:mod:`isnet.bench.bias`); an interrupted mode continues wher
   same probability. Writes ``swap_dose.json``, ``swap_dose.md`` and ``figures/swap_dose.png``
   (deceiving and unbiased accuracy against the probability).
 * ``--mask-quality`` (:func:`run_mask_quality`): each method trained with degraded training
-  masks (:func:`isnet.data.bg_digits.degrade_masks`; validation and test masks stay exact),
+  masks (:func:`isnet.data.digits.mask_quality.degrade_masks`; validation and test masks stay exact),
   compared seed by seed with the same method trained with exact masks. Writes
   ``mask_quality.json`` and ``mask_quality.md``.
 

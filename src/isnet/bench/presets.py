@@ -54,11 +54,11 @@ RAW_INPUT = "@unmasked"
 SWAP = "+swap"
 """Suffix of the methods trained with the mask-based background swap (probability 1)."""
 PLACEMENTS = ("centre", "anywhere")
-"""BG-Digits digit placements (:data:`isnet.data.bg_digits.PLACEMENTS`)."""
+"""BG-Digits digit placements (:data:`isnet.data.digits.bg_digits.PLACEMENTS`)."""
 CUES = ("patch", "tint")
-"""BG-Digits bias cues (:data:`isnet.data.bg_digits.CUES`)."""
+"""BG-Digits bias cues (:data:`isnet.data.digits.bg_digits.CUES`)."""
 MASK_QUALITIES = ("exact", "dilated", "eroded", "bbox", "shifted")
-"""Training-mask degradations (:data:`isnet.data.bg_digits.MASK_DEGRADATIONS`)."""
+"""Training-mask degradations (:data:`isnet.data.digits.mask_quality.MASK_DEGRADATIONS`)."""
 
 METHODS: dict[str, dict[str, Any]] = {
     "standard": {"variant": "standard", "background_swap": 0.0},
@@ -174,7 +174,7 @@ class BiasBenchConfig:
     ``epochs=None`` takes :class:`isnet.config.TrainConfig`'s default. ``train_options``
     override any other training option for every method (e.g. ``{"P": 0.9}``), except those a
     selected method sets itself (its swap, for one). ``placement`` and ``cue`` choose the
-    BG-Digits variant (:func:`isnet.data.bg_digits.generate`).
+    BG-Digits variant (:func:`isnet.data.digits.bg_digits.generate`).
     ``jobs``: training processes at a time (each trains one method/seed; evaluation stays in
     this process). ``threads``: torch CPU threads per process (None: torch's default with one
     job, else the CPU count divided by ``jobs``).

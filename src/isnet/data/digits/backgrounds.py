@@ -1,6 +1,6 @@
-"""Drawing parts of BG-Digits: textured backgrounds, class tints and degraded masks.
+"""BG-Digits' backgrounds: textured canvases and the class tints of the ``tint`` cue.
 
-:mod:`isnet.data.bg_digits` composes images from these; they hold no digit or split logic.
+:mod:`isnet.data.digits.bg_digits` puts the digits and the bias cues on them.
 """
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = [
-    "CANVAS", "MASK_DEGRADATIONS", "MASK_MARGIN", "MASK_SHIFT", "TEXTURES", "TINTS", "backgrounds", "degrade_masks",
-]
+__all__ = ["CANVAS", "TEXTURES", "TINTS", "backgrounds"]
 
 CANVAS = 32
 """Side of the canvas the images are built on (before scaling to ``image_size``)."""
@@ -19,11 +17,6 @@ TEXTURES = (
     "moon", "rocket", "astronaut", "coffee", "chelsea",
 )  # fmt: skip
 """``skimage.data`` pictures (bundled with scikit-image, no download) used as backgrounds."""
-MASK_DEGRADATIONS = ("exact", "dilated", "eroded", "bbox", "shifted")
-"""Training-mask qualities (:func:`degrade_masks`): exact, grown or shrunk by
-``MASK_MARGIN`` pixels, the mask's bounding box, or moved by up to ``MASK_SHIFT`` pixels."""
-MASK_MARGIN = 2
-MASK_SHIFT = 3
 
 _N_CLASSES = 10
 _TEXTURE_SIDE = 128  # textures are resized so their shorter side has this many pixels
@@ -78,46 +71,3 @@ def backgrounds(rng: np.random.Generator, n: int) -> np.ndarray:
             crop = crop[:, ::-1]
         out[i] += dims[i] * crop
     return np.clip(out, 0.0, 1.0)
-
-
-def degrade_masks(masks: np.ndarray, how: str, *, seed: int = 0, scale: int = 1) -> np.ndarray:
-    """Masks made imperfect on purpose, to train with (evaluation keeps the exact ones).
-
-    ``how`` is one of :data:`MASK_DEGRADATIONS`: ``"exact"`` (a copy), ``"dilated"`` /
-    ``"eroded"`` (grown / shrunk by ``MASK_MARGIN`` pixels, square neighbourhood),
-    ``"bbox"`` (each mask's bounding box; the same as exact for ``mask="box"``) or
-    ``"shifted"`` (each mask moved by a random offset of up to ``MASK_SHIFT`` pixels per axis,
-    drawn from ``seed``). Pixel amounts are on the 32x32 canvas, times ``scale`` for larger
-    images. ``masks`` is bool (N, H, W).
-    """
-    from scipy.ndimage import binary_dilation, binary_erosion
-
-    if how not in MASK_DEGRADATIONS:
-        raise ValueError(f"mask degradation must be one of {MASK_DEGRADATIONS}, got {how!r}")
-    out = masks.copy()
-    side = 2 * MASK_MARGIN * scale + 1
-    square = np.zeros((3, side, side), dtype=bool)
-    square[1] = True  # within each image only
-    if how == "dilated":
-        out = binary_dilation(masks, structure=square)
-    elif how == "eroded":
-        out = binary_erosion(masks, structure=square)
-    elif how == "bbox":
-        for i, m in enumerate(masks):
-            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            if rows.size:
-                out[i, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
-    elif how == "shifted":
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
-        moves = rng.integers(-MASK_SHIFT, MASK_SHIFT + 1, size=(len(masks), 2)) * scale
-        out[:] = False
-        height, width = masks.shape[1:]
-        for i, (dr, dc) in enumerate(moves):
-            source = masks[i][_span(-dr, height), _span(-dc, width)]
-            out[i][_span(dr, height), _span(dc, width)] = source
-    return out
-
-
-def _span(move: int, size: int) -> slice:
-    """Where pixels land along an axis of ``size`` when moved by ``move`` (the source: ``-move``)."""
-    return slice(max(move, 0), size + min(move, 0))
