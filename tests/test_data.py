@@ -496,7 +496,7 @@ def test_bg_digits_cli_writes_degraded_training_masks_only(tmp_path: Path) -> No
 
 
 def test_bench_presets_name_the_generator_options() -> None:
-    from isnet.bench import presets
+    from isnet.bench.digits import presets
     from isnet.data.digits import bg_digits, mask_quality
 
     assert presets.PLACEMENTS == bg_digits.PLACEMENTS and presets.CUES == bg_digits.CUES

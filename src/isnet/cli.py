@@ -72,7 +72,7 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 
 def _add_data(sub) -> None:
-    from .bench.presets import CUES, MASK_QUALITIES, PLACEMENTS
+    from .bench.digits.presets import CUES, MASK_QUALITIES, PLACEMENTS
 
     p = sub.add_parser("data", help="built-in datasets")
     data_sub = p.add_subparsers(dest="dataset", required=True)
