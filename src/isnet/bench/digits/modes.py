@@ -272,7 +272,8 @@ def run_mask_quality(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence
     out, data, tests, start = _setup(cfg, out, chosen, log)
     if skipped:
         log("mask quality: bbox skipped, the bounding box of a box mask is the box itself", start)
-    roots = {q: data if q == "exact" else BG_DIGITS.prepare_data(out / "data-masks" / q, cfg, train_mask=q) for q in kept}
+    roots = {q: data if q == "exact" else BG_DIGITS.prepare_data(out / "data-masks" / q, cfg, train_mask=q)
+             for q in kept}
     runs = {f"{m}:{q}": dict(METHODS[m]) for m in chosen for q in kept}
     method_data = {f"{m}:{q}": roots[q] for m in chosen for q in kept}
     summary, records = _train(cfg, out, "runs-mask-quality", runs, data, tests, start, log, method_data=method_data)
