@@ -16,8 +16,9 @@ import torch
 
 from isnet.audit_stats import NO_RELIANCE, RELIES, SENSITIVE
 from isnet.bench.audit_columns import AUDIT_METRICS, audit_rows, audit_summary
-from isnet.bench.bias import occlude_patches
-from isnet.bench.presets import METHODS, OCCLUDED, TEST_SETS, BiasBenchConfig
+from isnet.bench.digits.benchmark import occlude_patches
+from isnet.bench.digits.presets import COMPARED, OCCLUDED, TEST_SETS, BiasBenchConfig
+from isnet.bench.presets import METHODS
 from isnet.errors import UserError
 
 
@@ -100,7 +101,7 @@ def test_bench_bias_writes_results_report_and_figures(tiny_bench, capsys):
     assert "Background audit" in report
 
     # a second call with the same settings reuses the stored runs, also one stored before the audit existed
-    from isnet.bench.report import results_markdown
+    from isnet.bench.digits.report import results_markdown
     from isnet.cli import main
 
     stored = out / "runs" / "standard" / "seed0" / "result.json"
@@ -167,7 +168,7 @@ def test_audit_summary_reads_runs_stored_before_the_audit():
 
 @pytest.mark.e2e
 def test_masked_method_sees_masked_inputs_at_test_time(tiny_bench):
-    from isnet.bench.bias import evaluate_classifier, make_test_sets
+    from isnet.bench.digits.benchmark import BG_DIGITS
     from isnet.checkpoints import load_classifier
 
     out, _ = tiny_bench
@@ -177,10 +178,10 @@ def test_masked_method_sees_masked_inputs_at_test_time(tiny_bench):
     # keep a reference only: any torch call on the input inside the LRP trace would change what it traces
     handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
-        test = make_test_sets(BiasBenchConfig(n_test=10))["biased"]
-        evaluate_classifier(model, config, test)
+        test = BG_DIGITS.make_test_sets(BiasBenchConfig(n_test=10))["biased"]
+        BG_DIGITS.evaluate_classifier(model, config, test)
         assert torch.all(seen[-1] * (1 - test.masks) == 0)
-        evaluate_classifier(model, config, test, raw_input=True)
+        BG_DIGITS.evaluate_classifier(model, config, test, raw_input=True)
         assert torch.equal(seen[-1], test.images)
     finally:
         handle.remove()
@@ -214,13 +215,14 @@ def test_jobs_and_threads_must_be_positive():
 
 @pytest.mark.e2e
 def test_a_failing_parallel_run_is_named(tmp_path):
-    from isnet.bench.bias import run_benchmark
+    from isnet.bench.digits.benchmark import BG_DIGITS
     from isnet.bench.grid import RunFailed
+    from isnet.bench.run import run_benchmark
 
     cfg = BiasBenchConfig(methods=["standard", "gradcam"], seeds=1, n_train=40, n_val=10, n_test=10, epochs=1,
                           jobs=2, threads=1, train_options={"gradcam_layer": "nope"})
     with pytest.raises(RunFailed, match=r"seed 0 failed: gradcam_layer 'nope' is not a module"):
-        run_benchmark(cfg, tmp_path / "bench")
+        run_benchmark(BG_DIGITS, cfg, tmp_path / "bench")
 
 
 # --------------------------------------------------------------------------- equal terms: swap in the name
@@ -268,7 +270,8 @@ def test_training_processes_end_when_the_grid_is_killed(tmp_path):
 
 
 def test_every_method_states_its_swap_in_its_name():
-    from isnet.bench.presets import DEMO, FULL, QUICK, RELATIVE_COST, swap_setting
+    from isnet.bench.digits.presets import DEMO, FULL, QUICK
+    from isnet.bench.presets import RELATIVE_COST, swap_setting
 
     for method, options in METHODS.items():
         assert options["background_swap"] in (0.0, 1.0), method
@@ -284,8 +287,8 @@ def test_every_method_states_its_swap_in_its_name():
 
 
 def test_sweep_selection_keeps_the_value_in_use_among_equals():
-    from isnet.bench.modes import _best, _in_use
-    from isnet.bench.presets import SWEEP
+    from isnet.bench.digits.modes import _best, _in_use
+    from isnet.bench.digits.presets import SWEEP
 
     tied = {"0.1": {"val_accuracy": (0.1 + 0.2 + 0.3) / 3}, "1": {"val_accuracy": (0.3 + 0.2 + 0.1) / 3},
             "10": {"val_accuracy": 0.15}}
@@ -345,14 +348,14 @@ def test_paired_interval_is_the_t_interval_of_the_seed_differences():
 
     records = {"standard+swap": [record(0, 0.90), record(1, 0.80), record(2, 0.85)],
                "selective+swap": [record(0, 0.91), record(1, 0.82), record(2, 0.88)]}
-    entries = paired_comparisons(records)
+    entries = paired_comparisons(records, COMPARED)
     deceiving = next(e for e in entries if e["test_set"] == "deceiving" and e["metric"] == "accuracy")
     assert deceiving["differences"] == pytest.approx([0.01, 0.02, 0.03])
     assert deceiving["ci95"] == pytest.approx([0.02 - 0.024841377, 0.02 + 0.024841377])
     sentence = comparison_sentence([e for e in entries if e["method"] == "selective+swap"])
     assert sentence.startswith("selective+swap vs standard+swap: deceiving accuracy +2.0 points (95% CI -0.5 to +4.5)")
     assert "3 seeds, paired by seed" in sentence
-    one = paired_comparisons({k: v[:1] for k, v in records.items()})
+    one = paired_comparisons({k: v[:1] for k, v in records.items()}, COMPARED)
     assert comparison_sentence(one).endswith("one seed, no interval.")
 
 
@@ -372,7 +375,7 @@ def test_report_states_each_rows_swap(tiny_bench):
 
 @pytest.mark.e2e
 def test_grid_modes_write_their_results(tmp_path):
-    from isnet.bench.modes import run_mask_quality, run_swap_dose, run_sweep
+    from isnet.bench.digits.modes import run_mask_quality, run_swap_dose, run_sweep
 
     cfg = BiasBenchConfig(seeds=1, n_train=60, n_val=20, n_test=20, epochs=1, threads=1, cue="tint")
     out = tmp_path / "modes"
@@ -422,7 +425,7 @@ def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
 
 def test_swap_dose_probabilities_are_checked(tmp_path):
     from isnet.bench.command import add_parser, run
-    from isnet.bench.modes import run_swap_dose
+    from isnet.bench.digits.modes import run_swap_dose
     import argparse
 
     cfg = BiasBenchConfig(seeds=1, n_train=60, n_val=20, n_test=20, epochs=1, threads=1)
@@ -440,7 +443,8 @@ def test_swap_dose_probabilities_are_checked(tmp_path):
 
 def test_bench_bias_takes_an_architecture():
     from isnet.bench.command import add_parser
-    from isnet.bench.presets import QUICK, bench_config
+    from isnet.bench.digits.presets import QUICK
+    from isnet.bench.presets import bench_config
     import argparse
 
     parser = argparse.ArgumentParser()
@@ -455,7 +459,7 @@ def test_test_sets_are_evaluated_at_the_runs_training_size(monkeypatch):
     import torch.nn.functional as F
     from torchvision.transforms import v2
 
-    from isnet.bench.bias import BiasTestSet
+    from isnet.bench.digits.benchmark import BiasTestSet
     import isnet.bench.run as run_module
     from isnet.bench.run import _evaluate_run, at_training_size
 
@@ -486,7 +490,7 @@ def test_grid_modes_report_spread_and_paired_differences_over_seeds(tmp_path, mo
     with its reference (standard at the same probability; the same method with exact masks)."""
     import statistics
 
-    import isnet.bench.modes as modes
+    import isnet.bench.digits.modes as modes
     from scipy.stats import t
 
     def value(name: str, seed: int, test: str, metric: str) -> float:  # distinct, reproducible per run and seed

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from isnet.bench.cxr_presets import CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
-from isnet.bench.presets import METHODS, BiasBenchConfig, bench_config
-from isnet.bench.cxr_report import results_markdown
+from isnet.bench.cxr.presets import CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
+from isnet.bench.digits.presets import BiasBenchConfig
+from isnet.bench.presets import METHODS, bench_config
+from isnet.bench.cxr.report import results_markdown
 from isnet.cli import main
 from test_bench_bias import check_audit_columns
 
@@ -130,11 +131,11 @@ def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
 
 @pytest.mark.e2e
 def test_test_sets_in_memory_are_the_files_on_disk(tiny_bench):
-    from isnet.bench.cxr import make_test_sets
+    from isnet.bench.cxr.benchmark import BG_CXR
 
     out, _ = tiny_bench
     cfg = CxrBenchConfig(n_test=12, image_size=64)
-    tests = make_test_sets(cfg)
+    tests = BG_CXR.make_test_sets(cfg)
     for name in ("external", "deceiving"):
         first = next(csv.DictReader((out / "data" / "test" / name / "index.csv").open()))
         image = np.array(Image.open(out / "data" / "test" / name / "images" / first["file"]))
@@ -165,7 +166,7 @@ def test_a_second_call_reuses_the_stored_runs_and_other_data_settings_are_refuse
 
 
 def test_findings_name_what_each_method_does():
-    from isnet.bench.cxr_report import findings
+    from isnet.bench.cxr.report import findings
 
     def sets(*accuracies: float, bg: float = 0.5) -> dict:
         return {t: {"accuracy": a, "background_relevance": bg, "shortcut_relevance": 0.1}

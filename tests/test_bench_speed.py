@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-from isnet.bench.speed import SpeedSetup, run
-from isnet.bench.speed_explain import ExplainSetup
-from isnet.bench.speed_report import to_json
-from isnet.bench.speed_steps import StepSetup, per_class_cost
+from isnet.bench.speed.benchmark import SpeedSetup, run
+from isnet.bench.speed.explain import ExplainSetup
+from isnet.bench.speed.report import to_json
+from isnet.bench.speed.steps import StepSetup, per_class_cost
 from isnet.cli import build_parser
 
 
@@ -70,7 +70,7 @@ def test_original_batched_matches_original():
     import torch
 
     from isnet import ISNet, ISNetLoss
-    from isnet.bench.speed_steps import _original_batched, _original_naive
+    from isnet.bench.speed.steps import _original_batched, _original_naive
     from isnet.small_models import small_cnn
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from scipy import ndimage
 from torch import nn
 
 from isnet.data import MaskedImageFolder
-from isnet.data.bg_cxr import (
+from isnet.data.cxr.bg_cxr import (
     CLASS_HOSPITALS,
     CLASSES,
     EXTERNAL_HOSPITALS,
@@ -24,7 +24,7 @@ from isnet.data.bg_cxr import (
     to_tensors,
     write_dataset,
 )
-from isnet.data.cxr_lungs import REJECT_REASONS, archive_path, lung_catalogue, lung_pools
+from isnet.data.cxr.lungs import REJECT_REASONS, archive_path, lung_catalogue, lung_pools
 
 TRAINING_HOSPITALS = {h for group in CLASS_HOSPITALS for h in group}
 
@@ -186,7 +186,7 @@ def test_write_dataset_round_trip(tmp_path):
 
 
 def test_example_figures_draw():
-    from isnet.data.cxr_figure import classes_figure, examples_figure
+    from isnet.data.cxr.figure import classes_figure, examples_figure
 
     for fig in (examples_figure(seed=0, image_size=64), classes_figure(seed=0, image_size=64)):
         buffer = io.BytesIO()

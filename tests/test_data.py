@@ -22,7 +22,8 @@ from isnet.data import (
     to_tensors,
     write_dataset,
 )
-from isnet.data.bg_digits import CANVAS, DIGIT, PATCH_POSITIONS, PATCH_SIZE, digit_pools
+from isnet.data.digits.backgrounds import CANVAS
+from isnet.data.digits.bg_digits import DIGIT, PATCH_POSITIONS, PATCH_SIZE, digit_pools
 
 # --------------------------------------------------------------------------- helpers
 
@@ -430,7 +431,7 @@ def test_anywhere_placement_reaches_the_border_ring_and_hides_the_patch_behind_t
 
 
 def test_tint_cue_tints_the_background_with_the_cue_class_and_leaves_the_foreground() -> None:
-    from isnet.data.bg_digits import TINTS
+    from isnet.data.digits.backgrounds import TINTS
 
     for bias in ("biased", "deceiving", "unbiased"):
         patch = generate(40, split="test", seed=1, bias=bias)
@@ -452,7 +453,7 @@ def test_tint_cue_tints_the_background_with_the_cue_class_and_leaves_the_foregro
 
 
 def test_degraded_masks() -> None:
-    from isnet.data.bg_digits import degrade_masks
+    from isnet.data.digits.mask_quality import degrade_masks
 
     d = generate(50, split="train", seed=0)  # centre: every box at least 4 px from the edge
     area = d.masks.sum(axis=(1, 2))
@@ -495,8 +496,8 @@ def test_bg_digits_cli_writes_degraded_training_masks_only(tmp_path: Path) -> No
 
 
 def test_bench_presets_name_the_generator_options() -> None:
-    from isnet.bench import presets
-    from isnet.data import bg_digits
+    from isnet.bench.digits import presets
+    from isnet.data.digits import bg_digits, mask_quality
 
     assert presets.PLACEMENTS == bg_digits.PLACEMENTS and presets.CUES == bg_digits.CUES
-    assert presets.MASK_QUALITIES == bg_digits.MASK_DEGRADATIONS
+    assert presets.MASK_QUALITIES == mask_quality.MASK_DEGRADATIONS

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isnet.data.decoy_digits import CANVAS, SWATCH, generate
+from isnet.data.digits.decoy_digits import CANVAS, SWATCH, generate
 from isnet.objectives.baselines import rrr_penalty
 
 

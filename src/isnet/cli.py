@@ -72,7 +72,7 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 
 def _add_data(sub) -> None:
-    from .bench.presets import CUES, MASK_QUALITIES, PLACEMENTS
+    from .bench.digits.presets import CUES, MASK_QUALITIES, PLACEMENTS
 
     p = sub.add_parser("data", help="built-in datasets")
     data_sub = p.add_subparsers(dest="dataset", required=True)
@@ -104,13 +104,13 @@ def _add_data(sub) -> None:
 
 def _run_data(args: argparse.Namespace) -> None:
     if args.dataset == "bg-cxr":
-        from .data.bg_cxr import write_dataset as write_cxr
+        from .data.cxr.bg_cxr import write_dataset as write_cxr
 
         tests = ("biased", *(("unbiased",) if args.unbiased else ()), "external", "deceiving")
         paths = write_cxr(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                           image_size=args.image_size, correlation=args.correlation, tests=tests, progress=True)
     else:
-        from .data.bg_digits import write_dataset
+        from .data.digits.bg_digits import write_dataset
 
         paths = write_dataset(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                               mask=args.mask, placement=args.placement, cue=args.cue, train_mask=args.train_mask,

@@ -2,12 +2,12 @@
 
 BG-Digits is built; a standard classifier without and with the background swap and a selective
 ISNet (Faster ISNet) with the swap are trained with the training pipeline's defaults
-(:class:`isnet.config.TrainConfig`) at the :data:`~isnet.bench.presets.DEMO` sizes; the
+(:class:`isnet.config.TrainConfig`) at the :data:`~isnet.bench.digits.presets.DEMO` sizes; the
 three-test-set table is printed, and ``OUT/report.html`` shows the accuracies, the occlusion
 check, the paired comparisons, heatmaps and training times. The ISNet is shown next to the
 standard classifier trained with the same swap, so the table does not credit the heatmap loss
-with what the swap does. It is :func:`isnet.bench.bias.run_benchmark` with a short method list
-and small sizes.
+with what the swap does. It is :func:`isnet.bench.run.run_benchmark` of BG-Digits with a short method
+list and small sizes.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .bench.bias import run_benchmark
-from .bench.presets import DEMO, OCCLUDED, TEST_SETS, BiasBenchConfig
+from .bench.digits.benchmark import BG_DIGITS
+from .bench.digits.presets import DEMO, OCCLUDED, TEST_SETS, BiasBenchConfig
 from .bench.report import comparisons
+from .bench.run import run_benchmark
 from .tables import percent, text_table
 
 __all__ = ["DEMO", "demo_config", "run_demo", "summary_table"]
@@ -51,7 +52,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
 
 def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
     """Run the demo into ``out``; print the table; return the benchmark results."""
-    results = run_benchmark(demo_config(**overrides), out)
+    results = run_benchmark(BG_DIGITS, demo_config(**overrides), out)
     print()
     print(summary_table(results))
     print()

@@ -30,6 +30,7 @@ from ..audit_stats import BACKGROUND, OTHER
 from ..background_audit import audit
 from ..checkpoints import classifier_input
 from ..tables import markdown_table, percent
+from .interface import TestSet
 from .paired import mean_std
 
 __all__ = ["AUDIT_METRICS", "AUDIT_RESAMPLES", "AUDIT_SEED", "AUDIT_SET", "audit_markdown", "audit_note", "audit_rows",
@@ -43,7 +44,7 @@ _TITLES = {"follows_background": "follows bg (%)", "flip_rate": "flips, other bg
            "background_only_accuracy": "acc bg only (%)", "follows_overall": "follow donor bg overall (%)"}
 
 
-def audit_run(model: nn.Module, config: Mapping[str, Any], test: Any) -> dict[str, Any]:
+def audit_run(model: nn.Module, config: Mapping[str, Any], test: TestSet) -> dict[str, Any]:
     """A run's ``audit`` record entry: :func:`isnet.audit` of ``model`` on ``test`` (``images``, ``masks``,
     ``labels``, already at the run's training size) through the run's classifier input; ``skipped`` (a reason)
     instead of the rates when the test set holds fewer than two classes."""

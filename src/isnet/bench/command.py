@@ -2,21 +2,25 @@
 
 ``speed`` and ``explain`` time training steps and heatmaps (:mod:`isnet.bench.speed`);
 ``bias`` and ``cxr`` train and evaluate every method on BG-Digits and BG-CXR
-(:mod:`isnet.bench.bias`, :mod:`isnet.bench.cxr`; grid modes in :mod:`isnet.bench.modes`).
+(:func:`isnet.bench.run.run_benchmark` with :mod:`isnet.bench.digits` or :mod:`isnet.bench.cxr`;
+grid modes in :mod:`isnet.bench.digits.modes`).
 The parser is built without importing PyTorch; the runners import what they need.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_parser", "run"]
 
 
-def _add_grid_options(b: argparse.ArgumentParser, dataset: str, methods_note: str = "") -> None:
-    """The options of the background-bias benchmarks (``bench bias``, ``bench cxr``)."""
-    from .presets import FULL, METHODS
+def _add_grid_options(b: argparse.ArgumentParser, dataset: str, full: Mapping[str, Any],
+                      methods_note: str = "") -> None:
+    """The options of the background-bias benchmarks (``bench bias``, ``bench cxr``); ``full``: the full preset."""
+    from .presets import METHODS
 
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--quick", action="store_true", help="fewer methods, images and epochs, one seed")
@@ -33,14 +37,14 @@ def _add_grid_options(b: argparse.ArgumentParser, dataset: str, methods_note: st
                    help="training option for every method (a TrainConfig field, JSON value), e.g. --set P=0.9; "
                         "not one a method sets itself, such as background_swap")
     b.add_argument("--jobs", type=int,
-                   help=f"training processes at a time (default {FULL['jobs']}; each gets cores / jobs torch threads)")
+                   help=f"training processes at a time (default {full['jobs']}; each gets cores / jobs torch threads)")
     b.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice with one "
                    "job, else cores / jobs)")
     b.add_argument("--progress-bar", action="store_true", default=None, help="Lightning progress bars")
 
 
 def _add_bench_bias(bench) -> None:
-    from .presets import CUES, FULL, PLACEMENTS, QUICK
+    from .digits.presets import CUES, FULL, PLACEMENTS, QUICK
 
     b = bench.add_parser(
         "bias", help="background-bias benchmark on BG-Digits: ISNets and baselines, three test sets, report",
@@ -53,7 +57,7 @@ def _add_bench_bias(bench) -> None:
                     f"{FULL['epochs']} epochs; --quick: {', '.join(QUICK['methods'])}, {QUICK['seeds']} seed, "
                     f"{QUICK['n_train']} images, {QUICK['epochs']} epochs. --sweep, --swap-dose and --mask-quality "
                     "train other grids at the same sizes. Finished runs in OUT are reused.")
-    _add_grid_options(b, "BG-Digits", "; with a grid mode, the methods of that mode")
+    _add_grid_options(b, "BG-Digits", FULL, "; with a grid mode, the methods of that mode")
     mode = b.add_mutually_exclusive_group()
     mode.add_argument("--sweep", action="store_true",
                       help="hyper-parameter sweep (RRR lambda, Grad-CAM weight, ISNet P; each without and with swap): "
@@ -78,7 +82,7 @@ def _add_bench_bias(bench) -> None:
 
 
 def _add_bench_cxr(bench) -> None:
-    from .cxr_presets import CXR_FULL, CXR_SIZES
+    from .cxr.presets import CXR_FULL, CXR_SIZES
 
     b = bench.add_parser(
         "cxr", help="background-bias benchmark on BG-CXR (chest-X-ray-like, hospital shortcuts), four test sets",
@@ -86,7 +90,7 @@ def _add_bench_cxr(bench) -> None:
                     "biased / unbiased / external (unseen hospitals) / deceiving test sets (accuracy, AUROC, abnormal-"
                     "vs-normal AUROC with DeLong interval, relevance outside the lungs and on marker and label box); "
                     f"write results.json, results.md, results.csv, figures/ and report.html. {CXR_SIZES}")
-    _add_grid_options(b, "BG-CXR")
+    _add_grid_options(b, "BG-CXR", CXR_FULL)
     b.add_argument("--arch", help=f"small_cnn, small_vit, small_convnext, a torchvision model name or timm:NAME "
                                    f"(default: {CXR_FULL['arch']}, see above)")
     b.add_argument("--image-size", type=int, help=f"side, 64 to 512 (default: {CXR_FULL['image_size']}, see above)")
@@ -95,19 +99,18 @@ def _add_bench_cxr(bench) -> None:
 
 def _run_bench_bias(args: argparse.Namespace) -> None:
     from ..errors import UserError
-    from .bias import run_benchmark
-    from .modes import run_mask_quality, run_swap_dose, run_sweep
-    from .presets import FULL, QUICK, BiasBenchConfig, bench_config
-    from .report import format_table
+    from .digits.benchmark import BG_DIGITS
+    from .digits.modes import run_mask_quality, run_swap_dose, run_sweep
+    from .run import run_benchmark
 
-    cfg = bench_config(BiasBenchConfig, QUICK if args.quick else FULL, vars(args), args.train_options)
+    cfg = BG_DIGITS.settings(args.quick, vars(args), args.train_options)
     modes = {"sweep": (run_sweep, "sweep.md"), "swap_dose": (run_swap_dose, "swap_dose.md"),
              "mask_quality": (run_mask_quality, "mask_quality.md")}
     chosen = next((m for m in modes if getattr(args, m, False)), None)
     if args.probabilities is not None and chosen != "swap_dose":
         raise UserError("--probabilities sets the swap probabilities of --swap-dose; add --swap-dose or drop it")
     if chosen is None:
-        print(format_table(run_benchmark(cfg, args.out)))
+        print(BG_DIGITS.format_table(run_benchmark(BG_DIGITS, cfg, args.out)))
         return
     runner, table = modes[chosen]
     extra = {"probabilities": args.probabilities} if args.probabilities is not None else {}
@@ -116,13 +119,11 @@ def _run_bench_bias(args: argparse.Namespace) -> None:
 
 
 def _run_bench_cxr(args: argparse.Namespace) -> None:
-    from .cxr import run_benchmark
-    from .cxr_presets import CXR_FULL, CXR_QUICK, CxrBenchConfig
-    from .cxr_report import format_table
-    from .presets import bench_config
+    from .cxr.benchmark import BG_CXR
+    from .run import run_benchmark
 
-    cfg = bench_config(CxrBenchConfig, CXR_QUICK if args.quick else CXR_FULL, vars(args), args.train_options)
-    print(format_table(run_benchmark(cfg, args.out)))
+    cfg = BG_CXR.settings(args.quick, vars(args), args.train_options)
+    print(BG_CXR.format_table(run_benchmark(BG_CXR, cfg, args.out)))
 
 
 def add_parser(sub) -> None:
@@ -156,9 +157,9 @@ def run(args: argparse.Namespace) -> None:
         except RunFailed as err:
             raise ValueError(str(err)) from None
         return
-    from . import speed
+    from .speed.benchmark import run_explain, run_speed
 
     if args.bench == "explain":
-        speed.run_explain(args.out, quick=args.quick, device=args.device, threads=args.threads, archs=args.archs)
+        run_explain(args.out, quick=args.quick, device=args.device, threads=args.threads, archs=args.archs)
     else:
-        speed.run_speed(args.out, quick=args.quick, device=args.device, threads=args.threads)
+        run_speed(args.out, quick=args.quick, device=args.device, threads=args.threads)

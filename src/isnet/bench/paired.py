@@ -19,10 +19,8 @@ from typing import Any
 
 from .presets import comparison_pairs
 
-__all__ = ["COMPARED", "comparison_sentence", "mean_std", "paired_comparisons", "paired_differences", "paired_interval"]
+__all__ = ["comparison_sentence", "mean_std", "paired_comparisons", "paired_differences", "paired_interval"]
 
-COMPARED = (("deceiving", "accuracy"), ("unbiased", "accuracy"), ("deceiving", "background_relevance"))
-"""(test set, metric) pairs compared: the accuracies that expose a shortcut, and where the relevance lies."""
 _NAMES = {"accuracy": "{test} accuracy", "background_relevance": "background relevance ({test})",
           "abnormal_auroc": "{test} abnormal AUROC"}
 
@@ -50,9 +48,9 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[
 
 
 def paired_differences(method: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
-                       compared: Sequence[tuple[str, str]] = COMPARED) -> list[dict[str, Any]]:
-    """Per compared (test set, metric): the per-seed differences of two runs' records (method minus reference),
-    their mean and 95% interval.
+                       compared: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Per ``compared`` (test set, metric) pair: the per-seed differences of two runs' records (method minus
+    reference), their mean and 95% interval.
 
     Records hold ``seed`` and ``results[test][metric]``; only seeds both ran, and values both have, are paired.
     """
@@ -72,7 +70,7 @@ def paired_differences(method: Sequence[Mapping[str, Any]], reference: Sequence[
 
 
 def paired_comparisons(records: Mapping[str, Sequence[Mapping[str, Any]]],
-                       compared: Sequence[tuple[str, str]] = COMPARED) -> list[dict[str, Any]]:
+                       compared: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """:func:`paired_differences` of every pair of :func:`~isnet.bench.presets.comparison_pairs`, with its
     ``method`` and ``reference`` named."""
     return [{"method": method, "reference": reference, **entry}

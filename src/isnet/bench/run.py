@@ -1,8 +1,9 @@
-"""The steps the BG-Digits and BG-CXR benchmarks share (:mod:`isnet.bench.bias`, :mod:`isnet.bench.cxr`).
+"""Running a background-bias benchmark: the steps every :class:`~isnet.bench.interface.Benchmark` shares.
 
-Each benchmark brings its data, test sets, ``evaluate_classifier`` and report; this module
-builds the training grid around them, measures every method's relevance with one LRP rule,
-draws the seed-0 heatmaps, and assembles and writes the results in the same order for both.
+:func:`run_benchmark` writes the benchmark's data, makes its test sets, builds the training grid
+(:mod:`isnet.bench.grid`) around its evaluation, measures every method's relevance with one LRP
+rule, draws the seed-0 heatmaps, and assembles and writes the results
+(:func:`isnet.bench.report.write_results`) in the same order for every benchmark.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,19 @@ from ..checkpoints import explainer, load_classifier
 from ..config import TrainConfig
 from ..evaluate import predict_batch
 from ..figures import heatmap_grid
+from ..locks import FolderLock
 from ..objectives import get_objective
 from ..outputs import claim
 from ..paths import check_new_files
 from .audit_columns import AUDIT_SET, audit_run, audit_summary
-from .grid import Grid, Log, clock, run_dir, threads_per_job
-from .paired import COMPARED, paired_comparisons
-from .presets import METHODS, SEG_CLASSIFY, method_order, swap_setting
-from .report import listed_train_options
+from .grid import Grid, Log, clock, console_log, run_dir, run_grid, threads_per_job
+from .interface import Benchmark, Settings, TestSet, Tests
+from .paired import paired_comparisons
+from .presets import METHODS, RELATIVE_COST, SEG_CLASSIFY, BenchSettings, method_order, swap_setting
+from .report import aggregate, listed_train_options, write_results
 from .segmenter import prepare_segmenter
 
-__all__ = ["OUTPUTS", "at_training_size", "bench_methods", "bench_results", "begin", "claim_outputs", "finish",
-           "heatmap_figure", "make_grid", "measured_lrp"]
+__all__ = ["OUTPUTS", "at_training_size", "claim_outputs", "make_grid", "measured_lrp", "run_benchmark"]
 
 OUTPUTS = ("results.json", "results.md", "results.csv", "report.html", "sweep.json", "sweep.md", "swap_dose.json",
            "swap_dose.md", "mask_quality.json", "mask_quality.md",
@@ -50,7 +52,7 @@ Evaluate = Callable[..., dict[str, Any]]
 """A benchmark's ``evaluate_classifier(model, config, test, *, raw_input=False)``."""
 
 
-def measured_lrp(cfg: Any) -> dict[str, Any]:
+def measured_lrp(cfg: BenchSettings) -> dict[str, Any]:
     """The LRP options every method's relevance is measured with: the benchmark's, not a method's own
     (``gxi+swap`` trains on gradient x input heatmaps, yet is measured like the others)."""
     defaults = TrainConfig()
@@ -63,7 +65,7 @@ def _resized(t: Tensor, size: int, *, image: bool) -> Tensor:
     return TF.resize(t.to(torch.uint8), [size, size], interpolation=InterpolationMode.NEAREST).to(t.dtype)
 
 
-def at_training_size(test: Any, image_size: int | None) -> Any:
+def at_training_size(test: Tests, image_size: int | None) -> Tests:
     """A test set (a dataclass of ``images`` (N, C, H, W), labels and other (N, c, H, W) maps such as
     masks) at the size a run's training images were resized to (``image_size``, as
     :func:`isnet.data.folder.make_transform` does): images bilinear with antialiasing, the
@@ -77,7 +79,7 @@ def at_training_size(test: Any, image_size: int | None) -> Any:
     return dataclasses.replace(test, **changes)
 
 
-def _evaluate_run(evaluate: Evaluate, tests: Mapping[str, Any], lrp: Mapping[str, Any], model: nn.Module,
+def _evaluate_run(evaluate: Evaluate, tests: Mapping[str, TestSet], lrp: Mapping[str, Any], model: nn.Module,
                   config: dict) -> dict[str, Any]:
     """A run's record entries: every test set (at the run's training image size), for masked-input
     methods also the raw images, and the background audit on the biased test set
@@ -112,64 +114,65 @@ def claim_outputs(out: Path) -> None:
     claim(out, planned, "bench")
 
 
-def make_grid(cfg: Any, runs: Path, methods: Mapping[str, Mapping[str, Any]], data: Mapping[str, Path],
-              evaluate: Evaluate, tests: Mapping[str, Any], *, test_key: Mapping[str, Any],
-              describe: Callable[[Mapping[str, Any]], str], name: str, cost: Mapping[str, float],
+def make_grid(benchmark: Benchmark[Settings, Tests], cfg: Settings, runs: Path,
+              methods: Mapping[str, Mapping[str, Any]], data: Mapping[str, Path], tests: Mapping[str, Tests], *,
+              cost: Mapping[str, float] = RELATIVE_COST,
               method_data: Mapping[str, Mapping[str, Path]] | None = None) -> Grid:
     """The grid that trains ``methods`` (name -> training options) with ``cfg``'s settings into ``runs`` and
-    evaluates each run with ``evaluate`` on ``tests``."""
+    evaluates each run with the benchmark on ``tests``."""
     return Grid(
         methods=methods, seeds=cfg.seeds, arch=cfg.arch,
         options={**cfg.train_options, **({"epochs": cfg.epochs} if cfg.epochs is not None else {})},
-        data=data, runs=runs, evaluate=functools.partial(_evaluate_run, evaluate, tests, measured_lrp(cfg)),
-        test_key=test_key, describe=describe, name=name, cost=cost, jobs=cfg.jobs, threads=cfg.threads,
-        progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
+        data=data, runs=runs,
+        evaluate=functools.partial(_evaluate_run, benchmark.evaluate_classifier, tests, measured_lrp(cfg)),
+        test_key=benchmark.test_key(cfg), describe=benchmark.describe, name=benchmark.label, cost=cost,
+        jobs=cfg.jobs, threads=cfg.threads, progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
 
 
-def begin(cfg: Any, out: str | Path, log: Log, prepare_data: Callable[[Path, Any], Mapping[str, Path]],
-          make_test_sets: Callable[[Any], dict[str, Any]], ready: str) -> tuple[Path, float, Mapping[str, Path], dict]:
+def _begin(benchmark: Benchmark[Settings, Tests], cfg: Settings, out: Path,
+           log: Log) -> tuple[float, Mapping[str, Path], dict[str, Tests]]:
     """Validate ``cfg``, check and claim ``out``'s outputs (:func:`claim_outputs`), set the torch threads, log the
-    plan, write the data to ``out/data`` and make the test sets (then log ``ready``); the folder, the start time,
-    the data roots and the tests. The caller holds ``out``'s lock (:func:`isnet.locks.holding_lock`)."""
+    plan, write the data to ``out/data`` and make the test sets; the start time, the data roots and the tests."""
     cfg.validate()
-    out = Path(out).expanduser()
     claim_outputs(out)
     if cfg.threads and cfg.jobs == 1:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     log(f"{len(cfg.methods)} method(s) x {cfg.seeds} seed(s): {', '.join(cfg.methods)}; output {out}", None)
-    data = prepare_data(out / "data", cfg)
-    tests = make_test_sets(cfg)
-    log(f"{ready} in {out / 'data'}", start)
-    return out, start, data, tests
+    data = benchmark.prepare_data(out / "data", cfg)
+    tests = benchmark.make_test_sets(cfg)
+    log(f"{benchmark.ready(cfg)} in {out / 'data'}", start)
+    return start, data, tests
 
 
-def bench_methods(cfg: Any, out: Path, data: Mapping[str, Path], tests: Mapping[str, Any], log: Log, start: float,
-                  *, components: int, in_channels: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+def _bench_methods(benchmark: Benchmark[Settings, Tests], cfg: Settings, out: Path, data: Mapping[str, Path],
+                   tests: Mapping[str, Tests], log: Log,
+                   start: float) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """The configured methods' training options in table order and, when ``seg-classify`` is among them, its
-    segmenter (:func:`isnet.bench.segmenter.prepare_segmenter`, scored on ``tests``; else None)."""
+    segmenter (:func:`isnet.bench.segmenter.prepare_segmenter`, scored on the benchmark's test sets; else None)."""
     methods = {m: dict(METHODS[m]) for m in sorted(cfg.methods, key=method_order)}
     if SEG_CLASSIFY not in methods:
         return methods, None
-    segmenter = prepare_segmenter(out, data, tests, components=components, in_channels=in_channels, log=log,
-                                  start=start)
+    components, in_channels = benchmark.segmenter_input
+    segmenter = prepare_segmenter(out, data, {t: tests[t] for t in benchmark.test_sets}, components=components,
+                                  in_channels=in_channels, log=log, start=start)
     methods[SEG_CLASSIFY]["segmenter"] = segmenter["run"]
     return methods, segmenter
 
 
-def bench_results(cfg: Any, grid: Grid, records: Mapping[str, list[dict]],
-                  aggregated: tuple[dict, dict, dict], *, compared: Sequence[tuple[str, str]] = COMPARED,
-                  **config: Any) -> dict[str, Any]:
-    """The results dict: ``aggregated`` (methods, train and step times), the paired comparisons of the
-    ``compared`` (test set, metric) pairs, the background audit per method
-    (:func:`isnet.bench.audit_columns.audit_summary`) and the configuration; ``config`` adds benchmark entries after
-    ``measured_lrp``."""
-    methods, train_time, step_time = aggregated
+def _results(benchmark: Benchmark[Settings, Tests], cfg: Settings, grid: Grid, records: Mapping[str, list[dict]],
+             tests: Mapping[str, Tests], segmenter: dict[str, Any] | None) -> dict[str, Any]:
+    """The results dict: the metrics aggregated over seeds (:func:`isnet.bench.report.aggregate`, completed by the
+    benchmark), train and step times, the paired comparisons of the benchmark's compared pairs, the background
+    audit per method (:func:`isnet.bench.audit_columns.audit_summary`) and the configuration, the benchmark's
+    entries after ``measured_lrp``."""
+    methods, train_time, step_time = aggregate(records, benchmark.metrics)
+    benchmark.complete_aggregate(methods, records)
     return {
         "methods": methods,
         "train_time_s": train_time,
         "step_time_s": step_time,
-        "paired": paired_comparisons(records, compared),
+        "paired": paired_comparisons(records, benchmark.compared),
         "audit": audit_summary(records),
         "config": {
             "bench": dataclasses.asdict(cfg),
@@ -177,7 +180,8 @@ def bench_results(cfg: Any, grid: Grid, records: Mapping[str, list[dict]],
             "method_options": dict(grid.methods),
             "background_swap": {m: swap_setting(m) for m in grid.methods},
             "measured_lrp": measured_lrp(cfg),
-            **config,
+            **benchmark.results_entries(tests),
+            "segmenter": segmenter,
             "calibration": {m: [r.get("calibration") for r in recs] for m, recs in records.items()},
             "host": f"{platform.platform()}, {platform.processor() or platform.machine()}",
             "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else threads_per_job(cfg.jobs, cfg.threads),
@@ -188,12 +192,12 @@ def bench_results(cfg: Any, grid: Grid, records: Mapping[str, list[dict]],
     }
 
 
-def heatmap_figure(cfg: Any, runs: Path, tests: Mapping[str, Any], names: Sequence[str],
-                   col_title: Callable[[str, int], str], pred_name: Callable[[int], str] = str,
-                   title_size: int | None = None) -> Figure | None:
-    """Methods x ``cfg.n_examples`` images from each test set in ``names``: the seed-0 model's LRP heatmaps of
-    the predicted class (measured with :func:`measured_lrp`), each titled with its prediction; None without
-    examples. ``col_title(test set, index)`` heads a column of images (in ``title_size`` points when given)."""
+def _heatmap_figure(benchmark: Benchmark[Settings, Tests], cfg: Settings, runs: Path,
+                    tests: Mapping[str, Tests]) -> Figure | None:
+    """Methods x ``cfg.n_examples`` images from each of the benchmark's test sets: the seed-0 model's LRP heatmaps
+    of the predicted class (measured with :func:`measured_lrp`), each titled with its prediction; None without
+    examples. Columns are headed by :meth:`~isnet.bench.interface.Benchmark.example_title`."""
+    names = benchmark.test_sets
     picks = [(name, i) for name in names for i in range(min(cfg.n_examples, cfg.n_test))]
     if not picks:
         return None
@@ -209,24 +213,34 @@ def heatmap_figure(cfg: Any, runs: Path, tests: Mapping[str, Any], names: Sequen
         images, masks = inputs[size]
         logits, maps[method] = predict_batch(model, explainer(model, config), config, images, masks)
         preds[method] = logits.argmax(1)
-    fig = heatmap_grid(images, maps, col_titles=[col_title(n, i) for n, i in picks])
+    fig = heatmap_grid(images, maps, col_titles=[benchmark.example_title(tests, n, i) for n, i in picks])
     count = len(picks)
-    if title_size is not None:
+    if benchmark.title_size is not None:
         for col in range(count):
-            fig.axes[col].title.set_fontsize(title_size)
+            fig.axes[col].title.set_fontsize(benchmark.title_size)
     for row, method in enumerate(maps, start=1):
         for col in range(count):
-            fig.axes[row * count + col].set_title(f"pred {pred_name(int(preds[method][col]))}", fontsize=7)
+            fig.axes[row * count + col].set_title(f"pred {benchmark.class_name(int(preds[method][col]))}", fontsize=7)
     return fig
 
 
-def finish(out: Path, start: float, log: Log, results: dict[str, Any], heatmaps: Callable[[], Figure | None],
-           write: Callable[[Figure | None], None]) -> dict[str, Any]:
-    """Draw the heatmaps, record the total time, write the results with ``write`` and log it; the results."""
-    log("evaluating heatmaps and writing the report", start)
-    figure = heatmaps()
-    results["config"]["total_time_s"] = time.perf_counter() - start
-    write(figure)
-    log(f"wrote {out / 'results.json'}, results.md, results.csv, figures/ and report.html "
-        f"(total {clock(time.perf_counter() - start)})", start)
-    return results
+def run_benchmark(benchmark: Benchmark[Settings, Tests], cfg: Settings, out: str | Path, *,
+                  log: Log | None = None) -> dict[str, Any]:
+    """Run ``benchmark`` with ``cfg`` into ``out``, holding its lock (:class:`isnet.locks.FolderLock`), and return
+    the results dict (also written as results.json). ``log``: progress lines (default: printed, prefixed with
+    ``bench NAME``)."""
+    with FolderLock(out, f"isnet {benchmark.label}"):
+        log = log or console_log(benchmark.label)
+        out = Path(out).expanduser()
+        start, data, tests = _begin(benchmark, cfg, out, log)
+        methods, segmenter = _bench_methods(benchmark, cfg, out, data, tests, log, start)
+        grid = make_grid(benchmark, cfg, out / "runs", methods, data, tests)
+        records = run_grid(grid, start, log)
+        results = _results(benchmark, cfg, grid, records, tests, segmenter)
+        log("evaluating heatmaps and writing the report", start)
+        heatmaps = _heatmap_figure(benchmark, cfg, out / "runs", tests)
+        results["config"]["total_time_s"] = time.perf_counter() - start
+        write_results(benchmark, out, cfg, results, heatmaps, tests)
+        log(f"wrote {out / 'results.json'}, results.md, results.csv, figures/ and report.html "
+            f"(total {clock(time.perf_counter() - start)})", start)
+        return results

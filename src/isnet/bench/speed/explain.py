@@ -3,7 +3,7 @@
 LRP-Flex heatmap time, with and without the Z^B rule on the first layer, against a plain
 gradient x input (one forward, one backward, the same selected logit) on one model per
 architecture, and zennit's attributors when zennit is installed. All contenders of one
-architecture run round-robin (:func:`~isnet.bench.timing.round_robin`); ratios are against
+architecture run round-robin (:func:`~isnet.bench.speed.timing.round_robin`); ratios are against
 gradient x input.
 """
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lrp import LRPFlex
-from ..models import build_model
+from ...lrp import LRPFlex
+from ...models import build_model
 from .timing import Progress, median, round_robin
 
 

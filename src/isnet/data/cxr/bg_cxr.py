@@ -1,10 +1,10 @@
 """BG-CXR: an offline chest-X-ray-like benchmark with real lung shapes and hospital shortcuts.
 
-Each image is a chest drawn around a real lung mask (:mod:`isnet.data.cxr_lungs`, from the
+Each image is a chest drawn around a real lung mask (:mod:`isnet.data.cxr.lungs`, from the
 installed ``torchxrayvision``): anatomy outside the lungs, parenchyma inside, and the class
-only inside the lungs (:mod:`isnet.data.cxr_anatomy`: ``consolidation``, ``ground_glass``,
+only inside the lungs (:mod:`isnet.data.cxr.anatomy`: ``consolidation``, ``ground_glass``,
 ``normal``). It is then imaged by one of eight fictional hospitals
-(:mod:`isnet.data.cxr_hospitals`), each with its own field of view, exposure, noise, text
+(:mod:`isnet.data.cxr.hospitals`), each with its own field of view, exposure, noise, text
 marker and label box. Hospitals 0-5 are *training* hospitals, two per class
 (:data:`CLASS_HOSPITALS`); hospitals 6-7 are *external* and never appear in training.
 
@@ -14,7 +14,7 @@ A classifier that reads the hospital scores well on ``biased`` data, worse on ``
 hospitals and badly on ``deceiving`` data, where every image comes from a hospital of
 another class. The masks are the lungs; the *shortcut masks* mark the marker and label-box
 pixels. Everything is a deterministic function of the seed; lung masks are split disjointly
-between train / val / test (:func:`~isnet.data.cxr_lungs.lung_pools`).
+between train / val / test (:func:`~isnet.data.cxr.lungs.lung_pools`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .layout import check_empty_output, split_plan, write_split
-from .cxr_anatomy import CLASSES, render_chest
-from .cxr_hospitals import HOSPITALS, acquire
-from .cxr_lungs import POOL_FRACTIONS, REJECT_REASONS, archive_path, lung_catalogue, lung_pools
+from ..layout import check_empty_output, split_plan, write_split
+from .anatomy import CLASSES, render_chest
+from .hospitals import HOSPITALS, acquire
+from .lungs import POOL_FRACTIONS, REJECT_REASONS, archive_path, lung_catalogue, lung_pools
 
 __all__ = [
     "BGCXR",
@@ -73,11 +73,11 @@ class BGCXR:
     labels
         int64 (N,), index into :data:`CLASSES`.
     hospitals
-        int64 (N,), index into :data:`~isnet.data.cxr_hospitals.HOSPITALS`.
+        int64 (N,), index into :data:`~isnet.data.cxr.hospitals.HOSPITALS`.
     shortcut_masks
         bool (N, H, W), pixels of the hospital's marker and label box (never a lung pixel).
     lung_ids
-        int64 (N,), index of the lung mask in :func:`~isnet.data.cxr_lungs.lung_catalogue`.
+        int64 (N,), index of the lung mask in :func:`~isnet.data.cxr.lungs.lung_catalogue`.
     """
 
     images: np.ndarray
@@ -141,7 +141,7 @@ def generate(
         Number of images; classes are balanced (``n // 3`` or one more each).
     split
         Lung-mask pool: ``"train"``, ``"val"`` or ``"test"`` (disjoint, see
-        :func:`~isnet.data.cxr_lungs.lung_pools`).
+        :func:`~isnet.data.cxr.lungs.lung_pools`).
     seed
         Non-negative seed; pools and every random draw derive from it.
     bias
@@ -265,7 +265,7 @@ def write_dataset(
     pools = lung_pools(seed)
     meta = {
         "name": "BG-CXR",
-        "generator": "isnet.data.bg_cxr.write_dataset",
+        "generator": "isnet.data.cxr.bg_cxr.write_dataset",
         "seed": seed,
         "image_size": image_size,
         "correlation": correlation,

@@ -1,20 +1,20 @@
-"""Grid modes of the background-bias benchmark: a hyper-parameter sweep, a swap dose and mask quality.
+"""Grid modes of the BG-Digits benchmark: a hyper-parameter sweep, a swap dose and mask quality.
 
 Each mode is a list of named runs (a benchmark method with some options changed) trained by the
 resumable grid (:mod:`isnet.bench.grid`) on the benchmark's data, sizes and seeds, and evaluated
-like the main grid (:mod:`isnet.bench.bias`); an interrupted mode continues where it stopped.
+like the main grid (:mod:`isnet.bench.digits.benchmark`); an interrupted mode continues where it stopped.
 
-* ``--sweep`` (:func:`run_sweep`): every value of :data:`~isnet.bench.presets.SWEEP` for each
+* ``--sweep`` (:func:`run_sweep`): every value of :data:`~isnet.bench.digits.presets.SWEEP` for each
   method, without and with the swap. The value *selected* for a method is the one with the best
   accuracy on the biased validation split (what a practitioner without unbiased data would pick,
   last epoch, mean over seeds; among equals, the value the method uses now); the *oracle* pick
   is the best on the unbiased test set, an upper bound that peeks at the test data. Writes ``sweep.json`` and ``sweep.md``.
 * ``--swap-dose`` (:func:`run_swap_dose`): each method at every swap probability of
-  :data:`~isnet.bench.presets.SWAP_PROBABILITIES`, compared seed by seed with ``standard`` at the
+  :data:`~isnet.bench.digits.presets.SWAP_PROBABILITIES`, compared seed by seed with ``standard`` at the
   same probability. Writes ``swap_dose.json``, ``swap_dose.md`` and ``figures/swap_dose.png``
   (deceiving and unbiased accuracy against the probability).
 * ``--mask-quality`` (:func:`run_mask_quality`): each method trained with degraded training
-  masks (:func:`isnet.data.bg_digits.degrade_masks`; validation and test masks stay exact),
+  masks (:func:`isnet.data.digits.mask_quality.degrade_masks`; validation and test masks stay exact),
   compared seed by seed with the same method trained with exact masks. Writes
   ``mask_quality.json`` and ``mask_quality.md``.
 
@@ -34,26 +34,26 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from ..checkpoints import write_json
-from ..config import TrainConfig
-from ..figures import save_figure
-from ..locks import holding_lock
-from ..outputs import write_text
-from ..tables import markdown_table, percent
-from .bias import BiasTestSet, bench_grid, make_test_sets, measured_lrp, prepare_data
-from .grid import Log, clock, console_log, run_grid
-from .paired import comparison_sentence, paired_differences
+from ...checkpoints import write_json
+from ...config import TrainConfig
+from ...figures import save_figure
+from ...locks import holding_lock
+from ...outputs import write_text
+from ...tables import markdown_table, percent
+from ..grid import Log, clock, console_log, run_grid
+from ..paired import comparison_sentence, mean_std, paired_differences
+from ..presets import METHODS, RELATIVE_COST, SEG_CLASSIFY, SWAP
+from ..report import aggregate, swap_label
+from ..run import claim_outputs, make_grid, measured_lrp
+from .benchmark import BG_DIGITS, BiasTestSet
 from .presets import (
-    MASK_QUALITIES, MASK_QUALITY_METHODS, METHODS, OCCLUDED, RELATIVE_COST, SEG_CLASSIFY, SWAP, SWAP_DOSE_METHODS,
-    SWAP_PROBABILITIES, SWEEP, TEST_SETS, BiasBenchConfig,
+    COMPARED, MASK_QUALITIES, MASK_QUALITY_METHODS, METRICS, OCCLUDED, SWAP_DOSE_METHODS, SWAP_PROBABILITIES, SWEEP,
+    TEST_SETS, BiasBenchConfig,
 )
-from .paired import mean_std
-from .report import aggregate, swap_label
-from .run import claim_outputs
 
 __all__ = ["run_mask_quality", "run_swap_dose", "run_sweep"]
 
-_log = console_log("bench bias")
+_log = console_log(BG_DIGITS.label)
 Runs = dict[str, dict[str, Any]]
 Records = dict[str, list[dict[str, Any]]]
 
@@ -75,10 +75,9 @@ def _setup(cfg: BiasBenchConfig, out: str | Path, used: Sequence[str], log: Log
     if cfg.threads and cfg.jobs == 1:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
-    data = prepare_data(out / "data", cfg)
-    log(f"BG-Digits ready ({cfg.n_train} train, {cfg.n_val} val, {cfg.n_test} per test set; {cfg.placement}, "
-        f"{cfg.cue} cue) in {out / 'data'}", start)
-    return out, data, make_test_sets(cfg), start
+    data = BG_DIGITS.prepare_data(out / "data", cfg)
+    log(f"{BG_DIGITS.ready(cfg)} in {out / 'data'}", start)
+    return out, data, BG_DIGITS.make_test_sets(cfg), start
 
 
 def _train(cfg: BiasBenchConfig, out: Path, folder: str, runs: Runs, data: dict[str, Path],
@@ -91,9 +90,9 @@ def _train(cfg: BiasBenchConfig, out: Path, folder: str, runs: Runs, data: dict[
     """
     cost = {name: RELATIVE_COST.get(name.partition(":")[0], 1) for name in runs}
     log(f"{len(runs)} run(s) x {cfg.seeds} seed(s) into {out / folder}", start)
-    records = run_grid(bench_grid(cfg, out / folder, runs, data, tests, cost=cost, method_data=method_data),
-                       start, log)
-    aggregated, train_time, _ = aggregate(records)
+    grid = make_grid(BG_DIGITS, cfg, out / folder, runs, data, tests, cost=cost, method_data=method_data)
+    records = run_grid(grid, start, log)
+    aggregated, train_time, _ = aggregate(records, METRICS)
     summary = {}
     for name, recs in records.items():
         sets = aggregated[name]
@@ -124,7 +123,7 @@ def _compare(records: Records, pairs: Sequence[tuple[str, str]]) -> tuple[list[d
     entries, sentences = [], []
     for method, reference in pairs:
         found = [{"method": method, "reference": reference, **e}
-                 for e in paired_differences(records[method], records[reference])]
+                 for e in paired_differences(records[method], records[reference], COMPARED)]
         if found:
             entries += found
             sentences.append(comparison_sentence(found))
@@ -273,7 +272,8 @@ def run_mask_quality(cfg: BiasBenchConfig, out: str | Path, *, methods: Sequence
     out, data, tests, start = _setup(cfg, out, chosen, log)
     if skipped:
         log("mask quality: bbox skipped, the bounding box of a box mask is the box itself", start)
-    roots = {q: data if q == "exact" else prepare_data(out / "data-masks" / q, cfg, train_mask=q) for q in kept}
+    roots = {q: data if q == "exact" else BG_DIGITS.prepare_data(out / "data-masks" / q, cfg, train_mask=q)
+             for q in kept}
     runs = {f"{m}:{q}": dict(METHODS[m]) for m in chosen for q in kept}
     method_data = {f"{m}:{q}": roots[q] for m in chosen for q in kept}
     summary, records = _train(cfg, out, "runs-mask-quality", runs, data, tests, start, log, method_data=method_data)

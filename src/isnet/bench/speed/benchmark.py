@@ -2,13 +2,13 @@
 
 Two measurements, in one process, on one device:
 
-* **explain** (:mod:`isnet.bench.speed_explain`): LRP-Flex heatmap time against a plain
+* **explain** (:mod:`isnet.bench.speed.explain`): LRP-Flex heatmap time against a plain
   gradient x input on torchvision models, and zennit's when installed;
-* **steps** (:mod:`isnet.bench.speed_steps`): the time of one training step of every ISNet
+* **steps** (:mod:`isnet.bench.speed.steps`): the time of one training step of every ISNet
   variant at several class counts K, and its peak memory.
 
-How times and memory are taken: :mod:`isnet.bench.timing`. :func:`run` gathers both into one
-report and writes it as JSON, Markdown tables and plots (:mod:`isnet.bench.speed_report`).
+How times and memory are taken: :mod:`isnet.bench.speed.timing`. :func:`run` gathers both into one
+report and writes it as JSON, Markdown tables and plots (:mod:`isnet.bench.speed.report`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from ..outputs import write_text
-from .speed_explain import ExplainSetup, bench_explain
-from .speed_report import markdown, plot_steps, targets, to_json
-from .speed_steps import StepSetup, bench_steps
+from ...outputs import write_text
+from .explain import ExplainSetup, bench_explain
+from .report import markdown, plot_steps, targets, to_json
+from .steps import StepSetup, bench_steps
 from .timing import Progress, load_average, memory_method
 
 

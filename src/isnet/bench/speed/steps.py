@@ -3,9 +3,9 @@
 One training step is forward, loss, backward, gradient clipping and an SGD step, with the
 papers' loss and batch-norm options (:data:`isnet.recipe.REFERENCE`), as in the reference
 implementation whose step times the bench is compared with. All variants of one architecture
-and class count K run round-robin (:func:`~isnet.bench.timing.round_robin`) on the same model,
+and class count K run round-robin (:func:`~isnet.bench.speed.timing.round_robin`) on the same model,
 batch and optimiser; peak memory is measured in one extra step at chosen K
-(:func:`~isnet.bench.timing.peak_memory`). Ratios are against the standard step at the same K
+(:func:`~isnet.bench.speed.timing.peak_memory`). Ratios are against the standard step at the same K
 and against the same variant at the first K.
 
 The ``original`` variant costs one relevance pass per class; a K whose estimated step time
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..loss import ISNetLoss
-from ..lrp import zb_relevance
-from ..models import build_model
-from ..recipe import REFERENCE
-from ..network import ISNet, default_supervised_layers
+from ...loss import ISNetLoss
+from ...lrp import zb_relevance
+from ...models import build_model
+from ...recipe import REFERENCE
+from ...network import ISNet, default_supervised_layers
 from .timing import Progress, median, peak_memory, round_robin
 
 ALL_VARIANTS = ("standard", "selective", "stochastic", "dual", "selective+ds", "stochastic+ds", "original",

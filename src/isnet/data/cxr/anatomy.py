@@ -1,8 +1,8 @@
 """A chest X-ray-like picture drawn around a real lung mask (BG-CXR's anatomy and findings).
 
-:func:`render_chest` places a lung mask (from :mod:`isnet.data.cxr_lungs`) in an upright
+:func:`render_chest` places a lung mask (from :mod:`isnet.data.cxr.lungs`) in an upright
 *frame*, a square of ``FRAME`` times the output side so that a later zoom out or rotation
-(:mod:`isnet.data.cxr_hospitals`) still shows body, and draws X-ray-like densities
+(:mod:`isnet.data.cxr.hospitals`) still shows body, and draws X-ray-like densities
 (bright = dense) as smooth analytic shapes:
 
 * outside the lungs: air, a body silhouette with neck and shoulders whose soft tissue is
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .cxr_lungs import resize_mask
+from .lungs import resize_mask
 
 __all__ = ["CLASSES", "FRAME", "render_chest"]
 

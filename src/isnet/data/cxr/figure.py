@@ -13,9 +13,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .bg_cxr import CLASSES, EXTERNAL_HOSPITALS, HOSPITALS, generate, hospital_class
-from .cxr_anatomy import render_chest
-from .cxr_hospitals import acquire
-from .cxr_lungs import lung_catalogue, lung_pools
+from .anatomy import render_chest
+from .hospitals import acquire
+from .lungs import lung_catalogue, lung_pools
 
 __all__ = ["classes_figure", "examples_figure"]
 
@@ -48,7 +48,7 @@ def examples_figure(seed: int = 0, image_size: int = 128, per_row: int = 8) -> F
     Parameters
     ----------
     seed, image_size
-        Passed to :func:`isnet.data.bg_cxr.generate`.
+        Passed to :func:`isnet.data.cxr.bg_cxr.generate`.
     per_row
         Images per row (at least the number of hospitals, 8).
 
@@ -102,7 +102,7 @@ def classes_figure(seed: int = 0, image_size: int = 224, hospital: int = 0) -> F
     seed, image_size
         Chest and lung mask (first test-pool mask) choice, and output side.
     hospital
-        Index into :data:`~isnet.data.cxr_hospitals.HOSPITALS` used to image the chest.
+        Index into :data:`~isnet.data.cxr.hospitals.HOSPITALS` used to image the chest.
 
     Returns
     -------

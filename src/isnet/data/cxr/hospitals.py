@@ -4,7 +4,7 @@ In mixed-source chest X-ray data the hospital an image comes from is visible eve
 outside the lungs and often predicts the label (sicker patients go to some sites, portable
 machines are used in some wards). Each :class:`Hospital` fixes:
 
-* acquisition: field of view (zoom and shift of the frame from :mod:`isnet.data.cxr_anatomy`),
+* acquisition: field of view (zoom and shift of the frame from :mod:`isnet.data.cxr.anatomy`),
   sharpness (blur), exposure (an intensity window and gamma) and detector noise;
 * overlays burned into the pixels: a text marker (``"L"``, ``"PORTABLE"``, ...) at its own
   place, and a label box (dark or light) holding the hospital's name and a patient number.
@@ -93,7 +93,7 @@ HOSPITALS: tuple[Hospital, ...] = (
     Hospital("OAKWOOD", "R", (0.93, 0.90), 0.09, (0.02, 0.03), (0.07, 0.30), False,
              (0.02, 0.94), 0.85, 0.010, 0.6, 1.05, (0.01, 0.0)),
 )  # fmt: skip
-"""The eight hospitals; :mod:`isnet.data.bg_cxr` assigns 0-5 to classes and keeps 6-7 external."""
+"""The eight hospitals; :mod:`isnet.data.cxr.bg_cxr` assigns 0-5 to classes and keeps 6-7 external."""
 
 _ROTATION = 4.0  # degrees, per image (patient positioning)
 _INK_LIGHT, _INK_DARK = 0.97, 0.03
@@ -161,7 +161,7 @@ def acquire(
     rng
         Draws the rotation, small per-image jitter of the style, noise and patient number.
     frame, lungs
-        float32 picture and bool lung mask from :func:`isnet.data.cxr_anatomy.render_chest`.
+        float32 picture and bool lung mask from :func:`isnet.data.cxr.anatomy.render_chest`.
     hospital
         The style to apply.
     size

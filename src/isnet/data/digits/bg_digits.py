@@ -12,7 +12,7 @@ cue with no single place to look at.
 Digits for train / val / test come from disjoint, stratified pools of ``load_digits``
 (:func:`digit_pools`); within a pool digits are drawn with replacement, each draw with a
 fresh position and background. Everything is a deterministic function of the seed.
-Training masks can be degraded on purpose (:func:`degrade_masks`) to study what imperfect
+Training masks can be degraded on purpose (:mod:`isnet.data.digits.mask_quality`) to study what imperfect
 masks cost.
 """
 
@@ -26,21 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .layout import check_empty_output, split_plan, write_split
-from .bg_digits_parts import CANVAS, MASK_DEGRADATIONS, TEXTURES, TINTS, backgrounds, degrade_masks
+from ..layout import check_empty_output, split_plan, write_split
+from .backgrounds import CANVAS, TEXTURES, TINTS, backgrounds
+from .mask_quality import degrade_masks
 
 __all__ = [
     "BGDigits",
     "BIASES",
-    "CANVAS",
     "CUES",
-    "MASK_DEGRADATIONS",
     "PATCH_POSITIONS",
     "PATCH_SIZE",
     "PLACEMENTS",
-    "TEXTURES",
-    "TINTS",
-    "degrade_masks",
     "digit_pools",
     "generate",
     "to_tensors",
@@ -331,7 +327,7 @@ def write_dataset(
 
     meta = {
         "name": "BG-Digits",
-        "generator": "isnet.data.bg_digits.write_dataset",
+        "generator": "isnet.data.digits.bg_digits.write_dataset",
         "seed": seed,
         "image_size": image_size,
         "mask": mask,

@@ -1,10 +1,10 @@
 """What the BG-CXR benchmark runs: its test sets, metrics, sizes and presets.
 
-The methods are those of the BG-Digits benchmark (:data:`~isnet.bench.presets.METHODS`,
-same names, same training options), trained on BG-CXR (:mod:`isnet.data.bg_cxr`) and
-evaluated on its four test sets (:mod:`isnet.bench.cxr`). Like :mod:`isnet.bench.presets`,
-this module holds data only and imports no third-party package, so the command line builds
-its help from it without loading PyTorch.
+The methods are the shared ones (:data:`~isnet.bench.presets.METHODS`, those of the BG-Digits
+benchmark), trained on BG-CXR (:mod:`isnet.data.cxr.bg_cxr`) and evaluated on its four test
+sets (:mod:`isnet.bench.cxr.benchmark`). Like :mod:`isnet.bench.presets`, this module holds
+data only and imports no third-party package, so the command line builds its help from it
+without loading PyTorch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .presets import METHODS, BiasBenchConfig
+from ..presets import METHODS, check_settings
 
 __all__ = [
     "ABNORMAL_CI", "CXR_COMPARED", "CXR_FULL", "CXR_METRICS", "CXR_QUICK", "CXR_SIZES", "CXR_TEST_SETS",
@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 CXR_TEST_SETS = ("biased", "unbiased", "external", "deceiving")
-"""BG-CXR test sets (:data:`isnet.data.bg_cxr.BIASES`): the same test patients imaged at the
+"""BG-CXR test sets (:data:`isnet.data.cxr.bg_cxr.BIASES`): the same test patients imaged at the
 class's own hospitals as in training, at the training hospitals independently of the class, at
 two hospitals never seen in training, and at another class's hospitals."""
 CXR_METRICS = ("accuracy", "auroc", "abnormal_auroc", "background_relevance", "shortcut_relevance")
@@ -44,7 +44,7 @@ class CxrBenchConfig:
     share of each class imaged at the class's own hospitals in training, validation and the
     biased test set. ``image_size``: the side of the generated images (64 to 512); the
     classifiers see them at that size, grayscale replicated to three channels. ``jobs``,
-    ``threads`` and ``train_options`` as in :class:`~isnet.bench.presets.BiasBenchConfig`.
+    ``threads`` and ``train_options`` as in :class:`~isnet.bench.presets.BenchSettings`.
     """
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -65,11 +65,9 @@ class CxrBenchConfig:
     title: str = "BG-CXR background-bias benchmark"
 
     def validate(self) -> None:
-        """Raise ValueError on what BG-Digits' benchmark refuses (methods, sizes, reserved options),
-        an image size outside 64-512 or a correlation outside [0, 1]."""
-        BiasBenchConfig(methods=list(self.methods), seeds=self.seeds, n_train=self.n_train, n_val=self.n_val,
-                        n_test=self.n_test, epochs=self.epochs, train_options=dict(self.train_options),
-                        jobs=self.jobs, threads=self.threads).validate()
+        """Raise ValueError on what every benchmark refuses (:func:`isnet.bench.presets.check_settings`:
+        methods, sizes, reserved options), an image size outside 64-512 or a correlation outside [0, 1]."""
+        check_settings(self)
         if not 64 <= self.image_size <= 512:
             raise ValueError(f"image_size must be between 64 and 512, got {self.image_size}")
         if not 0.0 <= self.correlation <= 1.0:

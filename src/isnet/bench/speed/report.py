@@ -1,6 +1,6 @@
 """Targets, Markdown tables, plots and JSON of a speed benchmark report.
 
-Everything here reads the report dictionary that :func:`isnet.bench.speed.run` builds
+Everything here reads the report dictionary that :func:`isnet.bench.speed.benchmark.run` builds
 (``meta``, ``setup``, ``explain``, ``steps``, ``targets``) and measures nothing. JSON has no
 NaN or infinity: :func:`to_json` writes non-finite numbers as ``null``.
 """
@@ -164,7 +164,7 @@ def markdown(report: dict) -> str:
 
 def plot_steps(res: dict, path: Path) -> Path | None:
     """Step time vs K (log-log), one line per variant; extrapolated points dashed."""
-    from .. import figures
+    from ... import figures
 
     ks = res["classes"]
     series: dict[str, list[float | None]] = {}

@@ -1,8 +1,8 @@
 """The BG-CXR benchmark's outputs: tables, verdicts, figures and the HTML report.
 
-The results dict has the shape of BG-Digits' (:mod:`isnet.bench.report`, whose aggregation,
-CSV and paired comparisons it reuses): ``methods -> test set -> metric`` (mean over seeds and
-sample standard deviation), with :data:`~isnet.bench.cxr_presets.CXR_METRICS` on the four
+The results dict has the shape of every benchmark's (:mod:`isnet.bench.report`, which writes
+the files): ``methods -> test set -> metric`` (mean over seeds and
+sample standard deviation), with :data:`~isnet.bench.cxr.presets.CXR_METRICS` on the four
 test sets. ``results.md`` holds one table per metric; ``report.html`` adds pictures of the data
 (every hospital and test set), of what the background swap does to a chest X-ray, and heatmaps.
 """
@@ -10,7 +10,6 @@ test sets. ``results.md`` holds one table per metric; ``report.html`` adds pictu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,19 +17,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..checkpoints import write_json
-from ..data.augment import swap_backgrounds
-from ..data.cxr_figure import examples_figure
-from ..figures import accuracy_bars, bar_plot
-from ..outputs import write_text
-from ..report_html import write_html_report
-from ..tables import markdown_table, percent
-from .audit_columns import audit_markdown, audit_section
-from .cxr_presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
-from .presets import RAW_INPUT
-from .report import PAIRED_NOTE, comparisons, numbers_section, report_start, segmenter_note, swap_label, write_csv
+from ...data.augment import swap_backgrounds
+from ...data.cxr.figure import examples_figure
+from ...figures import accuracy_bars, bar_plot
+from ...tables import markdown_table, percent
+from ..audit_columns import audit_markdown
+from ..interface import Section
+from ..presets import RAW_INPUT
+from ..report import PAIRED_NOTE, comparisons, segmenter_note, swap_label
+from .presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
 
-__all__ = ["findings", "format_table", "metric_rows", "results_markdown", "swap_figure", "write_results"]
+__all__ = ["figures", "findings", "format_table", "metric_rows", "result_sections", "results_markdown", "setup",
+           "swap_figure"]
 
 _HEADINGS = {
     "accuracy": "Accuracy (%)",
@@ -148,7 +146,8 @@ _AUROC = (
 )
 
 
-def _setup(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
+def setup(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
+    """The report's setup paragraph."""
     c = results["config"]
     lrp = ", ".join(f"{k} = {v}" for k, v in c.get("measured_lrp", {}).items())
     return (
@@ -168,7 +167,10 @@ def _setup(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
     )
 
 
-def _figures(results: Mapping[str, Any], heatmaps: Figure | None) -> dict[str, Figure]:
+def figures(cfg: CxrBenchConfig, results: Mapping[str, Any], heatmaps: Figure | None,
+            swap_sample: tuple[Tensor, Tensor]) -> dict[str, Figure]:
+    """The accuracy, relevance and training time plots, the heatmaps when drawn, pictures of the data and of the
+    background swap on ``swap_sample`` (test images and lung masks)."""
     methods = results["methods"]
     acc = {m: {t: s[t]["accuracy"] for t in CXR_TEST_SETS} for m, s in methods.items()}
     err = {m: {t: s[t]["accuracy_std"] or 0.0 for t in CXR_TEST_SETS} for m, s in methods.items()}
@@ -186,13 +188,14 @@ def _figures(results: Mapping[str, Any], heatmaps: Figure | None) -> dict[str, F
     }
     if heatmaps is not None:
         figures["heatmaps"] = heatmaps
+    figures["examples"] = examples_figure(seed=cfg.data_seed, image_size=cfg.image_size)
+    figures["swap"] = swap_figure(*swap_sample, seed=cfg.data_seed)
     return figures
 
 
-def _write_report(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], figures: Mapping[str, Figure]) -> Path:
-    setup, timing = report_start(out, _setup(cfg, results), results, figures)
-    sections = [
-        setup,
+def result_sections(cfg: CxrBenchConfig, results: Mapping[str, Any], figures: Mapping[str, Figure]) -> list[Section]:
+    """The data, the swap, then accuracy, AUROC and relevance tables."""
+    return [
         ("The data", ["Top: one test chest imaged at each hospital (the class a training hospital goes with, or "
                       "external), then its lung mask (cyan) and shortcut mask (red); below, test images from the "
                       "biased, external and deceiving sets (class / hospital).", figures["examples"]]),
@@ -203,16 +206,7 @@ def _write_report(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], fi
         ("Relevance", [_HEADINGS["background_relevance"] + ":", metric_rows(results, "background_relevance"),
                        _HEADINGS["shortcut_relevance"] + ":", metric_rows(results, "shortcut_relevance"),
                        figures["background_relevance"], figures["shortcut_relevance"]]),
-        audit_section(results),
-        numbers_section(findings(results), results),
     ]
-    if "heatmaps" in figures:
-        sections.append(("Heatmaps", [
-            "LRP-Flex heatmaps of the predicted class (seed-0 model of each method; red positive, blue negative), "
-            f"{cfg.n_examples} example(s) from each test set (test set, class, hospital). Masked-input methods "
-            "are explained on their masked input.", figures["heatmaps"]]))
-    sections.append(("Training time", [figures["train_time"], timing]))
-    return write_html_report(out / "report.html", cfg.title, sections)
 
 
 def results_markdown(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
@@ -228,18 +222,3 @@ def results_markdown(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
     if paired:
         parts.append(PAIRED_NOTE + "\n\n" + "\n".join(f"* {line}" for line in paired) + "\n")
     return "\n".join(parts)
-
-
-def write_results(out: Path, cfg: CxrBenchConfig, results: Mapping[str, Any], heatmaps: Figure | None, *,
-                  swap_sample: tuple[Tensor, Tensor]) -> None:
-    """Write results.json, results.md, results.csv, figures/*.png and report.html into ``out``.
-
-    ``swap_sample``: test images and lung masks shown before and after the background swap.
-    """
-    write_json(out / "results.json", results)
-    write_text(out / "results.md", results_markdown(cfg, results))
-    write_csv(results, out / "results.csv", CXR_METRICS)
-    figures = _figures(results, heatmaps)
-    figures["examples"] = examples_figure(seed=cfg.data_seed, image_size=cfg.image_size)
-    figures["swap"] = swap_figure(*swap_sample, seed=cfg.data_seed)
-    _write_report(out, cfg, results, figures)
