@@ -38,8 +38,9 @@ def texts_outside(fig: Figure) -> list[str]:
     def inside(box) -> bool:
         return box is None or (frame.contains(*box.p0) and frame.contains(*box.p1))
 
-    axes = [(name, axis) for ax in fig.axes for name, axis in (("x ticks", ax.xaxis), ("y ticks", ax.yaxis))]
-    tick_labels = {id(label) for _, axis in axes for label in axis.get_ticklabels(which="both")}
+    every = [(ax, name, axis) for ax in fig.findobj(Axes) for name, axis in (("x ticks", ax.xaxis), ("y ticks", ax.yaxis))]
+    tick_labels = {id(label) for _, _, axis in every for label in axis.get_ticklabels(which="both")}
+    axes = [(name, axis) for ax, name, axis in every if ax.axison and axis.get_visible()]
     texts = [text for text in fig.findobj(Text)
              if text.get_visible() and text.get_text().strip() and id(text) not in tick_labels]
     return ([text.get_text() for text in texts if not inside(text.get_window_extent(renderer))]
