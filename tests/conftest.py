@@ -1,5 +1,5 @@
-"""Shared fixtures: the reference tensors and the small networks they were computed with; :func:`require`, the
-import of a test dependency; :func:`digest`, checksums of a user's files."""
+"""Shared fixtures: no downloads (``ISNET_OFFLINE``); the reference tensors and the small networks they were
+computed with; :func:`require`, the import of a test dependency; :func:`digest`, checksums of a user's files."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def nest(flat: dict) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return out
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test downloads pretrained weights: a test of the download serves a local file and unsets this."""
+    monkeypatch.setenv("ISNET_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

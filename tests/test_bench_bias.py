@@ -64,8 +64,32 @@ def tiny_bench(tmp_path_factory):
     return out, argv
 
 
+def checking_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Every figure a benchmark report saves (``figures/NAME.png``), by file name: its texts cut off at its edges."""
+    from isnet.bench import report
+    from test_figures import texts_outside
+
+    save, seen = report.save_figure, {}
+
+    def checked(fig, path, **kwargs):
+        seen[pathlib.Path(path).name] = texts_outside(fig)
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(report, "save_figure", checked)
+    return seen
+
+
+def check_readable_report(report: str, figures: dict[str, list[str]], names: set[str]) -> None:
+    """The report as a browser shows it: no text past the figures' edges, no line past the page's right edge."""
+    from test_figures import long_pre_lines
+
+    assert set(figures) >= {f"{name}.png" for name in names} and not any(figures.values()), figures
+    assert long_pre_lines(report) == []
+    assert "<li>standard: " in report and "<li>lr = " in report  # the verdicts and the options, as lists
+
+
 @pytest.mark.e2e
-def test_bench_bias_writes_results_report_and_figures(tiny_bench, capsys):
+def test_bench_bias_writes_results_report_and_figures(tiny_bench, capsys, monkeypatch):
     out, argv = tiny_bench
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"methods", "train_time_s", "config"}
@@ -119,7 +143,10 @@ def test_bench_bias_writes_results_report_and_figures(tiny_bench, capsys):
         assert "| standard |  |  |  |  |  |" in table and "Empty cells (standard)" in table
     finally:
         stored.write_text(kept)
+    figures = checking_figures(monkeypatch)
     assert main(argv) == 0  # the results again with every run audited
+    check_readable_report((out / "report.html").read_text(), figures,
+                          {"accuracy", "background_relevance", "train_time", "heatmaps"})
     del old["audit"]  # results written before the audit existed
     assert "| standard |  |  |  |  |  |" in results_markdown(BiasBenchConfig(), old)
 

@@ -15,7 +15,7 @@ from isnet.bench.digits.presets import BiasBenchConfig
 from isnet.bench.presets import METHODS, bench_config
 from isnet.bench.cxr.report import results_markdown
 from isnet.cli import main
-from test_bench_bias import check_audit_columns
+from test_bench_bias import check_audit_columns, check_readable_report, checking_figures
 
 TINY = ["--seeds", "1", "--n-train", "60", "--n-val", "12", "--n-test", "12", "--epochs", "1", "--image-size", "64",
         "--arch", "small_cnn", "--examples", "1", "--jobs", "1", "--threads", "1"]
@@ -149,9 +149,12 @@ def test_test_sets_in_memory_are_the_files_on_disk(tiny_bench):
 def test_a_second_call_reuses_the_stored_runs_and_other_data_settings_are_refused(tiny_bench, capsys, monkeypatch):
     out, argv = tiny_bench
     capsys.readouterr()
+    figures = checking_figures(monkeypatch)
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count("reused stored run") == 3 and "training the seg-classify segmenter" not in printed
+    check_readable_report((out / "report.html").read_text(), figures,
+                          {"accuracy", "background_relevance", "shortcut_relevance", "train_time", "examples", "swap"})
     monkeypatch.chdir(out.parent)  # the same folder written relatively: the same runs
     relative = [a if a != str(out) else out.name for a in argv]
     assert main(relative) == 0 and capsys.readouterr().out.count("reused stored run") == 3

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from isnet.report_html import write_html_report
 from isnet.figures import (
@@ -23,6 +27,31 @@ from isnet.figures import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def texts_outside(fig: Figure) -> list[str]:
+    """The texts of ``fig``, laid out as saved, that reach past its edges (cut off in the PNG): titles, labels,
+    legends and bar labels by their text, tick labels (only the drawn ones) as ``"x ticks"`` / ``"y ticks"``."""
+    fig.canvas.draw()
+    renderer, frame = fig.canvas.get_renderer(), fig.bbox.padded(0.5)
+
+    def inside(box) -> bool:
+        return box is None or (frame.contains(*box.p0) and frame.contains(*box.p1))
+
+    every = [(ax, name, axis) for ax in fig.findobj(Axes) for name, axis in (("x ticks", ax.xaxis), ("y ticks", ax.yaxis))]
+    tick_labels = {id(label) for _, _, axis in every for label in axis.get_ticklabels(which="both")}
+    axes = [(name, axis) for ax, name, axis in every if ax.axison and axis.get_visible()]
+    texts = [text for text in fig.findobj(Text)
+             if text.get_visible() and text.get_text().strip() and id(text) not in tick_labels]
+    return ([text.get_text() for text in texts if not inside(text.get_window_extent(renderer))]
+            + [name for name, axis in axes if not inside(axis.get_tightbbox(renderer))])
+
+
+def long_pre_lines(page: str, limit: int = 100) -> list[str]:
+    """Lines of preformatted blocks (``<pre>``) of an HTML page longer than ``limit`` characters: a browser shows
+    them running off the right edge."""
+    blocks = re.findall(r"<pre\b[^>]*>(.*?)</pre>", page, flags=re.S | re.I)
+    return [line for block in blocks for line in html.unescape(block).splitlines() if len(line) > limit]
 
 
 def test_plot_heatmap_sums_channels_with_symmetric_norm() -> None:
@@ -128,15 +157,65 @@ def test_bar_plot_and_save_figure(tmp_path: Path) -> None:
     assert save_figure(fig, tmp_path / "time.svg").read_text().lstrip().startswith("<?xml")
 
 
+REPORT_TITLES = ("Share of |relevance| outside the mask (biased test set)",
+                 "Training time per method (fit, incl. calibration and validation)",
+                 "Share of |relevance| on the marker and label box (biased test set)")
+
+
+@pytest.mark.parametrize("title", REPORT_TITLES)
+def test_long_titles_are_wrapped_inside_the_figure(title: str) -> None:
+    for n in (1, 4):
+        methods = [f"method {i}" for i in range(n)]
+        figures = [bar_plot({m: 10.0 * (i + 1) for i, m in enumerate(methods)}, ylabel="seconds", title=title),
+                   accuracy_bars({m: {"biased": 0.9, "unbiased": 0.5, "deceiving": 0.1} for m in methods},
+                                 title=title),
+                   line_plot(range(n), {"a": [1.0] * n}, xlabel="x", ylabel="y", title=title)]
+        for fig in figures:
+            assert texts_outside(fig) == [], (n, fig.axes[0].get_title())
+            assert " ".join(fig.axes[0].get_title().split()) == title  # wrapped, every word kept
+    wide = bar_plot({f"m{i}": 1.0 for i in range(12)}, ylabel="s", title=REPORT_TITLES[1])
+    assert wide.axes[0].get_title() == REPORT_TITLES[1]  # one line where it fits
+
+
+def test_crowded_method_names_are_slanted_apart() -> None:
+    names = ["standard", "standard+swap", "selective+swap", "stochastic+ds+swap", "masked", "masked@unmasked"]
+    for n in (2, 4, 6):
+        for fig in (bar_plot(dict.fromkeys(names[:n], 1.0), ylabel="s"),
+                    accuracy_bars({m: {"biased": 0.5} for m in names[:n]})):
+            ax = fig.axes[0]
+            fig.canvas.draw()
+            labels = ax.get_xticklabels()
+            boxes = [label.get_window_extent() for label in labels]
+            ticks = ax.transData.transform([(x, 0.0) for x in ax.get_xticks()])[:, 0]
+            if labels[0].get_rotation() == 0:  # upright: side by side
+                assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:])), (n, names[:n])
+            else:  # slanted by 30 degrees: parallel lines whose distance is the tick spacing times sin(30)
+                assert labels[0].get_rotation() == 30 and n >= 4
+                height = max(label.get_fontsize() for label in labels) * fig.dpi / 72
+                assert min(np.diff(ticks)) * 0.5 > height
+            assert texts_outside(fig) == [], n
+    assert bar_plot({"a": 1.0, "b": 2.0}, ylabel="s").axes[0].get_xticklabels()[0].get_rotation() == 0
+
+
+def test_texts_outside_finds_a_cut_off_title() -> None:
+    fig = Figure(figsize=(3, 2), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.add_subplot().set_title(REPORT_TITLES[1])
+    assert texts_outside(fig) == [REPORT_TITLES[1]]
+    assert long_pre_lines("<pre>short\n" + "x" * 101 + "</pre><p>" + "y" * 300 + "</p>") == ["x" * 101]
+
+
 def test_write_html_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     figure = bar_plot({"a": 1.0}, ylabel="y")
-    table_text = "| model | acc |\n|---|---|\n| <b>x</b> | 0.9 |"
+    long_line = "a sentence that a browser must wrap " * 10
     path = write_html_report(
         tmp_path / "out" / "report.html",
         "Report <1>",
         [
             ("Figures", [figure, "A note with <script>alert(1)</script> inside."]),
-            ("Tables", [table_text, [{"model": "std", "acc": 0.91234567}, {"model": "<i>", "extra": None}], []]),
+            ("Text", ["Two lines\nof one paragraph.\n\nA second <b>one</b>.", ["item <1>", long_line],
+                      ["lr = 0.001", "epochs = 3"]]),
+            ("Tables", [[{"model": "std", "acc": 0.91234567}, {"model": "<i>", "extra": None}], []]),
         ],
     )
     assert path.is_file() and list(path.parent.iterdir()) == [path]
@@ -145,7 +224,10 @@ def test_write_html_report_is_self_contained_and_escaped(tmp_path: Path) -> None
     assert 'src="http' not in text and "href=" not in text
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<title>Report &lt;1&gt;</title>" in text
-    assert "<pre>| model | acc |" in text and "&lt;b&gt;x&lt;/b&gt;" in text
+    assert "<p>Two lines of one paragraph.</p>\n<p>A second &lt;b&gt;one&lt;/b&gt;.</p>" in text
+    assert f"<ul>\n<li>item &lt;1&gt;</li>\n<li>{long_line}</li>\n</ul>" in text
+    assert '<ul class="short">\n<li>lr = 0.001</li>\n<li>epochs = 3</li>\n</ul>' in text  # set in columns
+    assert "<pre" not in text and "(no rows)" in text
     assert "<th>model</th><th>acc</th><th>extra</th>" in text
     assert "<td>0.9123</td>" in text and "<td>&lt;i&gt;</td>" in text
     with pytest.raises(TypeError):

@@ -1,9 +1,10 @@
-"""Pretrained backbones: torchvision weights names read from the local torch hub cache (never downloaded),
-a new head for the data's classes, the ImageNet normalisation folded into the first convolution, and
-one-channel inputs."""
+"""Pretrained backbones: torchvision weights names read from the torch hub cache or downloaded into it
+(served from a local file: the tests use no network), a new head for the data's classes, the ImageNet
+normalisation folded into the first convolution, and one-channel inputs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image
 from conftest import require
 from isnet.cli import main
 from isnet.errors import UserError, UserFileNotFoundError
-from isnet.models import IMAGENET_MEAN, IMAGENET_STD, build_model, hub_checkpoints
+from isnet.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from isnet.pretrained import hub_checkpoints
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # the file name in ResNet18_Weights.IMAGENET1K_V1's URL
 
@@ -54,7 +56,8 @@ def test_weights_names_read_the_hub_cache_and_a_new_head_fits_the_classes(hub):
         build_model("small_cnn", 3, weights="DEFAULT")
 
 
-def test_a_missing_weights_file_names_the_file_and_where_to_place_it(tmp_path, monkeypatch):
+def test_a_missing_weights_file_offline_names_the_file_and_where_to_place_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISNET_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     expected = tmp_path / "empty" / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
     with pytest.raises(UserFileNotFoundError) as info:
@@ -63,6 +66,76 @@ def test_a_missing_weights_file_names_the_file_and_where_to_place_it(tmp_path, m
     assert str(expected) in message and "densenet121-a639ec97.pth" in message
     assert "download.pytorch.org/models/densenet121-a639ec97.pth" in message and "downloads nothing" in message
     assert not expected.parent.exists()  # nothing was fetched or created
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """Online, with an empty torch hub cache; ``serve(state, name)`` points squeezenet1_1's DEFAULT weights at a
+    file:// URL of ``state`` saved as ``name`` (``{hash}`` in it: the first 8 hex digits of the file's SHA-256)."""
+    from torchvision.models import SqueezeNet1_1_Weights
+
+    monkeypatch.delenv("ISNET_OFFLINE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    server = tmp_path / "server"
+    server.mkdir()
+
+    def serve(state: dict, name: str = "squeezenet1_1-{hash}.pth"):
+        torch.save(state, server / "upload")
+        sha = hashlib.sha256((server / "upload").read_bytes()).hexdigest()
+        path = (server / "upload").rename(server / name.format(hash=sha[:8]))
+        monkeypatch.setattr(SqueezeNet1_1_Weights.DEFAULT.value, "url", path.as_uri())
+        return path
+
+    return serve
+
+
+def _squeezenet_state(seed: int) -> dict:
+    torch.manual_seed(seed)
+    return torchvision.models.squeezenet1_1(weights=None).state_dict()
+
+
+def test_a_missing_weights_file_is_downloaded_into_the_hub_cache_then_read_from_it(served):
+    state = _squeezenet_state(1)
+    source = served(state)
+    model = build_model("squeezenet1_1", 1000, weights="DEFAULT")
+    assert _differing(model, state) == set()
+    cached = hub_checkpoints() / source.name
+    assert cached.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in cached.parent.iterdir()) == [source.name]  # no partial download left
+    source.unlink()  # the server is gone: the cache answers
+    assert _differing(build_model("squeezenet1_1", 1000, weights="IMAGENET1K_V1"), state) == set()
+
+
+def test_a_cached_file_is_read_without_a_download(served):
+    cached_state = _squeezenet_state(2)
+    source = served(_squeezenet_state(3))
+    hub_checkpoints().mkdir(parents=True)
+    torch.save(cached_state, hub_checkpoints() / source.name)
+    assert _differing(build_model("squeezenet1_1", 1000, weights="DEFAULT"), cached_state) == set()
+
+
+def test_failed_downloads_name_the_file_the_cache_path_and_the_url(served, monkeypatch):
+    from torchvision.models import SqueezeNet1_1_Weights
+
+    state = _squeezenet_state(4)
+    cases = {"a wrong hash": served(state, "squeezenet1_1-0badc0de.pth"),
+             "an unreachable URL": served(state).with_name("squeezenet1_1-12345678.pth")}
+    for case, source in cases.items():
+        monkeypatch.setattr(SqueezeNet1_1_Weights.DEFAULT.value, "url", source.as_uri())
+        with pytest.raises(UserFileNotFoundError) as info:
+            build_model("squeezenet1_1", 1000, weights="DEFAULT")
+        message, cached = str(info.value), hub_checkpoints() / source.name
+        assert source.name in message and str(cached) in message and source.as_uri() in message, case
+        assert "--weights FILE" in message and "Traceback" not in message, case
+        assert ("hash" in message) == (case == "a wrong hash"), case
+        assert not cached.exists() and not list(hub_checkpoints().glob("*.partial")), case
+    monkeypatch.setenv("ISNET_OFFLINE", "1")  # offline, a reachable file is not fetched either
+    source = served(state)
+    with pytest.raises(UserFileNotFoundError, match="ISNET_OFFLINE"):
+        build_model("squeezenet1_1", 1000, weights="DEFAULT")
+    assert not (hub_checkpoints() / source.name).exists()
+    monkeypatch.setenv("ISNET_OFFLINE", "0")  # 0 switches it off
+    assert _differing(build_model("squeezenet1_1", 1000, weights="DEFAULT"), state) == set()
 
 
 def test_imagenet_normalisation_is_folded_into_the_first_convolution(hub):

@@ -29,7 +29,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", metavar="NAME|FILE",
                      help="state dict (.pt) of --arch, or a torchvision weights name (DEFAULT, IMAGENET1K_V1) read "
-                          "from the torch hub cache ($TORCH_HOME/hub/checkpoints; never downloaded)")
+                          "from the torch hub cache ($TORCH_HOME/hub/checkpoints), downloaded into it when missing "
+                          "(ISNET_OFFLINE=1: never)")
     src.add_argument("--checkpoint", type=Path, help="a run folder or checkpoint written by `isnet train`")
     p.add_argument("--arch", help="small_cnn, small_vit, small_convnext, a torchvision model name or timm:NAME (not "
                                   "needed with --checkpoint)")

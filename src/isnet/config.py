@@ -103,8 +103,8 @@ class TrainConfig:
                                     "name or timm:NAME", "model")
     weights: str | None = option(
         None, "start from pretrained weights: a torchvision weights name (DEFAULT, IMAGENET1K_V1), read from the "
-              "torch hub cache ($TORCH_HOME/hub/checkpoints, never downloaded), or a state-dict file; the last "
-              "linear layer is replaced when the class count differs", "model", metavar="NAME|FILE")
+              "torch hub cache ($TORCH_HOME/hub/checkpoints), downloaded into it when missing (ISNET_OFFLINE=1: "
+              "never), or a state-dict file; the last linear layer is replaced when the class count differs", "model", metavar="NAME|FILE")
     normalize: str = option("auto", "input normalisation the weights expect, folded into the first convolution "
                                     "(the model still takes pixels in [0, 1]); auto: imagenet for a torchvision "
                                     "weights name, else none", "model", choices=("auto", "none", "imagenet"))

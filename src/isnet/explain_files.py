@@ -34,7 +34,8 @@ from .data.imageio import IMAGE_EXTENSIONS, READ_ERRORS, probe_size, read_image
 from .explain_memory import check_lrp_memory
 from .errors import IsnetWarning, OutputExistsError, UserError, UserFileNotFoundError
 from .lrp import Bounds, LRPFlex
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, is_weights_name, resolve_normalize, weights_categories
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, resolve_normalize
+from .pretrained import is_weights_name, weights_categories
 from .locks import FolderLock
 from .outputs import claim, write_atomic, write_json
 from .paths import check_new_files, check_separate
@@ -231,7 +232,7 @@ def explain_files(*, images: Path, out: Path, arch: str | None = None, weights: 
     ``target``: ``"pred"``, ``"label"`` (class folders of a dataset root) or a class index.
     ``rule``: ``"epsilon"`` or ``"z+"`` on convolutions and linear layers (:class:`isnet.LRPFlex`).
     ``weights``: a state-dict file or a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``;
-    read from the torch hub cache, never downloaded). With ``normalize="imagenet"`` (the default
+    read from the torch hub cache, downloaded into it when missing). With ``normalize="imagenet"`` (the default
     for a weights name) the model sees normalised inputs and Z^B uses the matching per-channel
     bounds; relevance is per input pixel either way. A ``seg-classify`` run explains the image
     masked by its segmenter, as it classifies it.

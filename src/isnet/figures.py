@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,35 @@ def _grayscale(image: Tensor | np.ndarray) -> np.ndarray:
 
 def _new_figure(width: float, height: float) -> Figure:
     return _PngFigure(figsize=(width, height), layout="constrained")
+
+
+def _slant_crowded_ticks(ax: Axes) -> None:
+    """Slant the x tick labels (30 degrees, right-aligned to their tick) when, laid out, neighbours overlap."""
+    ax.get_figure().canvas.draw()  # runs the constrained layout: the labels are where they will be drawn
+    boxes = [label.get_window_extent() for label in ax.get_xticklabels() if label.get_text()]
+    if any(left.x1 + 2 > right.x0 for left, right in zip(boxes, boxes[1:])):
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set(horizontalalignment="right", rotation_mode="anchor")
+
+
+def _set_title(ax: Axes, title: str) -> None:
+    """Give a figure's only axes its title, wrapped onto more lines until, laid out, it fits in the figure.
+
+    The title is centred on the axes, which the layout shifts by the width of the y label or a
+    legend, so its room is twice the distance from its centre to the nearer figure edge.
+    """
+    text = ax.set_title(title)
+    fig, width = ax.get_figure(), len(title)
+    for _ in range(10):
+        fig.canvas.draw()  # runs the constrained layout: the title is where it will be drawn
+        box, frame = text.get_window_extent(), fig.bbox
+        centre = (box.x0 + box.x1) / 2
+        room = 0.97 * 2 * min(centre - frame.x0, frame.x1 - centre)
+        if box.width <= room or width <= 12:
+            return
+        width = max(12, min(width - 1, int(width * room / box.width)))
+        text.set_text(textwrap.fill(title, width))
 
 
 def plot_heatmap(
@@ -275,10 +305,11 @@ def accuracy_bars(
     ax.set_xticks(positions, methods)
     ax.set_ylim(0.0, 105.0)
     ax.set_ylabel("accuracy (%)")
-    if title:
-        ax.set_title(title)
     if test_sets:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _slant_crowded_ticks(ax)
+    if title:
+        _set_title(ax, title)
     return fig
 
 
@@ -329,7 +360,7 @@ def line_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        _set_title(ax, title)
     if series:
         ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
@@ -343,10 +374,12 @@ def bar_plot(values: Mapping[str, float], *, ylabel: str, title: str = "") -> Fi
     heights = [float(v) for v in values.values()]
     bars = ax.bar(range(len(values)), heights)
     ax.bar_label(bars, labels=[f"{h:.3g}" for h in heights], fontsize=8, padding=2)
+    ax.margins(y=0.1)  # room above the tallest bar for its label
     ax.set_xticks(range(len(values)), list(values))
     ax.set_ylabel(ylabel)
+    _slant_crowded_ticks(ax)
     if title:
-        ax.set_title(title)
+        _set_title(ax, title)
     return fig
 
 

@@ -5,9 +5,8 @@ size get their position embeddings resized (bicubic), as torchvision does for fi
 
 **Weights.** ``weights`` is None (random initialisation), a torchvision weights name
 (``DEFAULT``, ``IMAGENET1K_V1``, ``ResNet18_Weights.IMAGENET1K_V1``) or a state-dict file. A
-weights name is read from the local torch hub cache, ``$TORCH_HOME/hub/checkpoints/<file name
-of the weights' URL>`` (:func:`torch.hub.get_dir`), and never downloaded: when the file is
-missing, the error names it and the path to place it. Every file is read with
+weights name is read from the torch hub cache and downloaded into it when missing, as
+torchvision does (:mod:`isnet.pretrained`, which also has the offline switch). Every file is read with
 ``torch.load(weights_only=True)``: tensors only, so a file can never run code. A file that is
 not a state dict, is truncated or belongs to another architecture is a
 :class:`isnet.errors.UserError` naming the file and the first mismatching entries.
@@ -29,27 +28,24 @@ a grayscale image replicated to RGB, so an ImageNet model reads one-channel X-ra
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from .errors import UserError, UserFileNotFoundError
+from .pretrained import cache_path, download_weights, is_weights_name, torchvision_weights
 from .small_models import BUILTIN, TIMM, builtin_model, small_cnn, timm_model
 
 __all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "build_model", "check_state_dict",
-           "first_conv", "fold_input", "hub_checkpoints", "is_weights_name", "last_linear", "read_torch_file",
-           "resolve_normalize", "small_cnn", "torchvision_weights", "weights_categories"]
+           "first_conv", "fold_input", "last_linear", "read_torch_file", "resolve_normalize", "small_cnn"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = {"none": None, "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
-_WEIGHTS_NAME = re.compile(r"([A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
 
 
 def read_torch_file(path: str | Path, *, what: str = "weights file") -> Any:
@@ -61,7 +57,7 @@ def read_torch_file(path: str | Path, *, what: str = "weights file") -> Any:
         hint = ""
         if is_weights_name(str(path)):
             hint = (f"; {path.name} looks like a torchvision weights name: give it with a torchvision --arch "
-                    "(read from the torch hub cache, never downloaded), or save the weights once with "
+                    "(read from the torch hub cache, downloaded into it when missing), or save the weights once with "
                     "torch.save(torchvision.models.get_model(ARCH, weights=NAME).state_dict(), 'ARCH.pt') and "
                     "pass that file")
         raise UserFileNotFoundError(f"{what} {path} does not exist{hint}")
@@ -115,61 +111,6 @@ def check_state_dict(model: nn.Module, state: Any, *, source: str, skip: tuple[s
                     "count and, for small_cnn, the image size the weights were trained with")
 
 
-# ------------------------------------------------------------------------------------------
-# pretrained weights
-
-
-def hub_checkpoints() -> Path:
-    """The folder torchvision's weights are cached in: ``torch.hub.get_dir()/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def is_weights_name(text: str) -> bool:
-    """Whether ``text`` reads as a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``) rather than a file."""
-    return bool(_WEIGHTS_NAME.fullmatch(Path(text).name)) and Path(text).name == text and not Path(text).exists()
-
-
-def torchvision_weights(arch: str, name: str) -> Any:
-    """The ``torchvision.models.WeightsEnum`` member ``name`` of ``arch`` (``DEFAULT`` resolves to the best)."""
-    from torchvision import models
-
-    try:
-        enum = models.get_model_weights(arch)
-    except (ValueError, KeyError):
-        raise UserError(f"--weights {name}: torchvision has no pretrained weights for --arch {arch}; give a "
-                        "state-dict file") from None
-    prefix, _, key = name.rpartition(".")
-    if prefix and prefix != enum.__name__:
-        raise UserError(f"--weights {name} belongs to another architecture: --arch {arch} has {enum.__name__}")
-    if key == "DEFAULT":
-        return enum.DEFAULT
-    try:
-        return enum[key]
-    except KeyError:
-        raise UserError(f"--weights {name} is not a weights name of {arch}; choose DEFAULT or one of "
-                        f"{[w.name for w in enum]}, or give a state-dict file") from None
-
-
-def weights_categories(arch: str, weights: str | Path | None) -> list[str] | None:
-    """The class names of a torchvision weights name (e.g. the 1,000 ImageNet classes), else None."""
-    if weights is None or arch in BUILTIN or not is_weights_name(str(weights)):
-        return None
-    return list(torchvision_weights(arch, str(weights)).meta.get("categories") or []) or None
-
-
-def _cached_file(arch: str, name: str) -> tuple[Path, str]:
-    entry = torchvision_weights(arch, name)
-    path = hub_checkpoints() / os.path.basename(urlparse(entry.url).path)
-    label = f"{type(entry).__name__}.{entry.name}"
-    if not path.is_file():
-        raise UserFileNotFoundError(
-            f"--weights {name}: the torchvision weights name {label} is read from the torch hub cache and isnet "
-            f"downloads nothing, but {path.name} is not there. Place the file at {path} (download {entry.url} on a "
-            "machine with internet access; the folder is $TORCH_HOME/hub/checkpoints, see torch.hub.get_dir()), "
-            "or pass a state-dict file as --weights")
-    return path, f"--weights {name} ({label}, {path})"
-
-
 # torchvision's DenseNet files use the old key names (norm.1 for norm1); torchvision renames them the same way
 _DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
                            r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -181,10 +122,12 @@ def _read_weights(arch: str, weights: str | Path) -> tuple[dict, str]:
                         f"it can be downloaded with torch.save(timm.create_model({arch[len(TIMM):]!r}, "
                         "pretrained=True).state_dict(), FILE); give that FILE as --weights")
     if is_weights_name(str(weights)):
-        path, source = _cached_file(arch, str(weights))
+        entry = torchvision_weights(arch, str(weights))
+        path = cache_path(entry)
+        source = f"--weights {weights} ({type(entry).__name__}.{entry.name}, {path})"
+        state = read_torch_file(path) if path.is_file() else download_weights(entry, str(weights))
     else:
-        path, source = Path(weights).expanduser(), f"weights file {weights}"
-    state = read_torch_file(path)
+        state, source = read_torch_file(weights), f"weights file {weights}"
     if isinstance(state, Mapping):
         state = {(_DENSENET_KEY.sub(r"\1\2", k) if isinstance(k, str) else k): v for k, v in state.items()}
     return state, source

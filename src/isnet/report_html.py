@@ -1,8 +1,9 @@
 """A self-contained HTML report: one file with inline CSS and figures embedded as PNG.
 
-A report is a title and sections; a section holds figures, text (blocks separated by blank
-lines: a one-line block is a paragraph, a longer one is kept verbatim, e.g. a text table) and
-tables (lists of dicts).
+A report is a title and sections; a section holds figures, text (paragraphs separated by blank
+lines), lists (of strings: one bullet each; a list of short items, such as ``option = value``
+lines, is set in columns) and tables (lists of dicts). Everything is text the browser wraps to
+the page: there are no preformatted blocks, so no line runs off the right edge.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
 img { max-width: 100%; height: auto; display: block; margin: 1em 0; }
-pre { background: #f5f5f5; padding: .8em; overflow-x: auto; font-size: 90%; }
+p, li { overflow-wrap: break-word; }
+li { margin: .25em 0; }
+ul.short { columns: 16em; column-gap: 2em; }
+ul.short li { break-inside: avoid; }
+.wide { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 90%; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
 th { background: #eee; }
@@ -35,17 +40,18 @@ td:first-child, th:first-child { text-align: left; }
 
 
 def _html_text(text: str) -> str:
-    """Blocks separated by blank lines: one line -> paragraph, several -> verbatim ``<pre>``."""
-    parts = []
-    for block in text.strip("\n").split("\n\n"):
-        block = block.strip("\n")
-        if not block.strip():
-            continue
-        if "\n" in block:
-            parts.append(f"<pre>{html.escape(block)}</pre>")
-        else:
-            parts.append(f"<p>{html.escape(block.strip())}</p>")
-    return "\n".join(parts)
+    """Paragraphs, separated by blank lines; a single line break is a space, as in Markdown."""
+    blocks = (" ".join(block.split()) for block in text.split("\n\n"))
+    return "\n".join(f"<p>{html.escape(block)}</p>" for block in blocks if block)
+
+
+_SHORT_ITEM = 40
+"""Characters up to which list items count as short: such a list is set in columns."""
+
+
+def _html_list(items: Sequence[str]) -> str:
+    short = ' class="short"' if max(len(item) for item in items) <= _SHORT_ITEM else ""
+    return f"<ul{short}>\n" + "\n".join(f"<li>{html.escape(item)}</li>" for item in items) + "\n</ul>"
 
 
 def _html_cell(value: Any) -> str:
@@ -64,7 +70,7 @@ def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
     body = "\n".join(
         "<tr>" + "".join(f"<td>{_html_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
     )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    return f'<div class="wide"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
 
 
 def _html_item(item: Any) -> str:
@@ -73,9 +79,12 @@ def _html_item(item: Any) -> str:
         return f'<img alt="figure" src="data:image/png;base64,{encoded}">'
     if isinstance(item, str):
         return _html_text(item)
+    if isinstance(item, list) and item and all(isinstance(line, str) for line in item):
+        return _html_list(item)
     if isinstance(item, list) and all(isinstance(row, Mapping) for row in item):
         return _html_table(item)
-    raise TypeError(f"cannot render a {type(item).__name__} in a report; use a Figure, str or list of dicts")
+    raise TypeError(f"cannot render a {type(item).__name__} in a report; use a Figure, a str, a list of str or a "
+                    "list of dicts")
 
 
 def write_html_report(path: str | Path, title: str, sections: Sequence[tuple[str, list]]) -> Path:
@@ -88,9 +97,9 @@ def write_html_report(path: str | Path, title: str, sections: Sequence[tuple[str
     title : str
         Page title and top heading.
     sections : sequence of (heading, items)
-        Each item is a :class:`Figure`, a string (escaped; blocks separated by blank lines,
-        a one-line block becomes a paragraph, a longer one is kept verbatim, e.g. a text
-        table) or a list of dicts (an HTML table whose columns are the union of the keys).
+        Each item is a :class:`Figure`, a string (escaped; paragraphs separated by blank
+        lines), a list of strings (a bulleted list) or a list of dicts (an HTML table whose
+        columns are the union of the keys; a wide one scrolls inside the page).
 
     Returns
     -------

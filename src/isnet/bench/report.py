@@ -148,15 +148,14 @@ def report_start(out: Path, setup: str, results: Mapping[str, Any],
     for name, fig in figures.items():
         save_figure(fig, out / "figures" / f"{name}.png", dpi=110)
     c = results["config"]
-    options = "\n".join(f"{k} = {v}" for k, v in c["train"].items())
-    methods = "\n".join(f"{m}: " + ", ".join(f"{k} = {v}" for k, v in opts.items())
-                        for m, opts in c["method_options"].items())
+    options = [f"{k} = {v}" for k, v in c["train"].items()]
+    methods = [f"{m}: " + ", ".join(f"{k} = {v}" for k, v in opts.items()) for m, opts in c["method_options"].items()]
     timing = [{"method": m, "fit wall time (s)": f"{results['train_time_s'][m]:.1f}",
                "training steps only (s)": f"{results['step_time_s'][m]:.1f}"} for m in results["train_time_s"]]
     note = segmenter_note(results)
     section = ("Setup", [setup + (f" {note}" if note else ""),
-                         "Training options (isnet.config.TrainConfig defaults plus benchmark overrides):\n" + options
-                         + "\n", "Each method's own options:\n" + methods + "\n",
+                         "Training options (isnet.config.TrainConfig defaults plus benchmark overrides):", options,
+                         "Each method's own options:", methods,
                          f"Host: {c['host']}; {c.get('jobs', 1)} training process(es) at a time, "
                          f"{c['torch_threads']} torch thread(s) each; total time {c['total_time_s']:.0f} s."])
     return section, timing
@@ -164,10 +163,10 @@ def report_start(out: Path, setup: str, results: Mapping[str, Any],
 
 def numbers_section(found: Sequence[str], results: Mapping[str, Any]) -> tuple[str, list]:
     """The report's "What the numbers say" section: the findings, then the paired comparisons."""
-    said = ["\n".join(found) + "\n"]
+    said: list = [list(found)]
     paired = comparisons(results)
     if paired:
-        said += [PAIRED_NOTE, "\n".join(paired) + "\n"]
+        said += [PAIRED_NOTE, paired]
     return "What the numbers say", said
 
 

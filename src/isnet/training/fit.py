@@ -31,10 +31,11 @@ from ..config import BOUND_GROUPS, TrainConfig, current_names
 from ..data.folder import DatasetError
 from ..errors import UserError, short_message
 from ..locks import holding_lock
-from ..models import is_weights_name, resolve_normalize
+from ..models import resolve_normalize
 from ..objectives import Objective, foreign_options, get_objective
 from ..outputs import write_atomic
 from ..paths import check_run_folder, clear_run
+from ..pretrained import is_weights_name
 from ..signals import Terminated, lightning_handles
 from ..network import calibration_groups
 from .data import MaskedDataModule
