@@ -175,6 +175,13 @@ def check_audit_columns(out: pathlib.Path, results: dict, methods: list[str]) ->
     assert "masked sees only the true foreground" in table
     for row in audit_rows(results):
         assert row["verdict"] in labels
+    rows = {r["method"]: r for r in csv.DictReader((out / "audit.csv").open())}
+    assert list(rows) == methods
+    for method in methods:
+        entry, row = audit["methods"][method], rows[method]
+        assert row["test_set"] == "biased" and int(row["audited"]) == 1
+        assert float(row["flip_rate"]) == pytest.approx(entry["flip_rate"], rel=1e-5)
+        assert row["verdict_counts"] == f"{entry['verdicts'][0]}=1"
 
 
 def test_audit_summary_reads_runs_stored_before_the_audit():

@@ -20,8 +20,11 @@ Runs stored before the audit existed have no ``audit`` entry: their cells stay e
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -29,12 +32,13 @@ from torch import nn
 from ..audit_stats import BACKGROUND, OTHER
 from ..background_audit import audit
 from ..checkpoints import classifier_input
+from ..outputs import write_text
 from ..tables import markdown_table, percent
 from .interface import TestSet
 from .paired import mean_std
 
 __all__ = ["AUDIT_METRICS", "AUDIT_RESAMPLES", "AUDIT_SEED", "AUDIT_SET", "audit_markdown", "audit_note", "audit_rows",
-           "audit_run", "audit_section", "audit_summary"]
+           "audit_run", "audit_section", "audit_summary", "write_audit_csv"]
 
 AUDIT_SET, AUDIT_SEED, AUDIT_RESAMPLES = "biased", 0, 200
 AUDIT_METRICS = ("follows_background", "flip_rate", "background_only_accuracy", "follows_overall")
@@ -151,3 +155,25 @@ def audit_markdown(results: Mapping[str, Any]) -> str:
 def audit_section(results: Mapping[str, Any]) -> tuple[str, list]:
     """The audit's section of ``report.html``."""
     return "Background audit", [audit_note(results), audit_rows(results)]
+
+
+def write_audit_csv(results: Mapping[str, Any], path: Path) -> None:
+    """``audit.csv``: one row per audited method, each rate's mean and sd over seeds (shares in [0, 1]),
+    the seeds audited and how many of them got each verdict (``verdict_counts``: ``label=n; ...``)."""
+    header = ["method", "test_set", *[f"{m}{s}" for m in AUDIT_METRICS for s in ("", "_std")], "audited",
+              "verdict_counts"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for method, entry in results.get("audit", {}).get("methods", {}).items():
+        if not entry.get("audited"):
+            continue
+        counts: dict[str, int] = {}
+        for verdict in entry["verdicts"]:
+            if verdict is not None:
+                counts[verdict] = counts.get(verdict, 0) + 1
+        values = ["" if entry[f"{m}{s}"] is None else f"{entry[f'{m}{s}']:.6g}"
+                  for m in AUDIT_METRICS for s in ("", "_std")]
+        writer.writerow([method, results["audit"]["test_set"], *values, entry["audited"],
+                         "; ".join(f"{label}={n}" for label, n in sorted(counts.items()))])
+    write_text(path, buffer.getvalue())

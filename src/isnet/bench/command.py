@@ -52,7 +52,7 @@ def _add_bench_bias(bench) -> None:
                     "background cue), evaluate on biased / unbiased / deceiving test sets (accuracy, background "
                     "and patch relevance, occlusion check), compare each method with the standard classifier "
                     "trained with the same background swap (names ending in +swap train with it), and write "
-                    "results.json, results.md, results.csv, figures/ and report.html. Full run: "
+                    "results.json, results.md, results.csv, audit.csv, figures/ and report.html. Full run: "
                     f"{FULL['seeds']} seeds x {len(FULL['methods'])} methods, {FULL['n_train']} images, "
                     f"{FULL['epochs']} epochs; --quick: {', '.join(QUICK['methods'])}, {QUICK['seeds']} seed, "
                     f"{QUICK['n_train']} images, {QUICK['epochs']} epochs. --sweep, --swap-dose and --mask-quality "
@@ -89,7 +89,7 @@ def _add_bench_cxr(bench) -> None:
         description="`bench bias` on BG-CXR (real lung shapes, anatomy around them, hospital shortcuts): evaluate on "
                     "biased / unbiased / external (unseen hospitals) / deceiving test sets (accuracy, AUROC, abnormal-"
                     "vs-normal AUROC with DeLong interval, relevance outside the lungs and on marker and label box); "
-                    f"write results.json, results.md, results.csv, figures/ and report.html. {CXR_SIZES}")
+                    f"write results.json, results.md, results.csv, audit.csv, figures/ and report.html. {CXR_SIZES}")
     _add_grid_options(b, "BG-CXR", CXR_FULL)
     b.add_argument("--arch", help=f"small_cnn, small_vit, small_convnext, a torchvision model name or timm:NAME "
                                    f"(default: {CXR_FULL['arch']}, see above)")

@@ -29,7 +29,7 @@ from ..config import TrainConfig
 from ..figures import save_figure
 from ..outputs import write_text
 from ..report_html import write_html_report
-from .audit_columns import audit_section
+from .audit_columns import audit_section, write_audit_csv
 from .interface import Benchmark, Section, Settings, Tests
 from .paired import comparison_sentence, mean_std
 from .presets import METHODS, RAW_INPUT, RUN_OPTIONS, BenchSettings
@@ -186,8 +186,9 @@ def _write_report(benchmark: Benchmark[Settings, Tests], out: Path, cfg: Setting
 
 def write_results(benchmark: Benchmark[Settings, Tests], out: Path, cfg: Settings, results: Mapping[str, Any],
                   heatmaps: Figure | None, tests: Mapping[str, Tests]) -> None:
-    """Write results.json, results.md, results.csv, figures/*.png and report.html into ``out``."""
+    """Write results.json, results.md, results.csv, audit.csv, figures/*.png and report.html into ``out``."""
     write_json(out / "results.json", results)
     write_text(out / "results.md", benchmark.results_markdown(cfg, results))
     write_csv(results, out / "results.csv", benchmark.metrics)
+    write_audit_csv(results, out / "audit.csv")
     _write_report(benchmark, out, cfg, results, benchmark.figures(cfg, results, heatmaps, tests))

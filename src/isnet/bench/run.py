@@ -42,8 +42,8 @@ from .segmenter import prepare_segmenter
 
 __all__ = ["OUTPUTS", "at_training_size", "claim_outputs", "make_grid", "measured_lrp", "run_benchmark"]
 
-OUTPUTS = ("results.json", "results.md", "results.csv", "report.html", "sweep.json", "sweep.md", "swap_dose.json",
-           "swap_dose.md", "mask_quality.json", "mask_quality.md",
+OUTPUTS = ("results.json", "results.md", "results.csv", "audit.csv", "report.html", "sweep.json", "sweep.md",
+           "swap_dose.json", "swap_dose.md", "mask_quality.json", "mask_quality.md",
            *(f"figures/{name}.png" for name in ("accuracy", "background_relevance", "shortcut_relevance", "train_time",
                                                "heatmaps", "examples", "swap", "swap_dose")))
 """The files a benchmark (any mode) writes into its folder besides ``data/`` and ``runs/``."""
@@ -241,6 +241,6 @@ def run_benchmark(benchmark: Benchmark[Settings, Tests], cfg: Settings, out: str
         heatmaps = _heatmap_figure(benchmark, cfg, out / "runs", tests)
         results["config"]["total_time_s"] = time.perf_counter() - start
         write_results(benchmark, out, cfg, results, heatmaps, tests)
-        log(f"wrote {out / 'results.json'}, results.md, results.csv, figures/ and report.html "
+        log(f"wrote {out / 'results.json'}, results.md, results.csv, audit.csv, figures/ and report.html "
             f"(total {clock(time.perf_counter() - start)})", start)
         return results
