@@ -215,7 +215,9 @@ def test_write_html_report_is_self_contained_and_escaped(tmp_path: Path) -> None
             ("Figures", [figure, "A note with <script>alert(1)</script> inside."]),
             ("Text", ["Two lines\nof one paragraph.\n\nA second <b>one</b>.", ["item <1>", long_line],
                       ["lr = 0.001", "epochs = 3"]]),
-            ("Tables", [[{"model": "std", "acc": 0.91234567}, {"model": "<i>", "extra": None}], []]),
+            ("Tables", [[{"model": "std", "acc": 0.91234567}, {"model": "<i>", "extra": None}], [],
+                        [{"method": "a", "acc": "97.2 ± 0.4", "ci": "0.373 [0.310, 0.437]",
+                          "verdict": "relies on the background (1/2 seeds)"}]]),
         ],
     )
     assert path.is_file() and list(path.parent.iterdir()) == [path]
@@ -230,5 +232,9 @@ def test_write_html_report_is_self_contained_and_escaped(tmp_path: Path) -> None
     assert "<pre" not in text and "(no rows)" in text
     assert "<th>model</th><th>acc</th><th>extra</th>" in text
     assert "<td>0.9123</td>" in text and "<td>&lt;i&gt;</td>" in text
+    # words flush left, numbers (with a spread or an interval) flush right
+    assert '<td class="words">relies on the background (1/2 seeds)</td>' in text
+    assert "<td>97.2 ± 0.4</td>" in text and "<td>0.373 [0.310, 0.437]</td>" in text
+    assert "td.words { text-align: left; }" in text
     with pytest.raises(TypeError):
         write_html_report(tmp_path / "bad.html", "x", [("s", [object()])])

@@ -35,7 +35,7 @@ ul.short li { break-inside: avoid; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 90%; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
 th { background: #eee; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, td.words { text-align: left; }
 """
 
 
@@ -62,13 +62,20 @@ def _html_cell(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _is_words(value: Any) -> bool:
+    """A cell of words (a verdict, a note), set flush left; numbers, with units or intervals, stay flush right."""
+    return isinstance(value, str) and " " in value.strip() and any(ch.isalpha() for ch in value)
+
+
 def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "<p><em>(no rows)</em></p>"
     columns = list(dict.fromkeys(key for row in rows for key in row))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    words = ' class="words"'
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{_html_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
+        "<tr>" + "".join(f"<td{words if _is_words(row.get(c)) else ''}>{_html_cell(row.get(c))}</td>"
+                         for c in columns) + "</tr>" for row in rows
     )
     return f'<div class="wide"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
 
