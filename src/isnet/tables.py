@@ -6,9 +6,12 @@ the columns. The first column (a name) is left-aligned, the others (numbers) rig
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["markdown_table", "percent", "text_table"]
+__all__ = ["csv_number", "csv_text", "markdown_table", "percent", "text_table"]
 
 
 def percent(value: float | None, std: float | None = None) -> str:
@@ -53,3 +56,17 @@ def markdown_table(rows: Sequence[Mapping[str, str]]) -> str:
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     lines += ["| " + " | ".join(r.get(c, "") for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def csv_number(value: float | None) -> str:
+    """A number in a CSV cell: six significant digits, empty for None."""
+    return "" if value is None else f"{value:.6g}"
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A CSV file's text: ``header``, then ``rows`` (newline-terminated lines)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

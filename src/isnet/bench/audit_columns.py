@@ -20,9 +20,8 @@ Runs stored before the audit existed have no ``audit`` entry: their cells stay e
 
 from __future__ import annotations
 
-import csv
-import io
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from ..audit_stats import BACKGROUND, OTHER
 from ..background_audit import audit
 from ..checkpoints import classifier_input
 from ..outputs import write_text
-from ..tables import markdown_table, percent
+from ..tables import csv_number, csv_text, markdown_table, percent
 from .interface import TestSet
 from .paired import mean_std
 
@@ -162,18 +161,12 @@ def write_audit_csv(results: Mapping[str, Any], path: Path) -> None:
     the seeds audited and how many of them got each verdict (``verdict_counts``: ``label=n; ...``)."""
     header = ["method", "test_set", *[f"{m}{s}" for m in AUDIT_METRICS for s in ("", "_std")], "audited",
               "verdict_counts"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    rows = []
     for method, entry in results.get("audit", {}).get("methods", {}).items():
         if not entry.get("audited"):
             continue
-        counts: dict[str, int] = {}
-        for verdict in entry["verdicts"]:
-            if verdict is not None:
-                counts[verdict] = counts.get(verdict, 0) + 1
-        values = ["" if entry[f"{m}{s}"] is None else f"{entry[f'{m}{s}']:.6g}"
-                  for m in AUDIT_METRICS for s in ("", "_std")]
-        writer.writerow([method, results["audit"]["test_set"], *values, entry["audited"],
-                         "; ".join(f"{label}={n}" for label, n in sorted(counts.items()))])
-    write_text(path, buffer.getvalue())
+        counts = Counter(verdict for verdict in entry["verdicts"] if verdict is not None)
+        values = [csv_number(entry[f"{m}{s}"]) for m in AUDIT_METRICS for s in ("", "_std")]
+        rows.append([method, results["audit"]["test_set"], *values, entry["audited"],
+                     "; ".join(f"{label}={n}" for label, n in sorted(counts.items()))])
+    write_text(path, csv_text(header, rows))

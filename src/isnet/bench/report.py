@@ -14,9 +14,7 @@ to its swap counterpart, and each row states its swap.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from ..config import TrainConfig
 from ..figures import save_figure
 from ..outputs import write_text
 from ..report_html import write_html_report
+from ..tables import csv_number, csv_text
 from .audit_columns import audit_section, write_audit_csv
 from .interface import Benchmark, Section, Settings, Tests
 from .paired import comparison_sentence, mean_std
@@ -95,18 +94,15 @@ def write_csv(results: Mapping[str, Any], path: Path, metrics: Sequence[str]) ->
     header = ["method", "background_swap", "test_set", *[f"{m}{s}" for m in metrics for s in ("", "_std")],
               "seeds", "train_time_s", "step_time_s"]
     swaps = results["config"].get("background_swap", {})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    rows = []
     for method, sets in results["methods"].items():
         base = method.removesuffix(RAW_INPUT)
         swap = "" if swaps.get(base) is None else f"{swaps[base]:g}"
         for test, entry in sets.items():
-            values = ["" if entry[f"{m}{s}"] is None else f"{entry[f'{m}{s}']:.6g}"
-                      for m in metrics for s in ("", "_std")]
-            writer.writerow([method, swap, test, *values, entry["seeds"], f"{results['train_time_s'][base]:.2f}",
-                             f"{results['step_time_s'][base]:.2f}"])
-    write_text(path, buffer.getvalue())
+            values = [csv_number(entry[f"{m}{s}"]) for m in metrics for s in ("", "_std")]
+            rows.append([method, swap, test, *values, entry["seeds"], f"{results['train_time_s'][base]:.2f}",
+                         f"{results['step_time_s'][base]:.2f}"])
+    write_text(path, csv_text(header, rows))
 
 
 def comparisons(results: Mapping[str, Any]) -> list[str]:
