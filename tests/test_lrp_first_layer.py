@@ -33,6 +33,30 @@ def test_zb_needs_first_block(layers, culprit):
     assert torch.isfinite(explain(model, x, 0, zb=False)).all()
 
 
+class _RoundTrip(nn.Module):
+    """Channels-last and back: a rearrangement Z^B already accepts after the first block."""
+
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("follower", [nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 5, 1)])
+def test_zb_first_block_followed_by_a_convolution(follower):
+    """conv -> BN -> conv (a ConvNeXt-style stem feeding a depthwise conv): Z^B on the first block, equal to the
+    same network with a permute round trip between BN and the next conv (an accepted follower)."""
+    torch.manual_seed(0)
+    stem = [nn.Conv2d(3, 4, 2, stride=2), nn.BatchNorm2d(4)]
+    head = [follower, nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)]
+    model = randomise_bn(nn.Sequential(*stem, *head))
+    x = torch.rand(2, 3, 8, 8)
+    model(x)
+    model.eval()
+    twin = nn.Sequential(*stem, _RoundTrip(), *head).eval()
+    heat = explain(model, x, "argmax")
+    assert rel_err(heat, explain(twin, x, "argmax")) < 1e-6
+    assert rel_err(heat, explain(model, x, "argmax", zb=False)) > 1e-3  # Z^B did act
+
+
 def test_zero_denominator_with_eps0_raises():
     """Z^B with eps = 0, positive first weights, an all-zero image: z = 0, 0 / 0 is reported."""
     model = bias_free_net().eval()

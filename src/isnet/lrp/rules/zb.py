@@ -18,9 +18,10 @@ flattened), its optional batch norm, and the tensor whose relevance it redistrib
 * the output of an element-wise activation applied to the layer (or batch norm) output:
   any call a rule reports as element-wise (EfficientNet's conv -> BN -> SiLU, MobileNetV3's
   Hardswish, a user's own activation module);
-* else the layer (or batch norm) output itself, when what comes next is a normalisation or
-  a rearrangement: reshape, permute, transpose, concatenation, addition (a position
-  embedding), dropout (ViT's patch convolution, ConvNeXt's and Swin's conv -> LayerNorm stems).
+* else the layer (or batch norm) output itself, when what comes next is a normalisation, a
+  rearrangement (reshape, permute, transpose, concatenation, addition of a position
+  embedding, dropout) or another linear layer: ViT's patch convolution, ConvNeXt's and
+  Swin's conv -> LayerNorm stems, a conv -> batch norm stem feeding a depthwise convolution.
 
 Any other operation on the way (a pooling before the activation, an activation on the raw
 input) is remembered as the reason Z^B cannot be used.
@@ -210,7 +211,7 @@ RESHAPE_FUNCS = {torch.flatten, Tensor.flatten, Tensor.view, Tensor.reshape, tor
 FOLLOWERS = {
     *RESHAPE_FUNCS, *NORMALISATIONS, Tensor.permute, torch.permute, Tensor.transpose, torch.transpose,
     Tensor.contiguous, torch.cat, torch.concat, torch.stack, Tensor.add, torch.add, Tensor.__add__,
-    Tensor.__radd__, Tensor.sub, torch.sub, F.dropout,
+    Tensor.__radd__, Tensor.sub, torch.sub, F.dropout, *CONV_FUNCS, F.linear,
 }
 
 
