@@ -97,7 +97,7 @@ def test_loss_matches_manual(options):
     H = torch.randn(3, 2, 3, 8, 8, dtype=torch.float64)
     M = torch.zeros(3, 1, 8, 8)
     M[:, :, 2:6, 1:5] = 1
-    options = {"d": 0.9, "foreground": "L2"} | options  # manual_loss's defaults are the papers'
+    options = {"d": 0.9, "foreground": "L2", "B": 1.0} | options  # manual_loss's defaults are the papers'
     assert math.isclose(heatmap_loss(H, M, **options).item(), manual_loss(H, M, **options), rel_tol=1e-9)
 
 
@@ -145,10 +145,11 @@ def test_zero_heatmaps_finite_and_differentiable(norm):
     heat = torch.zeros(2, 1, 3, 8, 8, requires_grad=True)
     mask = torch.zeros(2, 1, 8, 8)
     mask[:, :, 2:6, 2:6] = 1
-    loss = heatmap_loss(heat, mask, norm=norm)
+    loss = heatmap_loss(heat, mask, norm=norm, B=1.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(heat.grad).all()
     assert math.isclose(loss.item(), 1.0)  # no background relevance; foreground 0 < C1 costs (0 - 1)^2
+    assert heatmap_loss(heat, mask, norm=norm).item() == 0.0  # the default has no foreground term
 
 
 def test_empty_mask_is_all_background_and_finite():
@@ -179,8 +180,21 @@ def test_loss_gradient_matches_finite_differences():
     mask = torch.zeros(2, 1, 12, 12)
     mask[:, :, 3:9, 2:8] = 1
     for foreground in ("L2", "hybrid"):
-        assert torch.autograd.gradcheck(lambda h: heatmap_loss(h, mask, C1=0.5, C2=3.0, foreground=foreground),
+        assert torch.autograd.gradcheck(lambda h: heatmap_loss(h, mask, B=1.0, C1=0.5, C2=3.0,
+                                                                     foreground=foreground),
                                         (heat,))
+
+
+def test_default_loss_is_scale_free():
+    """Without the foreground term (B = 0, the default) scaling every heatmap changes nothing; with it, C2 bounds
+    the scale."""
+    torch.manual_seed(2)
+    heat, mask = torch.randn(4, 1, 1, 8, 8, dtype=torch.float64), (torch.rand(4, 1, 8, 8) > 0.5).double()
+    for scale in (1e-3, 7.0, 1e4):
+        # rel_tol: the 1e-10 that guards the division by the foreground mean
+        assert math.isclose(heatmap_loss(scale * heat, mask).item(), heatmap_loss(heat, mask).item(), rel_tol=1e-6)
+    bounded = dict(B=1.0, C1=0.5, C2=3.0)
+    assert heatmap_loss(1e4 * heat, mask, **bounded) > heatmap_loss(heat, mask, **bounded) + 1.0
 
 
 def test_per_group_bounds_equal_separate_losses():

@@ -136,7 +136,8 @@ class TrainConfig:
                       at_least=0, at_most=1)
     E: float = option(1.0, "background-term scale", "ISNet loss", above=0)
     A: float = option(1.0, "background-term weight", "ISNet loss", at_least=0)
-    B: float = option(1.0, "foreground-term weight", "ISNet loss", at_least=0)
+    B: float = option(0.0, "foreground-term weight: 0 leaves the background term, which is scale-free, alone; "
+                           "1 keeps the foreground relevance in [C1, C2] (the papers)", "ISNet loss", at_least=0)
     C1: float | None = option(None, "foreground relevance lower bound (with --c2; default: calibrated)",
                               "ISNet loss", flag="--c1", above=0)
     C2: float | None = option(None, "foreground relevance upper bound (with --c1; default: calibrated)",

@@ -1,4 +1,4 @@
-"""The ISNet heatmap loss: background relevance minimised, foreground relevance kept in range.
+"""The ISNet heatmap loss: background relevance minimised, optionally foreground relevance kept in range.
 
 Heatmaps are (B, K, C, h, w): K explained quantities per image. Masks are
 (B, 1 or C, H, W); what counts as foreground, at any resolution, is :mod:`isnet.masks`' rule.
@@ -111,7 +111,7 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
                  d_loss: float = default("d_loss")) -> Tensor:
     """ISNet heatmap loss, averaged over the batch.
 
-    The defaults are ``isnet train``'s (:mod:`isnet.recipe`); the papers use ``d=0.9,
+    The defaults are ``isnet train``'s (:mod:`isnet.recipe`); the papers use ``d=0.9, B=1,
     foreground="L2"``.
 
     Parameters
@@ -124,7 +124,10 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
     d, E
         GWRP decay over background pixels and the background-term scale.
     A, B
-        Weights of the background and foreground terms.
+        Weights of the background and foreground terms. The background term measures background
+        relevance against the foreground's mean, so it does not depend on the heatmap's scale;
+        the foreground term (``B > 0``) also bounds that scale, and so the network's confidence,
+        by ``C2``. ``B = 0`` (``isnet train``'s default) leaves it out.
     C1, C2
         Range kept for the summed absolute foreground relevance: floats, or G values each, one
         per group of heatmaps (heatmap k gets value k mod G; the Dual ISNet's LRP-epsilon and

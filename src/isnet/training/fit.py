@@ -233,7 +233,8 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     satisfy its heatmap loss without learning to classify.
     """
     limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
-    _log.info(f"calibrating C1 and C2: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
+    what = "calibrating C1 and C2" if cfg.B > 0 else "calibration run (C1 and C2 are recorded, unused with --B 0)"
+    _log.info(f"{what}: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
               f"{limit} while its training accuracy is at chance); its last epoch records the total relevance of "
               f"the {cfg.objective} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
