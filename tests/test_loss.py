@@ -79,7 +79,9 @@ def manual_loss(H, M, d=0.9, E=1.0, A=1.0, B=1.0, C1=1.0, C2=25.0, foreground="L
                 bg_terms.append(-math.log(1 - u))
             F = h[:, m].sum().item()
             left = (min(F / C1, 1) - 1) ** 2
-            if foreground == "hybrid" and F > C1 + C2:
+            if foreground == "floor":  # the lower bound alone
+                right = 0.0
+            elif foreground == "hybrid" and F > C1 + C2:
                 right = abs(F - (C1 + C2)) + 1
             else:
                 right = (max(F / C1, C2 / C1) - C2 / C1) ** 2
@@ -91,7 +93,9 @@ def manual_loss(H, M, d=0.9, E=1.0, A=1.0, B=1.0, C1=1.0, C2=25.0, foreground="L
 @pytest.mark.parametrize("options", [{}, {"d": 0.5, "E": 3.0, "A": 2.0, "B": 0.5},
                                      {"foreground": "hybrid", "C1": 0.1, "C2": 0.5},
                                      {"foreground": "hybrid", "C1": 50.0, "C2": 100.0},
-                                     {"d": 0.99, "foreground": "hybrid", "C1": 0.5, "C2": 3.0}])
+                                     {"d": 0.99, "foreground": "hybrid", "C1": 0.5, "C2": 3.0},
+                                     {"foreground": "floor", "C1": 0.5, "C2": 3.0},
+                                     {"foreground": "floor", "C1": 50.0, "C2": 100.0}])
 def test_loss_matches_manual(options):
     torch.manual_seed(0)
     H = torch.randn(3, 2, 3, 8, 8, dtype=torch.float64)

@@ -148,9 +148,10 @@ class TrainConfig:
     C2_zplus: float | None = option(None, "dual: the LRP-z+ heatmap's foreground relevance upper bound (with "
                                           "--c1-zplus; default: calibrated)", "ISNet loss",
                                     flag="--c2-zplus", above=0)
-    foreground: str = option("hybrid", "foreground penalty above C2: hybrid (quadratic up to C1 + C2, then linear; "
-                             "the Faster ISNet's) or L2 (quadratic; the ISNet paper's)", "ISNet loss",
-                             choices=("L2", "hybrid"))
+    foreground: str = option("hybrid", "with --B above 0, the foreground penalty above C2: hybrid (quadratic up to "
+                             "C1 + C2, then linear; the Faster ISNet's), L2 (quadratic; the ISNet paper's) or floor "
+                             "(none: only the lower bound C1 is kept)", "ISNet loss",
+                             choices=("L2", "hybrid", "floor"))
     norm: str = option("absRoIMean", "heatmap normalisation", "ISNet loss", choices=("absRoIMean", "RoIMean"))
     d_loss: float = option(1.0, "GWRP decay over deep-supervision layers (1: mean)", "ISNet loss",
                            at_least=0, at_most=1)

@@ -74,10 +74,12 @@ def _foreground_penalty(total: Tensor, C1: Bound, C2: Bound, foreground: str) ->
     scaled = total / C1
     left = (scaled.clamp(max=1.0) - 1.0) ** 2
     right = (scaled.clamp(min=C2 / C1) - C2 / C1) ** 2
-    if foreground == "hybrid":
+    if foreground == "floor":
+        right = torch.zeros_like(right)
+    elif foreground == "hybrid":
         right = torch.where(total > C1 + C2, (total - (C1 + C2)).abs() + 1.0, right)
     elif foreground != "L2":
-        raise ValueError(f"foreground must be 'L2' or 'hybrid', got {foreground!r}")
+        raise ValueError(f"foreground must be 'L2', 'hybrid' or 'floor', got {foreground!r}")
     return left + right
 
 
@@ -134,7 +136,8 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
         LRP-z+ maps have their own ranges). The recipe calibrates them (:func:`calibrate`); the
         defaults 1 and 25 are placeholders.
     foreground
-        ``"L2"`` (quadratic on both sides) or ``"hybrid"`` (linear far above ``C1 + C2``).
+        ``"L2"`` (quadratic on both sides), ``"hybrid"`` (linear far above ``C1 + C2``) or
+        ``"floor"`` (the lower side only: relevance below ``C1`` is penalised, no cap above).
     norm
         ``"absRoIMean"``: ``|H|`` over the foreground mean of ``|H|``; ``"RoIMean"``: ``|H / mean(H)|``.
     """
