@@ -49,7 +49,8 @@ class Combined:
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
+    """The dot product of two gradient lists, accumulated in float64 without float64 copies of them."""
+    return sum(torch.sum(x * y, dtype=torch.float64) for x, y in zip(a, b))
 
 
 def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Iterable[nn.Parameter], *,
@@ -66,9 +67,11 @@ def combine_gradients(ce: Tensor, heatmap: Tensor, P: float, parameters: Iterabl
     parameters
         The parameters the step updates (those with ``requires_grad``).
     rule
-        ``"sum"``, ``"project"`` or ``"balance"`` (module docstring); the default is ``isnet train``'s.
+        ``"sum"``, ``"project"``, ``"balance"`` or ``"guard"`` (module docstring); the default is
+        ``isnet train``'s.
     ratio
-        ``balance``: the largest heatmap-gradient norm, as a multiple of the cross-entropy's.
+        ``balance`` and ``guard``: the largest heatmap-gradient norm, as a multiple of the
+        cross-entropy's.
     measure
         With ``"sum"``: take the gradients apart anyway, to report their norms and cosine.
     """

@@ -73,10 +73,10 @@ def _foreground_penalty(total: Tensor, C1: Bound, C2: Bound, foreground: str) ->
     C1, C2 = _per_heatmap(C1, total.shape[1], total), _per_heatmap(C2, total.shape[1], total)
     scaled = total / C1
     left = (scaled.clamp(max=1.0) - 1.0) ** 2
+    if foreground == "floor":  # no penalty above C2
+        return left
     right = (scaled.clamp(min=C2 / C1) - C2 / C1) ** 2
-    if foreground == "floor":
-        right = torch.zeros_like(right)
-    elif foreground == "hybrid":
+    if foreground == "hybrid":
         right = torch.where(total > C1 + C2, (total - (C1 + C2)).abs() + 1.0, right)
     elif foreground != "L2":
         raise ValueError(f"foreground must be 'L2', 'hybrid' or 'floor', got {foreground!r}")
