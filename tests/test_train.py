@@ -81,7 +81,8 @@ def test_p_warmup_and_option_checks():
     module = ISNetModule.from_config(config)
     assert module.criterion.weight(module.warmup()) == TrainConfig().P  # no trainer attached: the target value
     with pytest.raises(ValueError, match="needs C1 and C2"):
-        ISNetModule.from_config(TrainConfig(train="x", num_classes=10, image_size=32).to_dict())
+        ISNetModule.from_config(TrainConfig(train="x", num_classes=10, image_size=32, B=1.0).to_dict())
+    ISNetModule.from_config(TrainConfig(train="x", num_classes=10, image_size=32, B=0.0).to_dict())  # unused
     with pytest.raises(ValueError, match="unknown objective"):
         fit(TrainConfig(train="x", objective="nope").to_dict())
     with pytest.raises(ValueError, match="both --c1 and --c2"):
@@ -181,7 +182,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path):
     # checks the RNG streams and the shuffling of a resumed epoch
     # (a constant learning rate: raising --epochs on resume stretches a cosine schedule by design)
     kw = dict(objective="stochastic", C1=1.0, C2=25.0, epochs=2, deterministic=True, workers=2, hflip=True,
-              schedule="none")
+              schedule="none", warm_start=False)
     fit(_config(data, tmp_path / "full", **kw))
     reference = _state(tmp_path / "full" / "model.pt")
 
@@ -219,7 +220,8 @@ class _Poison(Callback):
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, tmp_path):
     out = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 1, batch 0.*last good checkpoint"):
-        fit(_config(data, out, objective="selective", C1=1.0, C2=25.0, epochs=3), callbacks=[_Poison(epoch=1)])
+        fit(_config(data, out, objective="selective", C1=1.0, C2=25.0, epochs=3, warm_start=False),
+            callbacks=[_Poison(epoch=1)])
     assert not (out / "model.pt").exists()
     model, config = load_classifier(out / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -230,7 +232,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data, 
 def test_bf16_mixed_precision_run_has_finite_losses(data, tmp_path):
     out = tmp_path / "bf16"
     fit(_config(data, out, objective="selective", C1=1.0, C2=25.0, precision="bf16-mixed", accelerator="cpu",
-                p_warmup=2))
+                p_warmup=2, warm_start=False))
     rows = (out / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     values = [dict(zip(header, r.split(","))) for r in rows[1:]]
@@ -273,7 +275,8 @@ def test_dual_calibrates_each_rule_and_keeps_given_bounds(data, tmp_path):
     mean, std = calibration["mean_zplus"], calibration["std_zplus"]
     assert calibration["C1_zplus"] == pytest.approx(max(mean / 5, mean - 3 * std))
     with pytest.raises(ValueError, match="needs C1 and C2, C1_zplus and C2_zplus"):
-        ISNetModule.from_config(TrainConfig(train="x", objective="dual", num_classes=10, image_size=32, C1=1.0, C2=2.0))
+        ISNetModule.from_config(TrainConfig(train="x", objective="dual", num_classes=10, image_size=32, C1=1.0, C2=2.0,
+                                                 B=1.0))
     with pytest.raises(UserError, match="both --c1-zplus and --c2-zplus"):
         TrainConfig(train="x", C1_zplus=1.0).validate()
 
@@ -320,7 +323,8 @@ def test_a_heatmap_loss_run_with_a_weak_swap_is_warned_that_its_heatmaps_can_hid
     def warned(**options) -> list[str]:
         caplog.clear()
         with caplog.at_level("WARNING", logger="isnet.training"):
-            fit(_config(data, tmp_path / f"run{len(list(tmp_path.iterdir()))}", epochs=1, C1=0.5, C2=7.0, **options))
+            fit(_config(data, tmp_path / f"run{len(list(tmp_path.iterdir()))}", epochs=1, C1=0.5, C2=7.0, warm_start=False,
+                        **options))
         return [r.getMessage() for r in caplog.records if "heatmaps hide it" in r.getMessage()]
 
     message, = warned(objective="selective", background_swap=0.25)
@@ -339,7 +343,7 @@ def test_a_calibration_network_at_chance_trains_on_until_half_the_epochs_then_is
     with caplog.at_level("WARNING", logger="isnet.training"):
         fit(_config(data, tmp_path / "run", objective="selective", calibrate_epochs=1, epochs=4))
     warned = [r.getMessage() for r in caplog.records if "still at chance after 2 epoch(s)" in r.getMessage()]
-    assert len(warned) == 1 and "--c1/--c2" in warned[0]
+    assert len(warned) == 1 and "the ISNet starts from a network that has not learnt" in warned[0] and "--lr" in warned[0]
     calibration = json.loads((tmp_path / "run" / "config.json").read_text())["calibration"]
     assert calibration["epochs"] == 2
     rows = (tmp_path / "run" / "calibration" / "metrics.csv").read_text().splitlines()
@@ -379,5 +383,18 @@ def test_warm_start_continues_from_the_calibration_network_within_the_epoch_budg
     cold = _StartWeights()
     fit(_config(data, tmp_path / "cold", objective="selective", calibrate_epochs=1, epochs=3, warm_start=False),
         callbacks=[cold])
-    assert not (tmp_path / "cold" / "calibration" / "model.pt").exists()
+    # B 0 (the default) uses no C1/C2: without a warm start there is no first phase to run
+    assert not (tmp_path / "cold" / "calibration").exists()
+    assert json.loads((tmp_path / "cold" / "config.json").read_text())["calibration"] is None
     assert any(not torch.equal(start.state[k], cold.state[k]) for k in start.state)
+
+
+@pytest.mark.e2e
+def test_given_bounds_keep_the_warm_start(data, tmp_path):
+    """--c1/--c2 given: the standard first phase still runs for the warm start, and the given bounds are kept."""
+    start = _StartWeights()
+    run = fit(_config(data, tmp_path / "given", objective="selective", calibrate_epochs=1, epochs=2, warm_start=True,
+                      B=1.0, C1=2.0, C2=30.0), callbacks=[start])
+    _assert_same_weights(start.state, _state(run / "calibration" / "model.pt"))
+    config = json.loads((run / "config.json").read_text())
+    assert (config["C1"], config["C2"]) == (2.0, 30.0) and config["calibration"]["epochs"] == 1

@@ -165,7 +165,8 @@ class TrainConfig:
     log_gradients: bool = option(False, "log the norms of the cross-entropy and heatmap-loss gradients and their "
                                         "cosine per step (train/grad_*; with --heatmap-gradient sum this takes one "
                                         "more backward pass)", "ISNet loss")
-    calibrate_epochs: int = option(2, "without --c1/--c2: epochs of the standard run that calibrates them",
+    calibrate_epochs: int = option(2, "epochs of the standard run that starts the warm start and calibrates --c1/--c2 "
+                                   "when --B is above 0 and they are not given",
                                    "ISNet loss", at_least=1)
     background_swap: float | None = option(
         None, "probability that a training image gets another image's background (mask-based); default: the "

@@ -1,9 +1,10 @@
 """``fit``: one training run from a configuration to a run folder.
 
 Steps: check everything that can be checked before writing (options, run folder, resume
-rules, hardware, datasets, architecture and objective); calibrate C1/C2 with a short standard
-run when a heatmap-loss objective has none; train from a fresh initialisation with the same
-seed; write the run folder (:mod:`isnet.checkpoints`). A run killed at any point resumes from
+rules, hardware, datasets, architecture and objective); for a heatmap-loss objective, train a
+standard classifier first (the warm start's first phase; it calibrates C1/C2 when the loss uses
+them and they are not given); train from its weights, or from a fresh initialisation with the
+same seed; write the run folder (:mod:`isnet.checkpoints`). A run killed at any point resumes from
 its last checkpoint and ends where an uninterrupted run would; a run that failed is started
 again with ``overwrite`` (:mod:`isnet.paths` says what may be replaced).
 """
@@ -229,11 +230,17 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
 
     The classifier trains ``calibrate_epochs`` epochs, and then on, one epoch at a time, while its
     training accuracy is still at chance (:func:`isnet.training.module.at_chance`), up to half of
-    ``epochs``; a network still at chance there is warned about: an ISNet calibrated on it can
-    satisfy its heatmap loss without learning to classify.
+    ``epochs``; a network still at chance there is warned about: an ISNet calibrated on it, or
+    starting from it, can satisfy its heatmap loss without learning to classify. ``groups`` may
+    be empty (bounds given, the run only starts the warm start).
     """
     limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
-    what = "calibrating C1 and C2" if cfg.B > 0 else "calibration run (C1 and C2 are recorded, unused with --B 0)"
+    if cfg.B > 0 and groups:
+        what = "calibrating C1 and C2"
+    elif groups:
+        what = "calibration run, the warm start's first phase (C1 and C2 are recorded, unused with --B 0)"
+    else:
+        what = "the warm start's first phase (C1 and C2 are given)"
     _log.info(f"{what}: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
               f"{limit} while its training accuracy is at chance); its last epoch records the total relevance of "
               f"the {cfg.objective} heatmaps")
@@ -257,11 +264,12 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     result["epochs"] = int(trainer.current_epoch)
     result["train_accuracy"] = float(metrics["calibration/train_accuracy"])
     if at_chance(result["train_accuracy"], cfg.num_classes):
+        risk = ("C1/C2 come from a network that has not learnt, and an ISNet trained with them"
+                if cfg.B > 0 and groups else "the ISNet starts from a network that has not learnt, and")
         _log.warning(f"the calibration network was still at chance after {result['epochs']} epoch(s) (training "
-                     f"accuracy {100 * result['train_accuracy']:.1f}%, chance {100 / cfg.num_classes:.1f}%): C1/C2 "
-                     "come from a network that has not learnt, and an ISNet trained with them can satisfy its "
-                     "heatmap loss without learning to classify. Check that the labels match the images; train "
-                     "longer (--epochs, up to half of which calibration may use), change --lr, or give --c1/--c2")
+                     f"accuracy {100 * result['train_accuracy']:.1f}%, chance {100 / cfg.num_classes:.1f}%): {risk} "
+                     "can satisfy its heatmap loss without learning to classify. Check that the labels match the "
+                     "images; train longer (--epochs, up to half of which calibration may use) or change --lr")
     elif result["epochs"] > cfg.calibrate_epochs:
         _log.info(f"the calibration network learnt in {result['epochs']} epochs (training accuracy "
                   f"{100 * result['train_accuracy']:.1f}%)")
@@ -290,9 +298,10 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     """Train a classifier as configured and return the run folder.
 
     Steps: check the options, the run folder, the hardware, the datasets (errors name the
-    files), the architecture and the objective, all before anything is written; calibrate
-    C1/C2 with a ``standard`` run of ``calibrate_epochs`` when they are not given and the
-    objective uses the heatmap loss; train from a fresh initialisation (same seed); write
+    files), the architecture and the objective, all before anything is written; for a
+    heatmap-loss objective with ``warm_start``, or whose loss uses C1/C2 (``B > 0``) without
+    them given, train a ``standard`` run of ``calibrate_epochs`` first (:func:`_calibrate`);
+    train from its weights (``warm_start``) or a fresh initialisation (same seed); write
     ``config.json`` (the resolved configuration, with the background-swap probability used),
     checkpoints, ``metrics.csv`` and ``model.pt`` to ``config.out``. Progress lines (calibration
     and its values, resume, overwrite) go to the ``isnet.training`` logger at INFO level; the
@@ -364,7 +373,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         with _unfinished_run_hints(run):
             missing = [g for g in calibration_groups(objective.explains) if getattr(cfg, "C1" + g) is None]
             warm = None
-            if objective.heatmap_loss and missing:
+            if objective.heatmap_loss and (cfg.warm_start or (cfg.B > 0 and missing)):
                 cfg.calibration, warm = _calibrate(cfg, datamodule, run, missing)
                 for suffix in missing:  # bounds given on the command line are kept
                     for key in ("C1" + suffix, "C2" + suffix):
