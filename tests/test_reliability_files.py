@@ -152,8 +152,11 @@ def test_one_run_at_a_time_per_folder_and_a_dead_holder_is_taken_over(space, tmp
         _refused(capsys, train, str(held), "in use by isnet train (process", "choose another output folder")
         _refused(capsys, _explain(space, space["photos"], held), "in use by isnet train")
         _refused(capsys, ["bench", "bias", "--out", held, "--quick"], "in use by isnet train")
+        _refused(capsys, ["data", "bg-digits", "--out", held, "--n-train", "10"], "in use by isnet train")
         assert sorted(p.name for p in held.iterdir()) == [LOCK]  # the refused runs wrote nothing
     assert not held.exists()  # the lock created the folder, and removed it empty
+    assert main(["data", "bg-digits", "--out", str(held), "--n-train", "10", "--n-val", "10", "--n-test", "10"]) == 0
+    assert (held / "bg-digits.json").is_file() and not (held / LOCK).exists()  # a dataset writer holds it too
 
     # a holder killed without releasing: the OS drops its lock, the next run says so and takes over
     crashed = tmp_path / "crashed"

@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..locks import LOCK
+
 __all__ = ["check_empty_output", "split_plan", "write_split"]
 
 
 def check_empty_output(out: str | Path) -> Path:
-    """``out`` as a Path; a FileExistsError when it exists and is not an empty directory."""
+    """``out`` as a Path; a FileExistsError when it exists and is not an empty directory (the lock file
+    of the process writing it, :data:`isnet.locks.LOCK`, does not count)."""
     out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK for p in out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty directory")
     return out
 

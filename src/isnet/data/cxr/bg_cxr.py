@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...locks import holding_lock
 from ..layout import check_empty_output, split_plan, write_split
 from .anatomy import CLASSES, render_chest
 from .hospitals import HOSPITALS, acquire
@@ -202,6 +203,7 @@ def to_tensors(d: BGCXR) -> tuple[Tensor, Tensor, Tensor]:
     return gray.expand(-1, 3, -1, -1).contiguous(), masks, torch.from_numpy(d.labels.copy())
 
 
+@holding_lock("isnet data bg-cxr")  # one writer per folder
 def write_dataset(
     out: str | Path,
     *,

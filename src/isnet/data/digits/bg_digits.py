@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...locks import holding_lock
 from ..layout import check_empty_output, split_plan, write_split
 from .backgrounds import CANVAS, TEXTURES, TINTS, backgrounds
 from .mask_quality import degrade_masks
@@ -264,6 +265,7 @@ def to_tensors(d: BGDigits) -> tuple[Tensor, Tensor, Tensor]:
     return images.contiguous(), masks, torch.from_numpy(d.labels.copy())
 
 
+@holding_lock("isnet data bg-digits")  # one writer per folder
 def write_dataset(
     out: str | Path,
     *,
