@@ -153,7 +153,7 @@ def test_zero_heatmaps_finite_and_differentiable(norm):
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(heat.grad).all()
     assert math.isclose(loss.item(), 1.0)  # no background relevance; foreground 0 < C1 costs (0 - 1)^2
-    assert heatmap_loss(heat, mask, norm=norm).item() == 0.0  # the default has no foreground term
+    assert heatmap_loss(heat, mask, norm=norm, B=0.0).item() == 0.0  # without the foreground term nothing costs
 
 
 def test_empty_mask_is_all_background_and_finite():
@@ -189,16 +189,24 @@ def test_loss_gradient_matches_finite_differences():
                                         (heat,))
 
 
-def test_default_loss_is_scale_free():
-    """Without the foreground term (B = 0, the default) scaling every heatmap changes nothing; with it, C2 bounds
-    the scale."""
+def test_default_loss_caps_nothing_above_c1_and_b0_is_scale_free():
+    """The default foreground penalty (floor) keeps relevance above C1 and caps nothing: scaling heatmaps whose
+    foreground totals are above C1 changes nothing, shrinking them below C1 costs. Without the foreground term
+    (B = 0) no scale matters; with the papers' L2 or hybrid penalty, C2 caps the scale."""
     torch.manual_seed(2)
     heat, mask = torch.randn(4, 1, 1, 8, 8, dtype=torch.float64), (torch.rand(4, 1, 8, 8) > 0.5).double()
-    for scale in (1e-3, 7.0, 1e4):
+    low = (heat.abs() * mask[:, None]).sum((2, 3, 4)).min().item() / 2  # every foreground total is above it
+    base = heatmap_loss(heat, mask, C1=low, C2=3 * low).item()
+    for scale in (1.0, 7.0, 1e4):
         # rel_tol: the 1e-10 that guards the division by the foreground mean
-        assert math.isclose(heatmap_loss(scale * heat, mask).item(), heatmap_loss(heat, mask).item(), rel_tol=1e-6)
-    bounded = dict(B=1.0, C1=0.5, C2=3.0)
-    assert heatmap_loss(1e4 * heat, mask, **bounded) > heatmap_loss(heat, mask, **bounded) + 1.0
+        assert math.isclose(heatmap_loss(scale * heat, mask, C1=low, C2=3 * low).item(), base, rel_tol=1e-6)
+    assert heatmap_loss(1e-3 * heat, mask, C1=low, C2=3 * low) > base + 0.5
+    for scale in (1e-3, 7.0, 1e4):
+        assert math.isclose(heatmap_loss(scale * heat, mask, B=0.0).item(), heatmap_loss(heat, mask, B=0.0).item(),
+                            rel_tol=1e-6)
+    for foreground in ("L2", "hybrid"):
+        bounded = dict(C1=low, C2=3 * low, foreground=foreground)
+        assert heatmap_loss(1e4 * heat, mask, **bounded) > heatmap_loss(heat, mask, **bounded) + 1.0
 
 
 def test_per_group_bounds_equal_separate_losses():

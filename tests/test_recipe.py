@@ -75,7 +75,7 @@ def test_one_python_step_equals_the_isnet_train_step():
     """ISNet + ISNetLoss + swap_backgrounds with their defaults, Adam and clipping as in the README, against
     the Lightning module that ``isnet train`` builds from TrainConfig's defaults."""
     x, masks, labels = _batch()
-    config = TrainConfig(train="unused", num_classes=3, image_size=16, C1=0.1, C2=0.6)  # unused with B 0
+    config = TrainConfig(train="unused", num_classes=3, image_size=16, C1=0.1, C2=0.6)  # C2 unused by the floor
     module = ISNetModule.from_config(config).train()
     cli_model = module.net.model
     model = small_cnn(3)

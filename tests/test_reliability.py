@@ -194,7 +194,7 @@ def test_ctrl_c_in_training_says_how_to_continue_and_the_run_resumes(space, tmp_
 def test_calibration_is_printed_and_the_config_records_the_values_used(space):
     printed = space["printed"]
     config = json.loads((space["run"] / "config.json").read_text())
-    assert "the warm start's first phase (C1 and C2 are recorded, unused with --B 0)" in printed  # the default B 0
+    assert "calibrating C1 (C2 is recorded, unused with --foreground floor)" in printed  # the defaults: B 1, floor
     assert f"C1 = {config['C1']:.4g}, C2 = {config['C2']:.4g}" in printed
     assert config["background_swap"] == 1.0  # the selective default, not null
     # the last epoch: of --epochs 2, the warm start's calibration took 1

@@ -323,8 +323,8 @@ def test_a_heatmap_loss_run_with_a_weak_swap_is_warned_that_its_heatmaps_can_hid
     def warned(**options) -> list[str]:
         caplog.clear()
         with caplog.at_level("WARNING", logger="isnet.training"):
-            fit(_config(data, tmp_path / f"run{len(list(tmp_path.iterdir()))}", epochs=1, C1=0.5, C2=7.0, warm_start=False,
-                        **options))
+            fit(_config(data, tmp_path / f"run{len(list(tmp_path.iterdir()))}", epochs=1, C1=0.5, C2=7.0,
+                        warm_start=False, **options))
         return [r.getMessage() for r in caplog.records if "heatmaps hide it" in r.getMessage()]
 
     message, = warned(objective="selective", background_swap=0.25)
@@ -343,7 +343,8 @@ def test_a_calibration_network_at_chance_trains_on_until_half_the_epochs_then_is
     with caplog.at_level("WARNING", logger="isnet.training"):
         fit(_config(data, tmp_path / "run", objective="selective", calibrate_epochs=1, epochs=4))
     warned = [r.getMessage() for r in caplog.records if "still at chance after 2 epoch(s)" in r.getMessage()]
-    assert len(warned) == 1 and "the ISNet starts from a network that has not learnt" in warned[0] and "--lr" in warned[0]
+    assert len(warned) == 1 and "--lr" in warned[0]
+    assert "the ISNet starts from and is calibrated on a network that has not learnt" in warned[0]
     calibration = json.loads((tmp_path / "run" / "config.json").read_text())["calibration"]
     assert calibration["epochs"] == 2
     rows = (tmp_path / "run" / "calibration" / "metrics.csv").read_text().splitlines()
@@ -381,9 +382,9 @@ def test_warm_start_continues_from_the_calibration_network_within_the_epoch_budg
     header = rows[0].split(",")
     assert {row.split(",")[header.index("epoch")] for row in rows[1:]} == {"0", "1"}  # 3 epochs less 1 calibrating
     cold = _StartWeights()
-    fit(_config(data, tmp_path / "cold", objective="selective", calibrate_epochs=1, epochs=3, warm_start=False),
-        callbacks=[cold])
-    # B 0 (the default) uses no C1/C2: without a warm start there is no first phase to run
+    fit(_config(data, tmp_path / "cold", objective="selective", calibrate_epochs=1, epochs=3, warm_start=False,
+                B=0.0), callbacks=[cold])
+    # B 0 uses no C1/C2: without a warm start there is no first phase to run
     assert not (tmp_path / "cold" / "calibration").exists()
     assert json.loads((tmp_path / "cold" / "config.json").read_text())["calibration"] is None
     assert any(not torch.equal(start.state[k], cold.state[k]) for k in start.state)

@@ -136,8 +136,9 @@ class TrainConfig:
                       at_least=0, at_most=1)
     E: float = option(1.0, "background-term scale", "ISNet loss", above=0)
     A: float = option(1.0, "background-term weight", "ISNet loss", at_least=0)
-    B: float = option(0.0, "foreground-term weight: 0 leaves the background term, which is scale-free, alone; "
-                           "1 keeps the foreground relevance in [C1, C2] (the papers)", "ISNet loss", at_least=0)
+    B: float = option(1.0, "foreground-term weight: the foreground relevance is kept above C1 (and, with "
+                           "--foreground L2 or hybrid, below C2: the papers); 0 leaves the background term, which "
+                           "is scale-free, alone", "ISNet loss", at_least=0)
     C1: float | None = option(None, "foreground relevance lower bound (with --c2; default: calibrated)",
                               "ISNet loss", flag="--c1", above=0)
     C2: float | None = option(None, "foreground relevance upper bound (with --c1; default: calibrated)",
@@ -148,9 +149,10 @@ class TrainConfig:
     C2_zplus: float | None = option(None, "dual: the LRP-z+ heatmap's foreground relevance upper bound (with "
                                           "--c1-zplus; default: calibrated)", "ISNet loss",
                                     flag="--c2-zplus", above=0)
-    foreground: str = option("hybrid", "with --B above 0, the foreground penalty above C2: hybrid (quadratic up to "
-                             "C1 + C2, then linear; the Faster ISNet's), L2 (quadratic; the ISNet paper's) or floor "
-                             "(none: only the lower bound C1 is kept)", "ISNet loss",
+    foreground: str = option("floor", "with --B above 0, the foreground penalty above C2: floor (none: only the "
+                             "lower bound C1 is kept, so the network's confidence is not capped), hybrid (quadratic "
+                             "up to C1 + C2, then linear; the Faster ISNet's) or L2 (quadratic; the ISNet paper's)",
+                             "ISNet loss",
                              choices=("L2", "hybrid", "floor"))
     norm: str = option("absRoIMean", "heatmap normalisation", "ISNet loss", choices=("absRoIMean", "RoIMean"))
     d_loss: float = option(1.0, "GWRP decay over deep-supervision layers (1: mean)", "ISNet loss",

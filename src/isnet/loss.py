@@ -113,7 +113,7 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
                  d_loss: float = default("d_loss")) -> Tensor:
     """ISNet heatmap loss, averaged over the batch.
 
-    The defaults are ``isnet train``'s (:mod:`isnet.recipe`); the papers use ``d=0.9, B=1,
+    The defaults are ``isnet train``'s (:mod:`isnet.recipe`); the papers use ``d=0.9,
     foreground="L2"``.
 
     Parameters
@@ -128,16 +128,16 @@ def heatmap_loss(heatmaps: Tensor | Mapping[str, Tensor], masks: Tensor, *, d: f
     A, B
         Weights of the background and foreground terms. The background term measures background
         relevance against the foreground's mean, so it does not depend on the heatmap's scale;
-        the foreground term (``B > 0``) also bounds that scale, and so the network's confidence,
-        by ``C2``. ``B = 0`` (``isnet train``'s default) leaves it out.
+        the foreground term keeps that scale, and so the network's confidence, above ``C1`` and,
+        except with ``foreground="floor"`` (the default), below ``C2``. ``B = 0`` leaves it out.
     C1, C2
         Range kept for the summed absolute foreground relevance: floats, or G values each, one
         per group of heatmaps (heatmap k gets value k mod G; the Dual ISNet's LRP-epsilon and
-        LRP-z+ maps have their own ranges). The recipe calibrates them (:func:`calibrate`); the
-        defaults 1 and 25 are placeholders.
+        LRP-z+ maps have their own ranges). The recipe calibrates them (:func:`calibrate`) on a
+        plain classifier's heatmaps; the defaults 1 and 25 are placeholders.
     foreground
-        ``"L2"`` (quadratic on both sides), ``"hybrid"`` (linear far above ``C1 + C2``) or
-        ``"floor"`` (the lower side only: relevance below ``C1`` is penalised, no cap above).
+        ``"floor"`` (the lower side only: relevance below ``C1`` is penalised, no cap above),
+        ``"L2"`` (quadratic on both sides) or ``"hybrid"`` (linear far above ``C1 + C2``).
     norm
         ``"absRoIMean"``: ``|H|`` over the foreground mean of ``|H|``; ``"RoIMean"``: ``|H / mean(H)|``.
     """

@@ -10,10 +10,10 @@ The recipe departs from the papers in a few values, which :data:`REFERENCE` hold
 name. In Python the papers' recipe is::
 
     net = isnet.ISNet(model, "selective", batch_stats="gradient")   # a freshly initialised model
-    criterion = isnet.ISNetLoss(P=0.7, d=0.9, B=1.0, foreground="L2", C1=C1, C2=C2)   # and no swap
+    criterion = isnet.ISNetLoss(P=0.7, d=0.9, foreground="L2", C1=C1, C2=C2)   # and no swap
     criterion(...).total.backward()
 
-and on the command line ``isnet train --P 0.7 --d 0.9 --B 1 --foreground L2 --batch-stats gradient
+and on the command line ``isnet train --P 0.7 --d 0.9 --foreground L2 --batch-stats gradient
 --background-swap 0 --calibration-swap 0 --p-warmup 0 --no-warm-start --heatmap-gradient sum``.
 """
 
@@ -45,8 +45,7 @@ def default(name: str) -> Any:
 REFERENCE = MappingProxyType({
     "P": 0.7,                    # the papers' heatmap-loss weight
     "d": 0.9,                    # the papers' GWRP decay
-    "B": 1.0,                    # the papers' foreground term: total foreground relevance kept in [C1, C2]
-    "foreground": "L2",          # the ISNet paper's foreground penalty
+    "foreground": "L2",          # the ISNet paper's foreground penalty: total foreground relevance kept in [C1, C2]
     "batch_stats": "gradient",   # the reference implementation differentiates batch-norm statistics
     "background_swap": 0.0,      # the papers train on the data as it is
     "calibration_swap": 0.0,

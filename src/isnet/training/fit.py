@@ -235,12 +235,10 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     be empty (bounds given, the run only starts the warm start).
     """
     limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
-    if cfg.B > 0 and groups:
-        what = "calibrating C1 and C2"
-    elif groups:
-        what = "calibration run, the warm start's first phase (C1 and C2 are recorded, unused with --B 0)"
-    else:
-        what = "the warm start's first phase (C1 and C2 are given)"
+    calibrating = cfg.B > 0 and bool(groups)
+    floor = " (C2 is recorded, unused with --foreground floor)" if cfg.foreground == "floor" else " and C2"
+    what = ("calibrating C1" + floor if calibrating else "the warm start's first phase (C1 and C2 are "
+            + ("recorded, unused with --B 0)" if groups else "given)"))
     _log.info(f"{what}: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
               f"{limit} while its training accuracy is at chance); its last epoch records the total relevance of "
               f"the {cfg.objective} heatmaps")
@@ -264,8 +262,8 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     result["epochs"] = int(trainer.current_epoch)
     result["train_accuracy"] = float(metrics["calibration/train_accuracy"])
     if at_chance(result["train_accuracy"], cfg.num_classes):
-        risk = ("C1/C2 come from a network that has not learnt, and an ISNet trained with them"
-                if cfg.B > 0 and groups else "the ISNet starts from a network that has not learnt, and")
+        how = " and ".join(w for w, on in (("starts from", cfg.warm_start), ("is calibrated on", calibrating)) if on)
+        risk = f"the ISNet {how} a network that has not learnt, and"
         _log.warning(f"the calibration network was still at chance after {result['epochs']} epoch(s) (training "
                      f"accuracy {100 * result['train_accuracy']:.1f}%, chance {100 / cfg.num_classes:.1f}%): {risk} "
                      "can satisfy its heatmap loss without learning to classify. Check that the labels match the "
