@@ -66,11 +66,21 @@ def test_a_benchmark_without_its_attributes_is_refused():
     methods = {name: (lambda self, *args, **kwargs: None) for name in Benchmark.__abstractmethods__}
     incomplete = type("Incomplete", (Benchmark,), {**methods, "name": "x", "dataset": "X", "test_sets": ("a",)})
     with pytest.raises(TypeError, match=r"benchmark Incomplete does not set \['settings_type', 'quick', 'full', "
-                                        r"'metrics', 'compared', 'segmenter_input'\]"):
+                                        r"'metrics', 'compared', 'segmenter_input', 'report'\]"):
         incomplete()
+
+    class Report:  # what a benchmark's report module provides
+        format_table = staticmethod(lambda results: f"table of {sorted(results)}")
+        results_markdown = staticmethod(lambda cfg, results: "results.md")
+        findings = staticmethod(lambda results: ["a finding"])
+        setup = staticmethod(lambda cfg, results: f"setup of {cfg}")
+
     attributes = {"settings_type": BiasBenchConfig, "quick": {}, "full": {}, "metrics": ("accuracy",),
-                  "compared": (), "segmenter_input": (1, 3)}
+                  "compared": (), "segmenter_input": (1, 3), "report": Report}
     complete = type("Complete", (incomplete,), attributes)()
     assert complete.label == "bench x" and complete.results_entries({}) == {"test_sets": ["a"]}
+    # the report texts come from the report module
+    assert complete.format_table({"m": 1}) == "table of ['m']" and complete.findings({}) == ["a finding"]
+    assert complete.setup("cfg", {}) == "setup of cfg" and complete.results_markdown("cfg", {}) == "results.md"
     with pytest.raises(TypeError, match="abstract"):
         type("Abstract", (Benchmark,), {"name": "x"})()

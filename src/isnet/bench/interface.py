@@ -47,12 +47,24 @@ class TestSet(Protocol):
     labels: Tensor
 
 
+class ReportFunctions(Protocol):
+    """A benchmark's report module (``isnet.bench.NAME.report``): the texts that depend on its test sets."""
+
+    def format_table(self, results: Mapping[str, Any]) -> str: ...
+
+    def results_markdown(self, cfg: Any, results: Mapping[str, Any]) -> str: ...
+
+    def findings(self, results: Mapping[str, Any]) -> list[str]: ...
+
+    def setup(self, cfg: Any, results: Mapping[str, Any]) -> str: ...
+
+
 Settings = TypeVar("Settings", bound=BenchSettings)
 Tests = TypeVar("Tests", bound=TestSet)
 """A benchmark's test-set type, and (``Settings``) its settings type."""
 
 _ATTRIBUTES = ("name", "dataset", "settings_type", "quick", "full", "test_sets", "metrics", "compared",
-               "segmenter_input")
+               "segmenter_input", "report")
 
 
 class Benchmark(ABC, Generic[Settings, Tests]):
@@ -75,6 +87,9 @@ class Benchmark(ABC, Generic[Settings, Tests]):
     segmenter_input : (int, int)
         The ``seg-classify`` segmenter's kept regions and input channels
         (:func:`isnet.bench.segmenter.prepare_segmenter`).
+    report : ReportFunctions
+        The benchmark's report module; the table, ``results.md``, the findings and the setup
+        paragraph come from it.
     example_note : str
         Added to the heatmap section's caption after "from each test set".
     title_size : int or None
@@ -90,6 +105,7 @@ class Benchmark(ABC, Generic[Settings, Tests]):
     metrics: tuple[str, ...]
     compared: tuple[tuple[str, str], ...]
     segmenter_input: tuple[int, int]
+    report: ReportFunctions
     example_note: str = ""
     title_size: int | None = None
 
@@ -156,21 +172,21 @@ class Benchmark(ABC, Generic[Settings, Tests]):
 
     # report
 
-    @abstractmethod
     def format_table(self, results: Mapping[str, Any]) -> str:
         """The Markdown table the command prints."""
+        return self.report.format_table(results)
 
-    @abstractmethod
     def results_markdown(self, cfg: Settings, results: Mapping[str, Any]) -> str:
         """``results.md``."""
+        return self.report.results_markdown(cfg, results)
 
-    @abstractmethod
     def findings(self, results: Mapping[str, Any]) -> list[str]:
         """One plain sentence per method, from its numbers."""
+        return self.report.findings(results)
 
-    @abstractmethod
     def setup(self, cfg: Settings, results: Mapping[str, Any]) -> str:
         """The report's setup paragraph: data, sizes, architecture, how relevance is measured."""
+        return self.report.setup(cfg, results)
 
     @abstractmethod
     def figures(self, cfg: Settings, results: Mapping[str, Any], heatmaps: Figure | None,

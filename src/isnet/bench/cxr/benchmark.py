@@ -71,6 +71,7 @@ class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
     metrics = CXR_METRICS
     compared = CXR_COMPARED
     segmenter_input = (2, 1)  # the segmenter reads grayscale and keeps the two largest regions: a pair of lungs
+    report = report
     example_note = " (test set, class, hospital)"
     title_size = 7
 
@@ -174,22 +175,6 @@ class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
     def class_name(self, label: int) -> str:
         """The class's name."""
         return CLASSES[label]
-
-    def format_table(self, results: Mapping[str, Any]) -> str:
-        """:func:`isnet.bench.cxr.report.format_table`."""
-        return report.format_table(results)
-
-    def results_markdown(self, cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
-        """:func:`isnet.bench.cxr.report.results_markdown`."""
-        return report.results_markdown(cfg, results)
-
-    def findings(self, results: Mapping[str, Any]) -> list[str]:
-        """:func:`isnet.bench.cxr.report.findings`."""
-        return report.findings(results)
-
-    def setup(self, cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
-        """:func:`isnet.bench.cxr.report.setup`."""
-        return report.setup(cfg, results)
 
     def figures(self, cfg: CxrBenchConfig, results: Mapping[str, Any], heatmaps: Figure | None,
                 tests: Mapping[str, CxrTestSet]) -> dict[str, Figure]:

@@ -102,6 +102,7 @@ class BGDigitsBenchmark(Benchmark[BiasBenchConfig, BiasTestSet]):
     metrics = METRICS
     compared = COMPARED
     segmenter_input = (1, 3)  # the digit is one region; the segmenter reads RGB
+    report = report
 
     def prepare_data(self, root: Path, cfg: BiasBenchConfig, train_mask: str = "exact") -> dict[str, Path]:
         """BG-Digits on disk (reused when ``root/bg-digits.json`` matches the settings).
@@ -194,22 +195,6 @@ class BGDigitsBenchmark(Benchmark[BiasBenchConfig, BiasTestSet]):
     def example_title(self, tests: Mapping[str, BiasTestSet], name: str, index: int) -> str:
         """Test set and label."""
         return f"{name}, label {int(tests[name].labels[index])}"
-
-    def format_table(self, results: Mapping[str, Any]) -> str:
-        """:func:`isnet.bench.digits.report.format_table`."""
-        return report.format_table(results)
-
-    def results_markdown(self, cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
-        """:func:`isnet.bench.digits.report.results_markdown`."""
-        return report.results_markdown(cfg, results)
-
-    def findings(self, results: Mapping[str, Any]) -> list[str]:
-        """:func:`isnet.bench.digits.report.findings`."""
-        return report.findings(results)
-
-    def setup(self, cfg: BiasBenchConfig, results: Mapping[str, Any]) -> str:
-        """:func:`isnet.bench.digits.report.setup`."""
-        return report.setup(cfg, results)
 
     def figures(self, cfg: BiasBenchConfig, results: Mapping[str, Any], heatmaps: Figure | None,
                 tests: Mapping[str, BiasTestSet]) -> dict[str, Figure]:
