@@ -128,7 +128,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train a classifier (standard, ISNet, Faster ISNet, baselines) on a masked dataset",
         description="Train a classifier with Lightning. ISNet objectives penalise LRP relevance outside the "
-                    "foreground masks, continuing from a short standard run (which calibrates --c1/--c2 for --B above 0). "
+                    "foreground masks, continuing from a short standard run that also calibrates --c1/--c2. "
                     "Writes OUT/config.json, OUT/checkpoints/{last,best}.ckpt, OUT/metrics.csv and OUT/model.pt. "
                     "Everything is checked before OUT is written; OUT may not hold another run: --resume continues "
                     "one, --overwrite starts an unfinished one again (a finished model.pt is never replaced).")
