@@ -245,6 +245,10 @@ class TrainConfig:
         """The LRP-Flex options of this run (keyword arguments of :class:`isnet.LRPFlex`)."""
         return {"epsilon": self.epsilon, "zb": self.zb, "batch_stats": self.batch_stats}
 
+    def uses_bounds(self) -> bool:
+        """Whether the heatmap loss reads C1/C2: only its foreground term does (``B`` above 0)."""
+        return self.B > 0
+
     def warm_epochs(self) -> int:
         """Calibration epochs that count towards ``epochs``: those a warm start continues from (the main
         training keeps at least one epoch)."""

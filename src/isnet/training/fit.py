@@ -235,10 +235,12 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     be empty (bounds given, the run only starts the warm start).
     """
     limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
-    calibrating = cfg.B > 0 and bool(groups)
-    floor = " (C2 is recorded, unused with --foreground floor)" if cfg.foreground == "floor" else " and C2"
-    what = ("calibrating C1" + floor if calibrating else "the warm start's first phase (C1 and C2 are "
-            + ("recorded, unused with --B 0)" if groups else "given)"))
+    calibrating = cfg.uses_bounds() and bool(groups)
+    if calibrating:
+        what = "calibrating C1 " + ("(C2 is recorded, unused with --foreground floor)" if cfg.foreground == "floor"
+                                    else "and C2")
+    else:
+        what = "the warm start's first phase (C1 and C2 are " + ("recorded, unused with --B 0)" if groups else "given)")
     _log.info(f"{what}: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
               f"{limit} while its training accuracy is at chance); its last epoch records the total relevance of "
               f"the {cfg.objective} heatmaps")
@@ -371,7 +373,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         with _unfinished_run_hints(run):
             missing = [g for g in calibration_groups(objective.explains) if getattr(cfg, "C1" + g) is None]
             warm = None
-            if objective.heatmap_loss and (cfg.warm_start or (cfg.B > 0 and missing)):
+            if objective.heatmap_loss and (cfg.warm_start or (cfg.uses_bounds() and missing)):
                 cfg.calibration, warm = _calibrate(cfg, datamodule, run, missing)
                 for suffix in missing:  # bounds given on the command line are kept
                     for key in ("C1" + suffix, "C2" + suffix):

@@ -98,7 +98,7 @@ class ISNetModule(L.LightningModule):
         objective = get_objective(cfg.objective)
         groups = calibration_groups(objective.explains)
         bounds = [(getattr(cfg, "C1" + g), getattr(cfg, "C2" + g)) for g in groups]
-        if objective.heatmap_loss and not calibrate and cfg.B > 0 and any(None in pair for pair in bounds):
+        if objective.heatmap_loss and not calibrate and cfg.uses_bounds() and any(None in pair for pair in bounds):
             names = ", ".join(f"C1{g} and C2{g}" for g in groups)
             raise ValueError(f"objective {cfg.objective!r} needs {names} (fit() calibrates them)")
         c1 = [1.0 if low is None else low for low, _ in bounds]
