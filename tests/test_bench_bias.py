@@ -457,6 +457,54 @@ def test_settings_key_changes_with_what_changes_the_network_only(monkeypatch):
     assert settings_key(base, {"n": 10}) == key and settings_key({**base, "added": 0.5}, {"n": 10}) != key
 
 
+@pytest.mark.e2e
+def test_a_moved_bench_folder_keeps_its_runs_and_new_test_data_reevaluate_them(tiny_bench, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    import isnet.bench.grid as grid
+    from isnet.bench.digits.benchmark import BG_DIGITS
+    from isnet.cli import main
+
+    out, argv = tiny_bench
+    moved = tmp_path / "elsewhere" / "bias"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns(".isnet.lock"))
+    moved_argv = [str(moved) if a == str(out) else a for a in argv]
+    trained, keys = [], {}
+    monkeypatch.setattr(grid, "_train_run", lambda *a, **k: trained.append(a) or {})
+    original_keys = grid.run_keys
+
+    def spy(options, test_key, folder):
+        keys[Path(options["out"]).parent.name] = found = original_keys(options, test_key, folder)
+        return found
+
+    monkeypatch.setattr(grid, "run_keys", spy)
+    stored = moved / "runs" / "standard" / "seed0" / "result.json"
+    before = json.loads(stored.read_text())
+    capsys.readouterr()
+    assert main(moved_argv) == 0 and capsys.readouterr().out.count("reused stored run") == 2 and not trained
+    assert keys["standard"].training == before["training_key"] and keys["standard"].test == before["test_key"]
+
+    # a run stored by an earlier isnet under one key (absolute paths and the test data): reused, given both keys
+    legacy = {k: v for k, v in before.items() if k not in ("training_key", "test_key")}
+    stored.write_text(json.dumps({**legacy, "settings_key": keys["standard"].legacy}))
+    assert main(moved_argv) == 0 and capsys.readouterr().out.count("reused stored run") == 2 and not trained
+    assert json.loads(stored.read_text())["training_key"] == before["training_key"]
+    stored.write_text(json.dumps({**legacy, "settings_key": "0123456789abcdef"}))  # another earlier run: refused
+    assert main(moved_argv) == 2 and "finished runs trained with other settings" in capsys.readouterr().err
+    stored.write_text(json.dumps(before))
+
+    # other test data: the stored networks are evaluated again (with their timings), not trained again
+    monkeypatch.setattr(type(BG_DIGITS), "test_key", lambda self, cfg: {"n": cfg.n_test, "another": "test set"})
+    assert main(moved_argv) == 0 and not trained
+    assert capsys.readouterr().out.count("stored run evaluated on the new test data") == 2
+    after = json.loads(stored.read_text())
+    assert after["training_key"] == before["training_key"] and after["test_key"] != before["test_key"]
+    assert after["train_time_s"] == before["train_time_s"] and after["results"] == before["results"]
+    assert main(moved_argv) == 0 and capsys.readouterr().out.count("reused stored run") == 2
+
+
 def test_swap_dose_probabilities_are_checked(tmp_path):
     from isnet.bench.command import add_parser, run
     from isnet.bench.digits.modes import run_swap_dose

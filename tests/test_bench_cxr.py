@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from isnet.bench.cxr.presets import CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
+from isnet.bench.cxr.presets import (CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_PLACES, CXR_QUICK, CXR_TEST_SETS,
+                                    CxrBenchConfig)
 from isnet.bench.digits.presets import BiasBenchConfig
 from isnet.bench.presets import METHODS, bench_config
 from isnet.bench.cxr.report import results_markdown
@@ -42,6 +43,47 @@ def test_data_command_writes_the_dataset_layout(tmp_path):
     assert train.classes == ["consolidation", "ground_glass", "normal"]
     assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64) and 0 <= label < 3
     assert torch.equal(image[0], image[1])  # grayscale replicated
+
+
+def test_composites_put_another_hospital_only_outside_or_only_inside_the_lungs():
+    from isnet.bench.cxr.benchmark import BG_CXR
+    from isnet.bench.cxr.report import findings, place_rows
+
+    tests = BG_CXR.make_test_sets(CxrBenchConfig(n_test=9, image_size=64))
+    biased, deceiving = tests["biased"], tests["deceiving"]
+    assert list(tests) == [*CXR_TEST_SETS, *CXR_PLACES]
+    for name, lungs, background in ((CXR_PLACES[0], biased, deceiving), (CXR_PLACES[1], deceiving, biased)):
+        made = tests[name]
+        assert torch.equal(made.labels, biased.labels) and torch.equal(made.masks, lungs.masks)
+        inside, neither = lungs.masks.bool().expand_as(made.images), ~(lungs.masks + background.masks).bool()
+        assert torch.equal(made.images[inside], lungs.images[inside])  # the lungs, pixel for pixel
+        assert torch.equal(made.images[neither.expand_as(made.images)], background.images[neither.expand_as(
+            made.images)])  # the other hospital's background, pixel for pixel
+        # where only the background's own lungs were: filled from that image's background, never its lungs
+        filled = (background.masks.bool() & ~lungs.masks.bool()).expand_as(made.images)
+        for i in range(len(made.labels)):
+            around = background.images[i][~background.masks[i].bool().expand_as(background.images[i])]
+            values = made.images[i][filled[i]]
+            assert values.min() >= around.min() - 1e-6 and values.max() <= around.max() + 1e-6
+        assert torch.equal(made.shortcuts, background.shortcuts * (1 - lungs.masks))
+        assert torch.equal(made.hospitals, lungs.hospitals)
+    assert (tests[CXR_PLACES[0]].images != biased.images).any() and (tests[CXR_PLACES[1]].images != biased.images).any()
+
+    def entry(acc: float) -> dict:
+        return {m: v for metric in CXR_METRICS for m, v in ((metric, acc), (f"{metric}_std", None))} | {"seeds": 1}
+
+    places = {"biased": 0.9, "unbiased": 0.5, "external": 0.55, "deceiving": 0.3, CXR_PLACES[0]: 0.89,
+              CXR_PLACES[1]: 0.31}
+    results = {"methods": {"new": {t: entry(a) for t, a in places.items()},
+                           "old": {t: entry(a) for t, a in places.items() if t in CXR_TEST_SETS}},
+               "config": {}, "train_time_s": {}}
+    assert place_rows(results) == [{"method": "new", "nowhere (biased)": "90.0", "outside the lungs only": "89.0",
+                                    "inside the lungs only": "31.0", "everywhere (deceiving)": "30.0"}]
+    new, old = findings(results)
+    assert "only outside the lungs 89.0%, only inside them 31.0%" in new and "only inside" not in old
+    assert "Another class's hospital outside or inside the lungs" in results_markdown(CxrBenchConfig(), results)
+    without = {**results, "methods": {"old": results["methods"]["old"]}}
+    assert "Another class's hospital" not in results_markdown(CxrBenchConfig(), without)
 
 
 def test_presets_use_the_bias_benchmarks_methods_and_validate():
@@ -85,7 +127,7 @@ def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
     assert set(results) == {"methods", "train_time_s", "step_time_s", "paired", "audit", "config"}
     assert list(results["methods"]) == ["standard", "masked", "masked@unmasked", "seg-classify"]
     for sets in results["methods"].values():
-        assert list(sets) == list(CXR_TEST_SETS)
+        assert list(sets) == [*CXR_TEST_SETS, *CXR_PLACES]
         for entry in sets.values():
             for metric in CXR_METRICS:
                 assert 0.0 <= entry[metric] <= 1.0 and f"{metric}_std" in entry
@@ -111,6 +153,8 @@ def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
     table = (out / "results.md").read_text()
     assert "## Accuracy (%)" in table and "| method | swap | biased | unbiased | external | deceiving |" in table
     assert "| standard | no |" in table and "| masked | - |" in table and "| seg-classify | - |" in table
+    assert "## Another class's hospital outside or inside the lungs" in table
+    assert config["places"] == list(CXR_PLACES)
     assert "seg-classify: a MONAI U-Net" in table and "Dice of its masks per test set: biased" in table
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {(r["method"], r["test_set"]) for r in rows} >= {("standard", "external"), ("masked", "deceiving")}

@@ -381,4 +381,4 @@ def _names(key: str) -> tuple[str, ...]:
 RESUMABLE = _names("resumable")
 """Options that ``resume`` takes from the new call; everything else comes from the run's config.json."""
 BOOKKEEPING = _names("bookkeeping")
-"""Options that do not change the trained network (left out of a run's settings key)."""
+"""Options that do not change the trained network (left out of a stored benchmark run's training key)."""

@@ -3,10 +3,13 @@
 Each run is :func:`isnet.training.fit` (what ``isnet train`` runs) into
 ``RUNS/<method>/seed<k>``, then evaluated by the benchmark's function in this process; its
 record (timings, calibration, the last epoch's validation accuracy, evaluation) is stored as
-``result.json`` next to the run, under a *settings key*: a hash of every training option that
-changes the trained network (all but :data:`isnet.config.BOOKKEEPING`) and of the test data. A later grid with the same
-key reuses the record, so an interrupted grid continues where it stopped. With ``jobs > 1``
-the runs train in that many fresh processes, the most expensive first; evaluation stays here.
+``result.json`` next to the run, under two keys (:class:`RunKeys`): a hash of every training
+option that changes the trained network (all but :data:`isnet.config.BOOKKEEPING`) and a hash
+of the test data. A later grid with the same keys reuses the record, so an interrupted grid
+continues where it stopped; with the same training key and other test data it evaluates the
+stored network again instead of training it. Data folders inside the benchmark's folder count
+relative to it, so a copied or moved benchmark folder keeps its runs. With ``jobs > 1`` the runs
+train in that many fresh processes, the most expensive first; evaluation stays here.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from ..training.progress import epoch_line
 from .presets import RUN_OPTIONS
 
 __all__ = [
-    "Grid", "Log", "RunFailed", "StepTimer", "clock", "console_log", "last_val_accuracy", "run_dir", "run_grid",
-    "run_options", "settings_key", "threads_per_job",
+    "Grid", "Log", "RunFailed", "RunKeys", "StepTimer", "clock", "console_log", "last_val_accuracy", "run_dir",
+    "run_grid", "run_keys", "run_options", "settings_key", "threads_per_job",
 ]
 
 Log = Callable[[str, float | None], None]
@@ -55,10 +58,12 @@ class Grid:
     """What to train and how to judge it.
 
     ``methods``: method -> its training options (with its ``objective``); ``options``: training
-    options of every run; ``data``: the ``train`` and ``val`` dataset roots (``method_data``:
-    other roots for some methods, e.g. training masks of another quality); ``evaluate(model,
-    config)`` scores a trained classifier (eval mode, resolved config) and returns the entries
-    it adds to the run's record; ``test_key`` identifies its test data in the settings key;
+    options of every run; ``runs``: the runs' folder, inside the benchmark's folder (its parent:
+    data folders count relative to it in the keys, :func:`run_keys`); ``data``: the ``train``
+    and ``val`` dataset roots (``method_data``: other roots for some methods, e.g. training masks
+    of another quality); ``evaluate(model, config)`` scores a trained classifier (eval mode,
+    resolved config) and returns the entries it adds to the run's record; ``test_key``
+    identifies its test data in the run's keys;
     ``describe(record)`` summarises a finished run's evaluation in its progress line; ``cost``: a
     method's relative training time (default 1), for scheduling; ``name`` prefixes the progress
     lines of training processes.
@@ -117,34 +122,74 @@ def run_options(grid: Grid, method: str, seed: int) -> dict[str, Any]:
             **{key: per_run[key] for key in RUN_OPTIONS}}
 
 
-def settings_key(options: Mapping[str, Any], test_key: Mapping[str, Any]) -> str:
-    """What a stored run depends on: every training option (defaults included) and the test data.
-
-    Options that are None by default and in this run are left out, so an option added to a
-    later isnet (None unless given) leaves the keys of stored runs unchanged. Data and
-    segmenter folders count as resolved paths, so ``--out runs/x`` and ``--out /abs/runs/x``
-    give the same keys. An option renamed since (:data:`isnet.config.RENAMED`) counts under its
-    earlier name, so runs stored before the renaming keep their keys.
-    """
+def _relevant_options(options: Mapping[str, Any], folder: Path | None) -> dict[str, Any]:
+    """The training options a stored run depends on (see :func:`run_keys`), data folders as :func:`run_keys` says."""
     resolved = TrainConfig.from_dict(options).to_dict()
     unset = {k for k, v in TrainConfig().to_dict().items() if v is None and resolved[k] is None}
     earlier = {new: old for old, new in RENAMED.items()}
     relevant = {earlier.get(k, k): v for k, v in resolved.items() if k not in BOOKKEEPING and k not in unset}
     for name in ("train", "val", "segmenter"):  # the same folder however it is written (relative, absolute)
         if relevant.get(name):
-            relevant[name] = str(Path(relevant[name]).expanduser().resolve())
-    relevant["test"] = dict(test_key)
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            path = Path(relevant[name]).expanduser().resolve()
+            inside = folder is not None and path.is_relative_to(folder)
+            relevant[name] = f"<bench>/{path.relative_to(folder).as_posix()}" if inside else str(path)
+    return relevant
 
 
-def _stored_record(out: Path, key: str) -> dict | None:
-    """The stored result of a finished run whose settings key is ``key``, else None."""
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """What a stored run depends on: its training options (``training``) and the test data (``test``).
+
+    ``legacy`` is the single key under which isnet stored runs before the two were separate
+    (:func:`settings_key`); such runs are reused and their records given today's keys.
+    """
+
+    training: str
+    test: str
+    legacy: str
+
+
+def run_keys(options: Mapping[str, Any], test_key: Mapping[str, Any], folder: Path) -> RunKeys:
+    """The keys of a run with training ``options`` evaluated on the test data ``test_key``.
+
+    Every training option counts (defaults included) but those None by default and in this
+    run, so an option added to a later isnet (None unless given) leaves the keys of stored
+    runs unchanged; an option renamed since (:data:`isnet.config.RENAMED`) counts under its
+    earlier name. Data and segmenter folders inside ``folder`` (the benchmark's folder) count
+    relative to it, others as resolved paths: ``--out runs/x`` and ``--out /abs/runs/x`` give
+    the same keys, and so does the folder after a move.
+    """
+    folder = Path(folder).expanduser().resolve()
+    return RunKeys(training=_digest(_relevant_options(options, folder)), test=_digest(dict(test_key)),
+                   legacy=settings_key(options, test_key))
+
+
+def settings_key(options: Mapping[str, Any], test_key: Mapping[str, Any]) -> str:
+    """The single key of runs stored by earlier versions: the options as in :func:`run_keys` with every data
+    folder as a resolved path, and the test data."""
+    return _digest({**_relevant_options(options, None), "test": dict(test_key)})
+
+
+def _stored_record(out: Path, keys: RunKeys) -> tuple[dict | None, bool]:
+    """The stored record of a finished run trained with ``keys.training``, else None; and whether the network must
+    be evaluated again (it was evaluated on other test data, which needs its ``model.pt``)."""
     stored = out / "result.json"
-    if stored.is_file():
-        record = json.loads(stored.read_text())
-        if record.get("settings_key") == key:
-            return record
-    return None
+    if not stored.is_file():
+        return None, False
+    record = json.loads(stored.read_text())
+    if record.get("training_key") is None and record.get("settings_key") == keys.legacy:
+        record.update(training_key=keys.training, test_key=keys.test)
+        write_json(stored, record)
+        return record, False
+    if record.get("training_key") != keys.training:
+        return None, False
+    if record.get("test_key") == keys.test:
+        return record, False
+    return (record, True) if (out / "model.pt").is_file() else (None, False)
 
 
 class StepTimer(Callback):
@@ -218,12 +263,12 @@ def last_val_accuracy(run: Path) -> float | None:
     return found
 
 
-def _evaluate_run(grid: Grid, method: str, seed: int, key: str, timing: Mapping[str, Any]) -> dict:
-    """Evaluate a trained run and store its record (settings ``key``) as ``result.json``."""
+def _evaluate_run(grid: Grid, method: str, seed: int, keys: RunKeys, timing: Mapping[str, Any]) -> dict:
+    """Evaluate a trained run and store its record (with its ``keys``) as ``result.json``."""
     out = run_dir(grid.runs, method, seed)
     model, resolved = load_classifier(out)
     record = {
-        "method": method, "seed": seed, "settings_key": key,
+        "method": method, "seed": seed, "training_key": keys.training, "test_key": keys.test,
         **timing, "calibration": resolved.get("calibration"), "C1": resolved.get("C1"), "C2": resolved.get("C2"),
         "val_accuracy": last_val_accuracy(out), **grid.evaluate(model, resolved),
     }
@@ -252,7 +297,7 @@ def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
     """
     tasks = [(method, seed) for method in grid.methods for seed in range(grid.seeds)]
     options = {task: run_options(grid, *task) for task in tasks}
-    keys = {task: settings_key(opts, grid.test_key) for task, opts in options.items()}
+    keys = {task: run_keys(opts, grid.test_key, grid.runs.parent) for task, opts in options.items()}
     found: dict[tuple[str, int], dict] = {}
 
     def report(record: Mapping[str, Any], what: str) -> None:
@@ -260,8 +305,12 @@ def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
             f"(fit {record['train_time_s']:.0f} s) {grid.describe(record)}", start)
 
     for task in tasks:
-        record = _stored_record(run_dir(grid.runs, *task), keys[task])
-        if record is not None:
+        record, evaluate = _stored_record(run_dir(grid.runs, *task), keys[task])
+        if record is not None and evaluate:
+            timing = {k: record[k] for k in ("train_time_s", "step_time_s", "epochs") if k in record}
+            found[task] = _evaluate_run(grid, *task, keys[task], timing)
+            report(found[task], "stored run evaluated on the new test data")
+        elif record is not None:
             found[task] = record
             report(record, "reused stored run")
     _check_no_finished_run_replaced([run_dir(grid.runs, *t) for t in tasks if t not in found])

@@ -8,7 +8,7 @@ for every benchmark and asks a :class:`Benchmark` only for what differs:
 * **settings and presets**: a dataclass of the :class:`~isnet.bench.presets.BenchSettings`
   fields (plus the benchmark's own), and the ``--quick`` and full presets;
 * **data and test sets**: the training data on disk and the test sets in memory
-  (:class:`TestSet`), with what identifies them in a stored run's settings key;
+  (:class:`TestSet`), with what identifies them in a stored run's test key;
 * **measurements**: the metrics of one classifier on one test set, the (test set, metric)
   pairs compared seed by seed, and one line summarising a finished run;
 * **report**: its tables, findings, setup paragraph, figures and the sections of
@@ -141,7 +141,8 @@ class Benchmark(ABC, Generic[Settings, Tests]):
 
     @abstractmethod
     def test_key(self, cfg: Settings) -> dict[str, Any]:
-        """What identifies the test data in a stored run's settings key (:func:`isnet.bench.grid.settings_key`)."""
+        """What identifies the test data in a stored run's test key (:func:`isnet.bench.grid.run_keys`); when it
+        changes, stored networks are evaluated again, not trained again."""
 
     # measurements
 

@@ -15,7 +15,8 @@ field of view), correlated with the class in training. :data:`BG_CXR` is the ben
    test sets (:data:`~isnet.bench.cxr.presets.CXR_METRICS`): accuracy, macro AUROC, the
    abnormal-vs-normal AUROC with its DeLong interval, and the shares of absolute LRP-Flex
    relevance (predicted class, one rule for every method) outside the lungs and on the marker
-   and label box;
+   and label box; and on two composites of the same patients that put another class's hospital
+   only outside or only inside the lungs (:data:`~isnet.bench.cxr.presets.CXR_PLACES`);
 4. compares each method with the standard classifier of the same swap setting, seed by seed
    (:mod:`isnet.bench.paired`), and writes ``results.json``, ``results.md``, ``results.csv``,
    figures and ``report.html`` (:mod:`isnet.bench.report`, with the parts of
@@ -35,13 +36,15 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ...checkpoints import explainer
+from ...data.augment import fill_foreground, paste_foreground
 from ...data.cxr.bg_cxr import CLASSES, HOSPITALS, generate, to_tensors, write_dataset
 from ...evaluate import predict_batch
 from ...metrics import background_share, classification_metrics, delong_auroc_ci, relevance_share
 from ..interface import Benchmark, Records, Section
 from ..presets import RAW_INPUT
 from . import report
-from .presets import ABNORMAL_CI, CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_QUICK, CXR_TEST_SETS, CxrBenchConfig
+from .presets import (ABNORMAL_CI, CXR_COMPARED, CXR_FULL, CXR_METRICS, CXR_PLACES, CXR_QUICK, CXR_TEST_SETS,
+                      CxrBenchConfig)
 
 __all__ = ["BG_CXR", "BGCXRBenchmark", "CxrTestSet"]
 
@@ -56,7 +59,19 @@ class CxrTestSet:
     masks: Tensor  # (N, 1, H, W), the lungs
     labels: Tensor  # (N,)
     shortcuts: Tensor  # (N, 1, H, W), the hospital's marker and label box
-    hospitals: Tensor  # (N,), index into isnet.data.cxr.bg_cxr.HOSPITALS
+    hospitals: Tensor  # (N,), index into isnet.data.cxr.bg_cxr.HOSPITALS (of the lungs, in a composite)
+
+
+def composite(lungs: CxrTestSet, background: CxrTestSet) -> CxrTestSet:
+    """The same patients with the pixels inside the lungs from ``lungs`` and the rest from ``background``.
+
+    ``background``'s own lungs are removed first and filled from their surroundings
+    (:func:`isnet.data.augment.fill_foreground`, the training swap's fill), so the composite's
+    lungs, lung mask and hospital imprint inside the lungs are ``lungs``'; its marker and label box,
+    exposure and noise outside the lungs are ``background``'s.
+    """
+    images = paste_foreground(lungs.images, lungs.masks, fill_foreground(background.images, background.masks))
+    return CxrTestSet(images, lungs.masks, lungs.labels, background.shortcuts * (1 - lungs.masks), lungs.hospitals)
 
 
 class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
@@ -94,7 +109,8 @@ class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
         return {"train": paths["train"], "val": paths["val"]}
 
     def make_test_sets(self, cfg: CxrBenchConfig) -> dict[str, CxrTestSet]:
-        """The test sets in memory, identical to the files under ``DATA/test``."""
+        """The test sets in memory, identical to the files under ``DATA/test``, and the two composites of
+        :data:`~isnet.bench.cxr.presets.CXR_PLACES` (:func:`composite`)."""
         sets = {}
         for bias in CXR_TEST_SETS:
             d = generate(cfg.n_test, split="test", seed=cfg.data_seed, bias=bias, image_size=cfg.image_size,
@@ -102,6 +118,9 @@ class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
             images, masks, labels = to_tensors(d)
             sets[bias] = CxrTestSet(images, masks, labels, torch.from_numpy(d.shortcut_masks).float()[:, None],
                                     torch.from_numpy(d.hospitals))
+        outside, inside = CXR_PLACES
+        sets[outside] = composite(sets["biased"], sets["deceiving"])
+        sets[inside] = composite(sets["deceiving"], sets["biased"])
         return sets
 
     def ready(self, cfg: CxrBenchConfig) -> str:
@@ -110,9 +129,9 @@ class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
                 f"{cfg.image_size}x{cfg.image_size}, correlation {cfg.correlation:g})")
 
     def test_key(self, cfg: CxrBenchConfig) -> dict[str, Any]:
-        """The dataset, size, seed, image size and correlation of the test sets, and their names."""
+        """The dataset, size, seed, image size and correlation of the test sets, their names and the composites'."""
         return {"dataset": "bg-cxr", "n": cfg.n_test, "data_seed": cfg.data_seed, "image_size": cfg.image_size,
-                "correlation": cfg.correlation, "tests": list(CXR_TEST_SETS)}
+                "correlation": cfg.correlation, "tests": list(CXR_TEST_SETS), "places": list(CXR_PLACES)}
 
     def evaluate_classifier(self, model: nn.Module, config: Mapping[str, Any], test: CxrTestSet, *,
                             raw_input: bool = False, batch_size: int = 100) -> dict[str, Any]:
@@ -164,8 +183,9 @@ class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
                     entry[ABNORMAL_CI] = [r[key][test][ABNORMAL_CI] for r in recs]
 
     def results_entries(self, tests: Mapping[str, CxrTestSet]) -> dict[str, Any]:
-        """The test sets, the metrics and the class names."""
-        return {"test_sets": list(CXR_TEST_SETS), "metrics": list(CXR_METRICS), "classes": list(CLASSES)}
+        """The test sets, the composites, the metrics and the class names."""
+        return {"test_sets": list(CXR_TEST_SETS), "places": list(CXR_PLACES), "metrics": list(CXR_METRICS),
+                "classes": list(CLASSES)}
 
     def example_title(self, tests: Mapping[str, CxrTestSet], name: str, index: int) -> str:
         """Test set, class and hospital."""

@@ -15,14 +15,19 @@ from typing import Any
 from ..presets import METHODS, check_settings
 
 __all__ = [
-    "ABNORMAL_CI", "CXR_COMPARED", "CXR_FULL", "CXR_METRICS", "CXR_QUICK", "CXR_SIZES", "CXR_TEST_SETS",
-    "CxrBenchConfig",
+    "ABNORMAL_CI", "CXR_COMPARED", "CXR_FULL", "CXR_METRICS", "CXR_PLACES", "CXR_QUICK", "CXR_SIZES",
+    "CXR_TEST_SETS", "CxrBenchConfig",
 ]
 
 CXR_TEST_SETS = ("biased", "unbiased", "external", "deceiving")
 """BG-CXR test sets (:data:`isnet.data.cxr.bg_cxr.BIASES`): the same test patients imaged at the
 class's own hospitals as in training, at the training hospitals independently of the class, at
 two hospitals never seen in training, and at another class's hospitals."""
+CXR_PLACES = ("deceiving-outside", "deceiving-inside")
+"""Where a classifier reads the hospital, by intervention on the same test patients: another class's
+hospital outside the lungs only (the biased set's lungs on the deceiving set's background) and inside
+the lungs only (the deceiving set's lungs, with their exposure, noise, blur and field of view, on the
+biased set's background). Evaluated like the test sets; in memory only."""
 CXR_METRICS = ("accuracy", "auroc", "abnormal_auroc", "background_relevance", "shortcut_relevance")
 """Per test set: accuracy; macro one-vs-rest AUROC over the three classes; the binary AUROC of
 *abnormal* (consolidation or ground glass) against normal, scored by 1 - p(normal); the share

@@ -3,8 +3,10 @@
 The results dict has the shape of every benchmark's (:mod:`isnet.bench.report`, which writes
 the files): ``methods -> test set -> metric`` (mean over seeds and
 sample standard deviation), with :data:`~isnet.bench.cxr.presets.CXR_METRICS` on the four
-test sets. ``results.md`` holds one table per metric; ``report.html`` adds pictures of the data
-(every hospital and test set), of what the background swap does to a chest X-ray, and heatmaps.
+test sets and the two composites (:data:`~isnet.bench.cxr.presets.CXR_PLACES`). ``results.md``
+holds one table per metric and one of where the hospital is read; ``report.html`` adds pictures
+of the data (every hospital and test set), of what the background swap does to a chest X-ray, and
+heatmaps.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from ..audit_columns import audit_markdown
 from ..interface import Section
 from ..presets import RAW_INPUT
 from ..report import PAIRED_NOTE, comparisons, segmenter_note, swap_label
-from .presets import ABNORMAL_CI, CXR_METRICS, CXR_TEST_SETS, CxrBenchConfig
+from .presets import ABNORMAL_CI, CXR_METRICS, CXR_PLACES, CXR_TEST_SETS, CxrBenchConfig
 
-__all__ = ["figures", "findings", "format_table", "metric_rows", "result_sections", "results_markdown", "setup",
-           "swap_figure"]
+__all__ = ["figures", "findings", "format_table", "metric_rows", "place_rows", "result_sections", "results_markdown",
+           "setup", "swap_figure"]
 
 _HEADINGS = {
     "accuracy": "Accuracy (%)",
@@ -65,6 +67,27 @@ def metric_rows(results: Mapping[str, Any], metric: str) -> list[dict[str, str]]
     return rows
 
 
+_PLACE_COLUMNS = {"biased": "nowhere (biased)", CXR_PLACES[0]: "outside the lungs only",
+                  CXR_PLACES[1]: "inside the lungs only", "deceiving": "everywhere (deceiving)"}
+_PLACES_HEADING = "Another class's hospital outside or inside the lungs: accuracy (%) on the same patients"
+_PLACES = (
+    "Where the hospital is read. The same test patients with another class's hospital nowhere (the biased "
+    "set), only outside the lungs (the biased set's lungs on the deceiving set's background, its own lungs "
+    "filled from their surroundings), only inside the lungs (the deceiving set's lungs on the biased set's "
+    "background) and everywhere (the deceiving set). The hospital's exposure, noise, blur and field of view "
+    "reach inside the lungs, where no heatmap loss or background swap can remove them: a classifier that "
+    "keeps its accuracy with the hospital outside and loses it with the hospital inside reads the hospital "
+    "from the lungs, whatever its heatmaps show."
+)
+
+
+def place_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per method evaluated on the composites (:data:`CXR_PLACES`): its accuracy with another class's
+    hospital nowhere, outside the lungs, inside them and everywhere; empty for results without them."""
+    return [{"method": method, **{name: _cell(sets[test], "accuracy") for test, name in _PLACE_COLUMNS.items()}}
+            for method, sets in results["methods"].items() if all(p in sets for p in CXR_PLACES)]
+
+
 def format_table(results: Mapping[str, Any]) -> str:
     """A Markdown table of the accuracies, the abnormal AUROC on the deceiving set and the training time."""
     rows = [{"method": r["method"], "swap": r["swap"], **{f"acc {t} (%)": r[t] for t in CXR_TEST_SETS}}
@@ -99,6 +122,10 @@ def findings(results: Mapping[str, Any]) -> list[str]:
             verdict = "depends partly on the hospital (10 to 20 points below biased on some test set)"
         else:
             verdict = "is robust to the hospital on these test sets (within 10 points of its biased accuracy)"
+        if all(p in sets for p in CXR_PLACES):
+            outside, inside = (sets[p]["accuracy"] for p in CXR_PLACES)
+            facts += (f"; with another class's hospital only outside the lungs {100 * outside:.1f}%, only inside "
+                      f"them {100 * inside:.1f}%")
         lines.append(f"{method}: {verdict} ({facts}).")
     return lines
 
@@ -203,6 +230,8 @@ def result_sections(cfg: CxrBenchConfig, results: Mapping[str, Any], figures: Ma
         ("Accuracy", [_READING, _HEADINGS["accuracy"] + ":", metric_rows(results, "accuracy"), figures["accuracy"]]),
         ("AUROC", [_AUROC, _HEADINGS["auroc"] + ":", metric_rows(results, "auroc"),
                    _HEADINGS["abnormal_auroc"] + ":", metric_rows(results, "abnormal_auroc")]),
+        *([("Where the hospital is read", [_PLACES, _PLACES_HEADING + ":", place_rows(results)])]
+          if place_rows(results) else []),
         ("Relevance", [_HEADINGS["background_relevance"] + ":", metric_rows(results, "background_relevance"),
                        _HEADINGS["shortcut_relevance"] + ":", metric_rows(results, "shortcut_relevance"),
                        figures["background_relevance"], figures["shortcut_relevance"]]),
@@ -214,6 +243,8 @@ def results_markdown(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
     per method (:func:`isnet.bench.audit_columns.audit_markdown`), then the paired comparisons."""
     parts = [f"# {cfg.title}\n"]
     parts += [f"## {_HEADINGS[metric]}\n\n{markdown_table(metric_rows(results, metric))}\n" for metric in CXR_METRICS]
+    if place_rows(results):
+        parts.append(f"## {_PLACES_HEADING}\n\n{markdown_table(place_rows(results))}\n")
     parts.append(audit_markdown(results))
     note = segmenter_note(results)
     if note:
