@@ -92,6 +92,13 @@ def test_python_blocks_run_in_order(one_thread):
     # the training block: the ISNet continues the plain classifier and classifies the 64 images
     assert namespace["logits"].shape == (64, 10) and torch.isfinite(namespace["logits"]).all()
     assert namespace["net"].model is namespace["plain"].model   # the warm start continues the plain one
+    # C1 from the plain classifier's relevance totals (isnet.calibrate's rule, recomputed here)
+    totals = namespace["heatmaps"].detach().abs().sum((2, 3, 4)).double().flatten()
+    mean, std = totals.mean().item(), totals.std().item()
+    assert 0 < namespace["C1"] < namespace["C2"]
+    assert namespace["C1"] == pytest.approx(max(mean / 5, mean - 3 * std), rel=1e-9)
+    options = namespace["criterion"].heatmap_options
+    assert (options["C1"], options["C2"]) == (namespace["C1"], namespace["C2"])
 
 
 def test_shell_commands_parse():
