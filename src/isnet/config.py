@@ -96,6 +96,11 @@ class TrainConfig:
     image_size: int | None = option(None, "resize images and masks to this square side (default: the first "
                                           "training image's side, which must then be square)", "data", at_least=1)
     hflip: bool = option(False, "random horizontal flips in training (image and mask together)", "data")
+    acquisition: float | None = option(
+        None, "strength of random exposure, contrast, blur and noise of each training image, inside the mask "
+              "too (1: gamma 0.74-1.35, gain 0.9-1.1, contrast 0.8-1.2, blur up to 1 pixel, noise sd up to 0.03): "
+              "against site or scanner cues that neither the swap nor the heatmap loss removes", "data",
+        metavar="STRENGTH", above=0)
     workers: int = option(2, "DataLoader workers per process", "data", resumable=True, bookkeeping=True,
                           at_least=0)
     # model

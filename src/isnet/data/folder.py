@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import UserError
+from .acquisition import AcquisitionJitter
 from .imageio import IMAGE_EXTENSIONS, READ_ERRORS, probe_size, read_image
 
 __all__ = ["DatasetError", "MaskedImageFolder", "make_transform", "mask_warnings"]
@@ -42,7 +43,7 @@ class DatasetError(UserError):
 
 
 def make_transform(
-    image_size: int | None, *, train: bool, hflip: bool = False
+    image_size: int | None, *, train: bool, hflip: bool = False, acquisition: float | None = None
 ) -> Callable[..., Any]:
     """Build a joint image/mask transform.
 
@@ -55,6 +56,9 @@ def make_transform(
         Training mode: enables the random augmentations requested below.
     hflip
         Random horizontal flip (probability 0.5) in training mode, shared by image and mask.
+    acquisition
+        Strength of random exposure, contrast, blur and noise of the image in training mode
+        (:class:`isnet.data.acquisition.AcquisitionJitter`); None: none.
 
     Returns
     -------
@@ -74,6 +78,8 @@ def make_transform(
             scale=True,
         )
     )
+    if train and acquisition is not None:
+        steps.append(AcquisitionJitter(acquisition))
     return v2.Compose(steps)
 
 

@@ -355,7 +355,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = MaskedDataModule(
             cfg.train, cfg.val, image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers,
-            seed=cfg.seed, hflip=cfg.hflip, classes=cfg.classes,
+            seed=cfg.seed, hflip=cfg.hflip, acquisition=cfg.acquisition, classes=cfg.classes,
             train_masks=objective.needs_masks or cfg.background_swap > 0,  # the swap reads the masks too
             channels=cfg.in_channels)
         if len(datamodule.classes) < 2:
