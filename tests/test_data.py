@@ -312,6 +312,43 @@ def test_joint_transform_keeps_image_and_mask_aligned() -> None:
         assert torch.equal(evaluate(image, mask)[1], unflipped)  # eval mode never flips
 
 
+def test_acquisition_jitter_changes_each_image_by_its_own_draw_and_never_the_mask() -> None:
+    from isnet.data.acquisition import AcquisitionJitter
+
+    torch.manual_seed(0)
+    gray = torch.rand(1, 20, 20).expand(3, -1, -1).clone()
+    image, mask = tv_tensors.Image(gray), tv_tensors.Mask((torch.rand(1, 20, 20) > 0.5).float())
+    jitter = AcquisitionJitter(1.0)
+    # exposure and contrast, recomputed: gamma and gain, then contrast about the image's mean
+    params = {"gamma": 1.3, "gain": 0.95, "contrast": 1.1, "blur": 0.0, "noise": 0.0}
+    exposed = gray ** 1.3 * 0.95
+    torch.testing.assert_close(jitter.transform(image, params), ((exposed - exposed.mean()) * 1.1 + exposed.mean())
+                               .clamp(0, 1))
+    blurred = jitter.transform(image, {**params, "gamma": 1.0, "gain": 1.0, "contrast": 1.0, "blur": 0.8})
+    torch.testing.assert_close(blurred, F.gaussian_blur(gray, [7, 7], [0.8, 0.8]).clamp(0, 1))
+    changes = []
+    for strength in (0.25, 1.0, 2.0):
+        torch.manual_seed(1)
+        draws = [AcquisitionJitter(strength)(image, mask) for _ in range(20)]
+        for out, kept in draws:
+            assert isinstance(out, tv_tensors.Image) and torch.equal(kept, mask)  # the mask passes unchanged
+            assert 0 <= out.min() and out.max() <= 1
+            torch.testing.assert_close(out, out[:1].expand_as(out))  # a gray image stays gray
+        changes.append(torch.stack([(out - gray).abs().mean() for out, _ in draws]).mean().item())
+        assert len({round(out.sum().item(), 4) for out, _ in draws}) == 20  # a new acquisition per image
+    assert 0 < changes[0] < changes[1] < changes[2]  # the strength scales the change
+    torch.manual_seed(1)
+    assert torch.equal(AcquisitionJitter(2.0)(image, mask)[0], draws[0][0])  # the same seed, the same draw
+    uint8 = tv_tensors.Image((gray * 255).round().to(torch.uint8))
+    evaluation = make_transform(None, train=False, acquisition=1.0).transforms
+    assert not any(isinstance(t, AcquisitionJitter) for t in evaluation)  # never at test time
+    torch.manual_seed(2)
+    trained = make_transform(None, train=True, acquisition=1.0)(uint8, mask)[0]
+    assert trained.dtype == torch.float32 and not torch.allclose(trained, uint8.float() / 255)
+    with pytest.raises(ValueError, match="strength must be > 0"):
+        AcquisitionJitter(0.0)
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
