@@ -475,8 +475,8 @@ def test_a_moved_bench_folder_keeps_its_runs_and_new_test_data_reevaluate_them(t
     monkeypatch.setattr(grid, "_train_run", lambda *a, **k: trained.append(a) or {})
     original_keys = grid.run_keys
 
-    def spy(options, test_key, folder):
-        keys[Path(options["out"]).parent.name] = found = original_keys(options, test_key, folder)
+    def spy(options, test_key, folder, earlier=()):
+        keys[Path(options["out"]).parent.name] = found = original_keys(options, test_key, folder, earlier)
         return found
 
     monkeypatch.setattr(grid, "run_keys", spy)
@@ -488,19 +488,25 @@ def test_a_moved_bench_folder_keeps_its_runs_and_new_test_data_reevaluate_them(t
 
     # a run stored by an earlier isnet under one key (absolute paths and the test data): reused, given both keys
     legacy = {k: v for k, v in before.items() if k not in ("training_key", "test_key")}
-    stored.write_text(json.dumps({**legacy, "settings_key": keys["standard"].legacy}))
+    stored.write_text(json.dumps({**legacy, "settings_key": keys["standard"].legacy[0]}))
     assert main(moved_argv) == 0 and capsys.readouterr().out.count("reused stored run") == 2 and not trained
     assert json.loads(stored.read_text())["training_key"] == before["training_key"]
     stored.write_text(json.dumps({**legacy, "settings_key": "0123456789abcdef"}))  # another earlier run: refused
     assert main(moved_argv) == 2 and "finished runs trained with other settings" in capsys.readouterr().err
     stored.write_text(json.dumps(before))
 
-    # other test data: the stored networks are evaluated again (with their timings), not trained again
-    monkeypatch.setattr(type(BG_DIGITS), "test_key", lambda self, cfg: {"n": cfg.n_test, "another": "test set"})
+    # other test data: the stored networks are evaluated again (with their timings), not trained again, also a
+    # run stored by an earlier isnet under one key with the test data as that version identified them
+    stored.write_text(json.dumps({**legacy, "settings_key": keys["standard"].legacy[0]}))
+    earlier = type(BG_DIGITS).test_key
+    monkeypatch.setattr(type(BG_DIGITS), "test_key", lambda self, cfg: {**earlier(self, cfg), "another": "test set"})
+    monkeypatch.setattr(type(BG_DIGITS), "earlier_test_keys", lambda self, cfg: [earlier(self, cfg)])
     assert main(moved_argv) == 0 and not trained
     assert capsys.readouterr().out.count("stored run evaluated on the new test data") == 2
     after = json.loads(stored.read_text())
-    assert after["training_key"] == before["training_key"] and after["test_key"] != before["test_key"]
+    assert after["training_key"] == before["training_key"] and after["test_key"] == keys["standard"].test
+    masked = json.loads((moved / "runs" / "masked" / "seed0" / "result.json").read_text())
+    assert keys["standard"].test != before["test_key"] and masked["test_key"] == keys["masked"].test
     assert after["train_time_s"] == before["train_time_s"] and after["results"] == before["results"]
     assert main(moved_argv) == 0 and capsys.readouterr().out.count("reused stored run") == 2
 

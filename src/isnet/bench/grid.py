@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ class Grid:
     and ``val`` dataset roots (``method_data``: other roots for some methods, e.g. training masks
     of another quality); ``evaluate(model, config)`` scores a trained classifier (eval mode,
     resolved config) and returns the entries it adds to the run's record; ``test_key``
-    identifies its test data in the run's keys;
+    identifies its test data in the run's keys (``earlier_test_keys``: as earlier versions did);
     ``describe(record)`` summarises a finished run's evaluation in its progress line; ``cost``: a
     method's relative training time (default 1), for scheduling; ``name`` prefixes the progress
     lines of training processes.
@@ -84,6 +84,7 @@ class Grid:
     threads: int | None = None
     progress_bar: bool = False
     method_data: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
+    earlier_test_keys: Sequence[Mapping[str, Any]] = ()
 
 
 def _print_line(name: str, message: str, start: float | None = None) -> None:
@@ -144,17 +145,20 @@ def _digest(value: Any) -> str:
 class RunKeys:
     """What a stored run depends on: its training options (``training``) and the test data (``test``).
 
-    ``legacy`` is the single key under which isnet stored runs before the two were separate
-    (:func:`settings_key`); such runs are reused and their records given today's keys.
+    ``legacy`` holds the single keys under which isnet stored runs before the two were separate
+    (:func:`settings_key`): with today's test data first, then with the benchmark's earlier test
+    data. Such runs are given today's keys, and evaluated again when their test data were earlier ones.
     """
 
     training: str
     test: str
-    legacy: str
+    legacy: tuple[str, ...]
 
 
-def run_keys(options: Mapping[str, Any], test_key: Mapping[str, Any], folder: Path) -> RunKeys:
-    """The keys of a run with training ``options`` evaluated on the test data ``test_key``.
+def run_keys(options: Mapping[str, Any], test_key: Mapping[str, Any], folder: Path,
+             earlier_test_keys: Sequence[Mapping[str, Any]] = ()) -> RunKeys:
+    """The keys of a run with training ``options`` evaluated on the test data ``test_key`` (once identified by
+    ``earlier_test_keys``, for runs stored under :func:`settings_key`).
 
     Every training option counts (defaults included) but those None by default and in this
     run, so an option added to a later isnet (None unless given) leaves the keys of stored
@@ -165,7 +169,7 @@ def run_keys(options: Mapping[str, Any], test_key: Mapping[str, Any], folder: Pa
     """
     folder = Path(folder).expanduser().resolve()
     return RunKeys(training=_digest(_relevant_options(options, folder)), test=_digest(dict(test_key)),
-                   legacy=settings_key(options, test_key))
+                   legacy=tuple(settings_key(options, key) for key in (test_key, *earlier_test_keys)))
 
 
 def settings_key(options: Mapping[str, Any], test_key: Mapping[str, Any]) -> str:
@@ -181,10 +185,13 @@ def _stored_record(out: Path, keys: RunKeys) -> tuple[dict | None, bool]:
     if not stored.is_file():
         return None, False
     record = json.loads(stored.read_text())
-    if record.get("training_key") is None and record.get("settings_key") == keys.legacy:
-        record.update(training_key=keys.training, test_key=keys.test)
+    if record.get("training_key") is None and record.get("settings_key") in keys.legacy:
+        earlier = record["settings_key"] != keys.legacy[0]
+        if earlier and not (out / "model.pt").is_file():
+            return None, False
+        record.update(training_key=keys.training, test_key="earlier" if earlier else keys.test)
         write_json(stored, record)
-        return record, False
+        return record, earlier
     if record.get("training_key") != keys.training:
         return None, False
     if record.get("test_key") == keys.test:
@@ -297,7 +304,8 @@ def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
     """
     tasks = [(method, seed) for method in grid.methods for seed in range(grid.seeds)]
     options = {task: run_options(grid, *task) for task in tasks}
-    keys = {task: run_keys(opts, grid.test_key, grid.runs.parent) for task, opts in options.items()}
+    keys = {task: run_keys(opts, grid.test_key, grid.runs.parent, grid.earlier_test_keys)
+            for task, opts in options.items()}
     found: dict[tuple[str, int], dict] = {}
 
     def report(record: Mapping[str, Any], what: str) -> None:

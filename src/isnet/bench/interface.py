@@ -144,6 +144,11 @@ class Benchmark(ABC, Generic[Settings, Tests]):
         """What identifies the test data in a stored run's test key (:func:`isnet.bench.grid.run_keys`); when it
         changes, stored networks are evaluated again, not trained again."""
 
+    def earlier_test_keys(self, cfg: Settings) -> list[dict[str, Any]]:
+        """:meth:`test_key` as earlier isnet versions wrote it, newest first (none by default): runs they stored
+        under one key are then evaluated on today's test data instead of trained again."""
+        return []
+
     # measurements
 
     @abstractmethod

@@ -125,8 +125,8 @@ def make_grid(benchmark: Benchmark[Settings, Tests], cfg: Settings, runs: Path,
         options={**cfg.train_options, **({"epochs": cfg.epochs} if cfg.epochs is not None else {})},
         data=data, runs=runs,
         evaluate=functools.partial(_evaluate_run, benchmark.evaluate_classifier, tests, measured_lrp(cfg)),
-        test_key=benchmark.test_key(cfg), describe=benchmark.describe, name=benchmark.label, cost=cost,
-        jobs=cfg.jobs, threads=cfg.threads, progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
+        test_key=benchmark.test_key(cfg), earlier_test_keys=benchmark.earlier_test_keys(cfg),
+        describe=benchmark.describe, name=benchmark.label, cost=cost, jobs=cfg.jobs, threads=cfg.threads, progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
 
 
 def _begin(benchmark: Benchmark[Settings, Tests], cfg: Settings, out: Path,

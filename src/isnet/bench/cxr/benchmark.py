@@ -133,6 +133,10 @@ class BGCXRBenchmark(Benchmark[CxrBenchConfig, CxrTestSet]):
         return {"dataset": "bg-cxr", "n": cfg.n_test, "data_seed": cfg.data_seed, "image_size": cfg.image_size,
                 "correlation": cfg.correlation, "tests": list(CXR_TEST_SETS), "places": list(CXR_PLACES)}
 
+    def earlier_test_keys(self, cfg: CxrBenchConfig) -> list[dict[str, Any]]:
+        """The test key before the composites."""
+        return [{k: v for k, v in self.test_key(cfg).items() if k != "places"}]
+
     def evaluate_classifier(self, model: nn.Module, config: Mapping[str, Any], test: CxrTestSet, *,
                             raw_input: bool = False, batch_size: int = 100) -> dict[str, Any]:
         """Scores and relevance shares of a trained classifier (eval mode) on one test set.
