@@ -392,10 +392,19 @@ def test_warm_start_continues_from_the_calibration_network_within_the_epoch_budg
 
 @pytest.mark.e2e
 def test_given_bounds_keep_the_warm_start(data, tmp_path):
-    """--c1/--c2 given: the standard first phase still runs for the warm start, and the given bounds are kept."""
+    """--c1/--c2 given: the standard first phase still runs for the warm start, and the given bounds are kept.
+    Two epochs with two calibration epochs: the first phase trains one, so the run sees two epochs of data."""
     start = _StartWeights()
-    run = fit(_config(data, tmp_path / "given", objective="selective", calibrate_epochs=1, epochs=2, warm_start=True,
+    run = fit(_config(data, tmp_path / "given", objective="selective", calibrate_epochs=2, epochs=2, warm_start=True,
                       B=1.0, C1=2.0, C2=30.0), callbacks=[start])
     _assert_same_weights(start.state, _state(run / "calibration" / "model.pt"))
     config = json.loads((run / "config.json").read_text())
     assert (config["C1"], config["C2"]) == (2.0, 30.0) and config["calibration"]["epochs"] == 1
+    assert config["calibrate_epochs"] == 2  # the option as given; the first phase took what the budget leaves
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert {row.split(",")[rows[0].split(",").index("epoch")] for row in rows[1:]} == {"0"}
+
+
+def test_the_first_phase_leaves_the_main_training_one_epoch():
+    assert [TrainConfig(epochs=e, calibrate_epochs=2).first_phase_epochs() for e in (1, 2, 3, 30)] == [1, 1, 2, 2]
+    assert TrainConfig(epochs=2, calibrate_epochs=5, warm_start=False).first_phase_epochs() == 5  # not counted

@@ -254,6 +254,11 @@ class TrainConfig:
         """Whether the heatmap loss reads C1/C2: only its foreground term does (``B`` above 0)."""
         return self.B > 0
 
+    def first_phase_epochs(self) -> int:
+        """Epochs the standard first phase trains unless its network is still at chance: ``calibrate_epochs``,
+        for a warm start at most ``epochs - 1`` (the main training keeps one) and at least 1."""
+        return max(1, min(self.calibrate_epochs, self.epochs - 1)) if self.warm_start else self.calibrate_epochs
+
     def warm_epochs(self) -> int:
         """Calibration epochs that count towards ``epochs``: those a warm start continues from (the main
         training keeps at least one epoch)."""

@@ -17,6 +17,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -228,12 +229,12 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     """Train a standard classifier until it has learnt; C1/C2 of the heatmap ``groups`` (their suffixes,
     :func:`isnet.network.calibration_groups`) from its last epoch's heatmaps, and the classifier's weights.
 
-    The classifier trains ``calibrate_epochs`` epochs, and then on, one epoch at a time, while its
-    training accuracy is still at chance (:func:`isnet.training.module.at_chance`), up to half of
-    ``epochs``; a network still at chance there is warned about: an ISNet calibrated on it, or
-    starting from it, can satisfy its heatmap loss without learning to classify. ``groups`` may
-    be empty (bounds given, the run only starts the warm start).
+    It trains :meth:`~isnet.config.TrainConfig.first_phase_epochs` epochs, then on while its training
+    accuracy is at chance (:func:`isnet.training.module.at_chance`), up to half of ``epochs``; a network
+    still at chance is warned about: an ISNet calibrated on it, or starting from it, can satisfy its
+    heatmap loss without learning to classify. ``groups`` may be empty (bounds given: only the warm start).
     """
+    cfg = replace(cfg, calibrate_epochs=cfg.first_phase_epochs())  # a local copy: config.json keeps the option
     limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
     calibrating = cfg.uses_bounds() and bool(groups)
     if calibrating:
@@ -241,9 +242,8 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
                                     else "and C2")
     else:
         what = "the warm start's first phase (C1 and C2 are " + ("recorded, unused with --B 0)" if groups else "given)")
-    _log.info(f"{what}: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to "
-              f"{limit} while its training accuracy is at chance); its last epoch records the total relevance of "
-              f"the {cfg.objective} heatmaps")
+    _log.info(f"{what}: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to {limit} while at "
+              f"chance); its last epoch records the total relevance of the {cfg.objective} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ISNetModule.from_config(cfg, calibrate=True)
     logger = CSVLogger(run, name="calibration", version="")
