@@ -86,6 +86,16 @@ def test_composites_put_another_hospital_only_outside_or_only_inside_the_lungs()
     assert "Another class's hospital" not in results_markdown(CxrBenchConfig(), without)
 
 
+def test_runs_stored_before_the_composites_are_recognised():
+    """The test key isnet wrote before the composites, literally: its runs are evaluated again, not trained."""
+    from isnet.bench.cxr.benchmark import BG_CXR
+
+    cfg = CxrBenchConfig(n_test=300, image_size=64)
+    before = {"dataset": "bg-cxr", "n": 300, "data_seed": 0, "image_size": 64, "correlation": 0.95,
+              "tests": ["biased", "unbiased", "external", "deceiving"]}
+    assert BG_CXR.earlier_test_keys(cfg) == [before] and BG_CXR.test_key(cfg) != before
+
+
 def test_presets_use_the_bias_benchmarks_methods_and_validate():
     for preset in (CXR_QUICK, CXR_FULL):
         assert set(preset["methods"]) <= set(METHODS)
@@ -228,3 +238,34 @@ def test_findings_name_what_each_method_does():
     assert "more than 20 points below biased on external)" in lines["external"]
     assert "is robust" in lines["robust"] and "did not learn" in lines["chance"]
     assert lines["robust"].startswith("robust: ") and "external 77.0%" in lines["robust"]
+
+
+@pytest.mark.e2e
+def test_a_moved_bench_folder_evaluates_seg_classify_with_its_own_segmenter(tiny_bench, tmp_path, capsys,
+                                                                            monkeypatch):
+    """The moved folder's runs are reused and evaluated again on new test data, seg-classify with the segmenter
+    of the moved folder: the original location is gone while it runs."""
+    import shutil
+
+    import isnet.bench.grid as grid
+    from isnet.bench.cxr.benchmark import BG_CXR
+
+    out, argv = tiny_bench
+    moved = tmp_path / "moved" / "cxr"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns(".isnet.lock"))
+    away = out.with_name("away")
+    out.rename(away)
+    try:
+        monkeypatch.setattr(grid, "_train_run", lambda *a, **k: pytest.fail("a stored run was trained again"))
+        moved_argv = [str(moved) if a == str(out) else a for a in argv]
+        capsys.readouterr()
+        assert main(moved_argv) == 0 and capsys.readouterr().out.count("reused stored run") == 3
+        earlier = type(BG_CXR).test_key
+        monkeypatch.setattr(type(BG_CXR), "test_key", lambda self, cfg: {**earlier(self, cfg), "more": "tests"})
+        assert main(moved_argv) == 0
+        assert capsys.readouterr().out.count("stored run evaluated on the new test data") == 3
+        record = json.loads((moved / "runs" / "seg-classify" / "seed0" / "result.json").read_text())
+        stored = json.loads((away / "runs" / "seg-classify" / "seed0" / "result.json").read_text())
+        assert record["results"]["external"]["accuracy"] == stored["results"]["external"]["accuracy"]
+    finally:
+        away.rename(out)

@@ -345,8 +345,11 @@ def test_acquisition_jitter_changes_each_image_by_its_own_draw_and_never_the_mas
     torch.manual_seed(2)
     trained = make_transform(None, train=True, acquisition=1.0)(uint8, mask)[0]
     assert trained.dtype == torch.float32 and not torch.allclose(trained, uint8.float() / 255)
-    with pytest.raises(ValueError, match="strength must be > 0"):
-        AcquisitionJitter(0.0)
+    for bad in (0.0, 3.5):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 3\]"):
+            AcquisitionJitter(bad)
+    tiny = tv_tensors.Image(torch.rand(3, 6, 6))  # a wide blur on a small image: the kernel fits the image
+    assert jitter.transform(tiny, {**params, "blur": 3.0}).shape == (3, 6, 6)
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -105,6 +105,32 @@ def test_data_module_uses_training_classes_and_epoch_seeded_shuffling(data):
     assert order(0) == order(0) and order(0) != order(1) and sorted(order(1)) == list(range(64))
 
 
+def test_acquisition_reaches_the_training_images_only(data, tmp_path, monkeypatch):
+    import importlib
+
+    from isnet.data.acquisition import AcquisitionJitter
+
+    fit_module = importlib.import_module("isnet.training.fit")  # the module, not the function of that name
+
+    dm = MaskedDataModule(data["train"], data["val"], workers=0, acquisition=0.5)
+    [jitter] = [t for t in dm.train_set.transform.transforms if isinstance(t, AcquisitionJitter)]
+    assert jitter.strength == 0.5
+    assert not any(isinstance(t, AcquisitionJitter) for t in dm.val_set.transform.transforms)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(fit_module, "MaskedDataModule", spy)
+    with pytest.raises(Stop):
+        fit(_config(data, tmp_path / "run", objective="standard", acquisition=0.5))
+    assert seen["acquisition"] == 0.5
+
+
 # ---------------------------------------------------------------------------- fit: outputs, calibration
 
 
@@ -202,6 +228,25 @@ def test_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path):
     _assert_same_weights(_state(tmp_path / "killed" / "model.pt"), reference)
     epochs = [line.split(",")[0] for line in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()[1:]]
     assert set(epochs) == {"0", "1"}
+
+
+@pytest.mark.e2e
+def test_a_resumed_warm_start_run_keeps_its_first_phase(data, tmp_path, caplog):
+    """Resume continues the main training: the first phase is not trained again and its record is kept."""
+    import logging
+
+    kw = dict(objective="selective", calibrate_epochs=1, epochs=3, warm_start=True, schedule="none")
+    fit(_config(data, tmp_path / "full", **kw))
+    with pytest.raises(KeyError, match="simulated crash"):
+        fit(_config(data, tmp_path / "killed", **kw), callbacks=[_Crash(epoch=1, batch=1)])
+    first = (tmp_path / "killed" / "calibration" / "metrics.csv").read_text()
+    saved = json.loads((tmp_path / "killed" / "config.json").read_text())["calibration"]
+    with caplog.at_level(logging.INFO, logger="isnet.training"):
+        fit({"out": str(tmp_path / "killed"), "resume": True, "epochs": 3, "quiet": True})
+    assert "a standard classifier trains" not in caplog.text and "resuming" in caplog.text
+    assert (tmp_path / "killed" / "calibration" / "metrics.csv").read_text() == first
+    assert json.loads((tmp_path / "killed" / "config.json").read_text())["calibration"] == saved
+    _assert_same_weights(_state(tmp_path / "killed" / "model.pt"), _state(tmp_path / "full" / "model.pt"))
 
 
 class _Poison(Callback):

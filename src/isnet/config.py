@@ -100,7 +100,7 @@ class TrainConfig:
         None, "strength of random exposure, contrast, blur and noise of each training image, inside the mask "
               "too (1: gamma 0.74-1.35, gain 0.9-1.1, contrast 0.8-1.2, blur up to 1 pixel, noise sd up to 0.03): "
               "against site or scanner cues that neither the swap nor the heatmap loss removes", "data",
-        metavar="STRENGTH", above=0)
+        metavar="STRENGTH", above=0, at_most=3)
     workers: int = option(2, "DataLoader workers per process", "data", resumable=True, bookkeeping=True,
                           at_least=0)
     # model
@@ -173,7 +173,8 @@ class TrainConfig:
                                         "cosine per step (train/grad_*; with --heatmap-gradient sum this takes one "
                                         "more backward pass)", "ISNet loss")
     calibrate_epochs: int = option(2, "epochs of the standard run that starts the warm start and calibrates --c1/--c2 "
-                                   "when --B is above 0 and they are not given",
+                                   "when --B is above 0 and they are not given (with the warm start at most "
+                                   "--epochs - 1)",
                                    "ISNet loss", at_least=1)
     background_swap: float | None = option(
         None, "probability that a training image gets another image's background (mask-based); default: the "
@@ -181,7 +182,8 @@ class TrainConfig:
     warm_start: bool = option(
         True, "the heatmap-loss training continues from the calibration network's weights instead of a fresh "
                "initialisation; the calibration epochs count towards --epochs (the heatmap-loss training keeps at "
-               "least one), so the run sees as many epochs of data as a plain classifier trained for --epochs",
+               "least one), so the run sees as many epochs of data as a plain classifier trained for --epochs (from "
+               "--epochs 2 on)",
         "ISNet loss")
     calibration_swap: float = option(
         1.0, "background-swap probability of the calibration run: C1/C2 come from a standard classifier "

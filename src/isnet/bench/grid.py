@@ -41,8 +41,8 @@ from ..training.progress import epoch_line
 from .presets import RUN_OPTIONS
 
 __all__ = [
-    "Grid", "Log", "RunFailed", "RunKeys", "StepTimer", "clock", "console_log", "last_val_accuracy", "run_dir",
-    "run_grid", "run_keys", "run_options", "settings_key", "threads_per_job",
+    "Grid", "Log", "RunFailed", "RunKeys", "StepTimer", "bench_path", "clock", "console_log", "last_val_accuracy",
+    "load_run", "run_dir", "run_grid", "run_keys", "run_options", "settings_key", "threads_per_job",
 ]
 
 Log = Callable[[str, float | None], None]
@@ -113,6 +113,15 @@ def run_dir(runs: Path, method: str, seed: int) -> Path:
     return runs / "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in method) / f"seed{seed}"
 
 
+def load_run(grid: Grid, method: str, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained run's classifier and resolved configuration, the segmenter (which it reads at test time) taken
+    from the grid: a moved benchmark folder's, not the one its ``config.json`` names."""
+    model, resolved = load_classifier(run_dir(grid.runs, method, seed))
+    if resolved.get("segmenter"):
+        resolved["segmenter"] = run_options(grid, method, seed).get("segmenter") or resolved["segmenter"]
+    return model, resolved
+
+
 def run_options(grid: Grid, method: str, seed: int) -> dict[str, Any]:
     """The training options of one run: the grid's options, the method's, then :data:`RUN_OPTIONS`."""
     data = grid.method_data.get(method, grid.data)
@@ -123,6 +132,15 @@ def run_options(grid: Grid, method: str, seed: int) -> dict[str, Any]:
             **{key: per_run[key] for key in RUN_OPTIONS}}
 
 
+def bench_path(path: str | Path, folder: Path | None) -> str:
+    """``path`` as a stored run's key counts it: relative to the benchmark ``folder`` when inside it (written
+    ``<bench>/...``, so that a moved folder keeps its runs), else resolved."""
+    resolved = Path(path).expanduser().resolve()
+    if folder is not None and resolved.is_relative_to(folder := Path(folder).expanduser().resolve()):
+        return f"<bench>/{resolved.relative_to(folder).as_posix()}"
+    return str(resolved)
+
+
 def _relevant_options(options: Mapping[str, Any], folder: Path | None) -> dict[str, Any]:
     """The training options a stored run depends on (see :func:`run_keys`), data folders as :func:`run_keys` says."""
     resolved = TrainConfig.from_dict(options).to_dict()
@@ -131,9 +149,7 @@ def _relevant_options(options: Mapping[str, Any], folder: Path | None) -> dict[s
     relevant = {earlier.get(k, k): v for k, v in resolved.items() if k not in BOOKKEEPING and k not in unset}
     for name in ("train", "val", "segmenter"):  # the same folder however it is written (relative, absolute)
         if relevant.get(name):
-            path = Path(relevant[name]).expanduser().resolve()
-            inside = folder is not None and path.is_relative_to(folder)
-            relevant[name] = f"<bench>/{path.relative_to(folder).as_posix()}" if inside else str(path)
+            relevant[name] = bench_path(relevant[name], folder)
     return relevant
 
 
@@ -167,7 +183,6 @@ def run_keys(options: Mapping[str, Any], test_key: Mapping[str, Any], folder: Pa
     relative to it, others as resolved paths: ``--out runs/x`` and ``--out /abs/runs/x`` give
     the same keys, and so does the folder after a move.
     """
-    folder = Path(folder).expanduser().resolve()
     return RunKeys(training=_digest(_relevant_options(options, folder)), test=_digest(dict(test_key)),
                    legacy=tuple(settings_key(options, key) for key in (test_key, *earlier_test_keys)))
 
@@ -273,7 +288,7 @@ def last_val_accuracy(run: Path) -> float | None:
 def _evaluate_run(grid: Grid, method: str, seed: int, keys: RunKeys, timing: Mapping[str, Any]) -> dict:
     """Evaluate a trained run and store its record (with its ``keys``) as ``result.json``."""
     out = run_dir(grid.runs, method, seed)
-    model, resolved = load_classifier(out)
+    model, resolved = load_run(grid, method, seed)
     record = {
         "method": method, "seed": seed, "training_key": keys.training, "test_key": keys.test,
         **timing, "calibration": resolved.get("calibration"), "C1": resolved.get("C1"), "C2": resolved.get("C2"),

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ..checkpoints import explainer, load_classifier
+from ..checkpoints import explainer
 from ..config import TrainConfig
 from ..evaluate import predict_batch
 from ..figures import heatmap_grid
@@ -33,7 +33,7 @@ from ..objectives import get_objective
 from ..outputs import claim
 from ..paths import check_new_files
 from .audit_columns import AUDIT_SET, audit_run, audit_summary
-from .grid import Grid, Log, clock, console_log, run_dir, run_grid, threads_per_job
+from .grid import Grid, Log, clock, console_log, load_run, run_grid, threads_per_job
 from .interface import Benchmark, Settings, TestSet, Tests
 from .paired import paired_comparisons
 from .presets import METHODS, RELATIVE_COST, SEG_CLASSIFY, BenchSettings, method_order, swap_setting
@@ -126,7 +126,8 @@ def make_grid(benchmark: Benchmark[Settings, Tests], cfg: Settings, runs: Path,
         data=data, runs=runs,
         evaluate=functools.partial(_evaluate_run, benchmark.evaluate_classifier, tests, measured_lrp(cfg)),
         test_key=benchmark.test_key(cfg), earlier_test_keys=benchmark.earlier_test_keys(cfg),
-        describe=benchmark.describe, name=benchmark.label, cost=cost, jobs=cfg.jobs, threads=cfg.threads, progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
+        describe=benchmark.describe, name=benchmark.label, cost=cost, jobs=cfg.jobs, threads=cfg.threads,
+        progress_bar=cfg.progress_bar, method_data=dict(method_data or {}))
 
 
 def _begin(benchmark: Benchmark[Settings, Tests], cfg: Settings, out: Path,
@@ -192,7 +193,7 @@ def _results(benchmark: Benchmark[Settings, Tests], cfg: Settings, grid: Grid, r
     }
 
 
-def _heatmap_figure(benchmark: Benchmark[Settings, Tests], cfg: Settings, runs: Path,
+def _heatmap_figure(benchmark: Benchmark[Settings, Tests], cfg: Settings, grid: Grid,
                     tests: Mapping[str, Tests]) -> Figure | None:
     """Methods x ``cfg.n_examples`` images from each of the benchmark's test sets: the seed-0 model's LRP heatmaps
     of the predicted class (measured with :func:`measured_lrp`), each titled with its prediction; None without
@@ -203,7 +204,7 @@ def _heatmap_figure(benchmark: Benchmark[Settings, Tests], cfg: Settings, runs: 
         return None
     maps, preds, inputs = {}, {}, {}
     for method in sorted(cfg.methods, key=method_order):
-        model, config = load_classifier(run_dir(runs, method, 0))
+        model, config = load_run(grid, method, 0)
         config = {**config, **measured_lrp(cfg)}
         size = config.get("image_size")
         if size not in inputs:  # the example images at each training size, resized once
@@ -238,7 +239,7 @@ def run_benchmark(benchmark: Benchmark[Settings, Tests], cfg: Settings, out: str
         records = run_grid(grid, start, log)
         results = _results(benchmark, cfg, grid, records, tests, segmenter)
         log("evaluating heatmaps and writing the report", start)
-        heatmaps = _heatmap_figure(benchmark, cfg, out / "runs", tests)
+        heatmaps = _heatmap_figure(benchmark, cfg, grid, tests)
         results["config"]["total_time_s"] = time.perf_counter() - start
         write_results(benchmark, out, cfg, results, heatmaps, tests)
         log(f"wrote {out / 'results.json'}, results.md, results.csv, audit.csv, figures/ and report.html "

@@ -22,7 +22,7 @@ from ..paths import CONFIG, MODEL, read_run_config
 from ..segment.config import SegmentConfig
 from ..segment.predict import predicted_masks
 from ..segment.train import fit_segmenter
-from .grid import Log
+from .grid import Log, bench_path
 from .presets import SEG_CLASSIFY
 
 __all__ = ["SEG_CLASSIFY", "SEGMENTER_OPTIONS", "prepare_segmenter", "segmenter_scores"]
@@ -75,8 +75,9 @@ def prepare_segmenter(out: Path, data: Mapping[str, Path], tests: Mapping[str, A
         wanted = SegmentConfig.from_dict(options)
         changed = [k for k in ("in_channels", "components", *SEGMENTER_OPTIONS)
                    if k not in ("workers", "quiet") and getattr(saved, k) != getattr(wanted, k)]
+        trained_in = Path(saved.out).parent if saved.out else out  # the benchmark folder it was trained in
         changed += [k for k in ("train", "val")
-                    if Path(getattr(saved, k) or "").resolve() != Path(options[k]).resolve()]
+                    if bench_path(getattr(saved, k) or "", trained_in) != bench_path(options[k], out)]
         if changed:
             raise FileExistsError(f"{run} holds a segmenter trained with other settings ({', '.join(changed)}); "
                                   "choose another --out")

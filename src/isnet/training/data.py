@@ -106,8 +106,8 @@ class MaskedDataModule(L.LightningDataModule):
 
     def __init__(self, train: str | Path | None, val: str | Path | None = None, *, image_size: int | None = None,
                  batch_size: int = 64, workers: int = 2, seed: int = 0, hflip: bool = False,
-                 acquisition: float | None = None, classes: Sequence[str] | None = None, tests: Mapping[str, str | Path] | None = None,
-                 train_masks: bool = True, channels: int = 3) -> None:
+                 acquisition: float | None = None, classes: Sequence[str] | None = None,
+                 tests: Mapping[str, str | Path] | None = None, train_masks: bool = True, channels: int = 3) -> None:
         super().__init__()
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
         self.train_set = self.val_set = None
@@ -120,7 +120,8 @@ class MaskedDataModule(L.LightningDataModule):
                     warnings.warn(message, IsnetWarning, stacklevel=2)
             self.image_size = image_size or _probe_image_size(probe)
             self.classes = list(probe.classes)
-            probe.transform = make_transform(self.image_size, train=True, hflip=hflip, acquisition=acquisition)
+            probe.transform = make_transform(self.image_size, train=True, hflip=hflip,
+                                             acquisition=acquisition)
             self.train_set = probe
         else:
             if classes is None or image_size is None:

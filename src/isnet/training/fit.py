@@ -373,7 +373,7 @@ def fit(config: TrainConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         with _unfinished_run_hints(run):
             missing = [g for g in calibration_groups(objective.explains) if getattr(cfg, "C1" + g) is None]
             warm = None
-            if objective.heatmap_loss and (cfg.warm_start or (cfg.uses_bounds() and missing)):
+            if objective.heatmap_loss and ckpt_path is None and (cfg.warm_start or (cfg.uses_bounds() and missing)):
                 cfg.calibration, warm = _calibrate(cfg, datamodule, run, missing)
                 for suffix in missing:  # bounds given on the command line are kept
                     for key in ("C1" + suffix, "C2" + suffix):
