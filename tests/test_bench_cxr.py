@@ -178,7 +178,7 @@ def test_bench_cxr_writes_results_report_and_figures(tiny_bench):
     assert "<script" not in report and 'src="http' not in report  # self-contained
     check_audit_columns(out, results, ["standard", "masked", "seg-classify"])
     assert results["audit"]["methods"]["masked"]["flip_rate"] == 0.0  # no background reaches the masked input
-    assert "Background audit" in report
+    assert "Background audit" in report and "Where the hospital is read" in report
     old = {k: v for k, v in results.items() if k != "audit"}  # results written before the audit existed
     assert "| standard |  |  |  |  |  |" in results_markdown(CxrBenchConfig(), old)
 
