@@ -509,6 +509,12 @@ def test_a_moved_bench_folder_keeps_its_runs_and_new_test_data_reevaluate_them(t
     assert keys["standard"].test != before["test_key"] and masked["test_key"] == keys["masked"].test
     assert after["train_time_s"] == before["train_time_s"] and after["results"] == before["results"]
     assert main(moved_argv) == 0 and capsys.readouterr().out.count("reused stored run") == 2
+    # new test data again, and one network is gone: refused with what to do, nothing trained or deleted
+    (moved / "runs" / "standard" / "seed0" / "model.pt").unlink()
+    monkeypatch.setattr(type(BG_DIGITS), "test_key", lambda self, cfg: {**earlier(self, cfg), "yet": "another"})
+    assert main(moved_argv) == 2 and not trained
+    assert "no model.pt to evaluate again; put model.pt back" in capsys.readouterr().err
+    assert json.loads(stored.read_text()) == after
 
 
 def test_swap_dose_probabilities_are_checked(tmp_path):

@@ -298,17 +298,34 @@ def _evaluate_run(grid: Grid, method: str, seed: int, keys: RunKeys, timing: Map
     return record
 
 
-def _check_no_finished_run_replaced(folders: list[Path]) -> None:
+def _listed(folders: list[Path]) -> str:
+    more = f" and {len(folders) - 3} more" if len(folders) > 3 else ""
+    return ", ".join(str(f) for f in folders[:3]) + more
+
+
+def _training_key(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "result.json").read_text()).get("training_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_no_finished_run_replaced(folders: Mapping[Path, RunKeys]) -> None:
     """Raise FileExistsError, before anything is trained, when a run to train holds a finished run
-    (``model.pt`` or ``result.json``) of other settings: stored runs are never deleted silently.
-    Unfinished runs (an interrupted grid) are trained again."""
+    (``model.pt`` or ``result.json``): one of other settings, or one of these settings whose test
+    data changed but whose ``model.pt`` is gone. Stored runs are never deleted silently; unfinished
+    runs (an interrupted grid) are trained again."""
     finished = [f for f in folders if (f / "model.pt").is_file() or (f / "result.json").is_file()]
-    if finished:
-        more = f" and {len(finished) - 3} more" if len(finished) > 3 else ""
-        listed = ", ".join(str(f) for f in finished[:3]) + more
+    without_model = [f for f in finished if _training_key(f) == folders[f].training]
+    if without_model:
         raise FileExistsError(
-            f"{listed} hold(s) finished runs trained with other settings (other options, data or isnet version), "
-            "which this grid would replace; choose another --out, or delete those folders to train them again")
+            f"{_listed(without_model)} hold(s) results of these training settings on other test data but no "
+            "model.pt to evaluate again; put model.pt back, or delete those folders to train them again")
+    if finished:
+        raise FileExistsError(
+            f"{_listed(finished)} hold(s) finished runs trained with other settings (other options, data or isnet "
+            "version), which this grid would replace; choose another --out, or delete those folders to train them "
+            "again")
 
 
 def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
@@ -336,7 +353,7 @@ def run_grid(grid: Grid, start: float, log: Log) -> dict[str, list[dict]]:
         elif record is not None:
             found[task] = record
             report(record, "reused stored run")
-    _check_no_finished_run_replaced([run_dir(grid.runs, *t) for t in tasks if t not in found])
+    _check_no_finished_run_replaced({run_dir(grid.runs, *t): keys[t] for t in tasks if t not in found})
     todo = sorted((t for t in tasks if t not in found), key=lambda t: -grid.cost.get(t[0], 1))
     if grid.jobs <= 1 or len(todo) <= 1:
         for method, seed in todo:
