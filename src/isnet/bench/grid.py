@@ -200,18 +200,18 @@ def _stored_record(out: Path, keys: RunKeys) -> tuple[dict | None, bool]:
     if not stored.is_file():
         return None, False
     record = json.loads(stored.read_text())
-    if record.get("training_key") is None and record.get("settings_key") in keys.legacy:
-        earlier = record["settings_key"] != keys.legacy[0]
-        if earlier and not (out / "model.pt").is_file():
-            return None, False
-        record.update(training_key=keys.training, test_key="earlier" if earlier else keys.test)
-        write_json(stored, record)
-        return record, earlier
+    legacy = record.get("training_key") is None and record.get("settings_key") in keys.legacy
+    if legacy:  # stored by an earlier isnet: today's keys (its test data are today's under the first legacy key)
+        record.update(training_key=keys.training, test_key=keys.test if record["settings_key"] == keys.legacy[0]
+                      else None)
     if record.get("training_key") != keys.training:
         return None, False
-    if record.get("test_key") == keys.test:
-        return record, False
-    return (record, True) if (out / "model.pt").is_file() else (None, False)
+    evaluate = record.get("test_key") != keys.test
+    if evaluate and not (out / "model.pt").is_file():
+        return None, False
+    if legacy and not evaluate:  # a record evaluated again is written anew
+        write_json(stored, record)
+    return record, evaluate
 
 
 class StepTimer(Callback):

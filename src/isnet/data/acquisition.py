@@ -51,7 +51,8 @@ class AcquisitionJitter(v2.Transform):
     def transform(self, inpt: Tensor, params: dict[str, float]) -> Tensor:
         """``inpt`` acquired with ``params`` (:meth:`make_params`)."""
         x = inpt.clamp(0, 1) ** params["gamma"] * params["gain"]
-        x = (x - x.mean()) * params["contrast"] + x.mean()
+        mean = x.mean()
+        x = (x - mean) * params["contrast"] + mean
         if params["blur"] > 0.1:  # narrower kernels change nothing
             side = min(x.shape[-2:])
             size = min(2 * math.ceil(3 * params["blur"]) + 1, side - 1 + side % 2)

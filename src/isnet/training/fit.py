@@ -17,7 +17,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -234,15 +233,15 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
     still at chance is warned about: an ISNet calibrated on it, or starting from it, can satisfy its
     heatmap loss without learning to classify. ``groups`` may be empty (bounds given: only the warm start).
     """
-    cfg = replace(cfg, calibrate_epochs=cfg.first_phase_epochs())  # a local copy: config.json keeps the option
-    limit = max(cfg.calibrate_epochs, cfg.epochs // 2)
+    first = cfg.first_phase_epochs()
+    limit = max(first, cfg.epochs // 2)
     calibrating = cfg.uses_bounds() and bool(groups)
     if calibrating:
         what = "calibrating C1 " + ("(C2 is recorded, unused with --foreground floor)" if cfg.foreground == "floor"
                                     else "and C2")
     else:
         what = "the warm start's first phase (C1 and C2 are " + ("recorded, unused with --B 0)" if groups else "given)")
-    _log.info(f"{what}: a standard classifier trains for {cfg.calibrate_epochs} epoch(s) (up to {limit} while at "
+    _log.info(f"{what}: a standard classifier trains for {first} epoch(s) (up to {limit} while at "
               f"chance); its last epoch records the total relevance of the {cfg.objective} heatmaps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ISNetModule.from_config(cfg, calibrate=True)
@@ -270,7 +269,7 @@ def _calibrate(cfg: TrainConfig, datamodule: MaskedDataModule, run: Path,
                      f"accuracy {100 * result['train_accuracy']:.1f}%, chance {100 / cfg.num_classes:.1f}%): {risk} "
                      "can satisfy its heatmap loss without learning to classify. Check that the labels match the "
                      "images; train longer (--epochs, up to half of which calibration may use) or change --lr")
-    elif result["epochs"] > cfg.calibrate_epochs:
+    elif result["epochs"] > first:
         _log.info(f"the calibration network learnt in {result['epochs']} epochs (training accuracy "
                   f"{100 * result['train_accuracy']:.1f}%)")
     state = module.net.model.state_dict()

@@ -160,7 +160,7 @@ class ISNetModule(L.LightningModule):
         random.seed(s)
         np.random.seed(s % 2**32)
         self._recording = (self._calibration_net is not None
-                           and self.current_epoch >= self.config.calibrate_epochs - 1)
+                           and self.current_epoch >= self.config.first_phase_epochs() - 1)
         self._totals = []
         self._hits = torch.zeros(2, device=self.device)
 

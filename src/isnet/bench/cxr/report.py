@@ -81,11 +81,16 @@ _PLACES = (
 )
 
 
+def _has_places(sets: Mapping[str, Any]) -> bool:
+    """Whether a method's results include the composites (results written before them do not)."""
+    return all(p in sets for p in CXR_PLACES)
+
+
 def place_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
     """One row per method evaluated on the composites (:data:`CXR_PLACES`): its accuracy with another class's
     hospital nowhere, outside the lungs, inside them and everywhere; empty for results without them."""
     return [{"method": method, **{name: _cell(sets[test], "accuracy") for test, name in _PLACE_COLUMNS.items()}}
-            for method, sets in results["methods"].items() if all(p in sets for p in CXR_PLACES)]
+            for method, sets in results["methods"].items() if _has_places(sets)]
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -122,7 +127,7 @@ def findings(results: Mapping[str, Any]) -> list[str]:
             verdict = "depends partly on the hospital (10 to 20 points below biased on some test set)"
         else:
             verdict = "is robust to the hospital on these test sets (within 10 points of its biased accuracy)"
-        if all(p in sets for p in CXR_PLACES):
+        if _has_places(sets):
             outside, inside = (sets[p]["accuracy"] for p in CXR_PLACES)
             facts += (f"; with another class's hospital only outside the lungs {100 * outside:.1f}%, only inside "
                       f"them {100 * inside:.1f}%")
@@ -221,7 +226,8 @@ def figures(cfg: CxrBenchConfig, results: Mapping[str, Any], heatmaps: Figure | 
 
 
 def result_sections(cfg: CxrBenchConfig, results: Mapping[str, Any], figures: Mapping[str, Figure]) -> list[Section]:
-    """The data, the swap, then accuracy, AUROC and relevance tables."""
+    """The data, the swap, then accuracy, AUROC, where the hospital is read (when measured) and relevance tables."""
+    places = place_rows(results)
     return [
         ("The data", ["Top: one test chest imaged at each hospital (the class a training hospital goes with, or "
                       "external), then its lung mask (cyan) and shortcut mask (red); below, test images from the "
@@ -230,8 +236,7 @@ def result_sections(cfg: CxrBenchConfig, results: Mapping[str, Any], figures: Ma
         ("Accuracy", [_READING, _HEADINGS["accuracy"] + ":", metric_rows(results, "accuracy"), figures["accuracy"]]),
         ("AUROC", [_AUROC, _HEADINGS["auroc"] + ":", metric_rows(results, "auroc"),
                    _HEADINGS["abnormal_auroc"] + ":", metric_rows(results, "abnormal_auroc")]),
-        *([("Where the hospital is read", [_PLACES, _PLACES_HEADING + ":", place_rows(results)])]
-          if place_rows(results) else []),
+        *([("Where the hospital is read", [_PLACES, _PLACES_HEADING + ":", places])] if places else []),
         ("Relevance", [_HEADINGS["background_relevance"] + ":", metric_rows(results, "background_relevance"),
                        _HEADINGS["shortcut_relevance"] + ":", metric_rows(results, "shortcut_relevance"),
                        figures["background_relevance"], figures["shortcut_relevance"]]),
@@ -243,8 +248,9 @@ def results_markdown(cfg: CxrBenchConfig, results: Mapping[str, Any]) -> str:
     per method (:func:`isnet.bench.audit_columns.audit_markdown`), then the paired comparisons."""
     parts = [f"# {cfg.title}\n"]
     parts += [f"## {_HEADINGS[metric]}\n\n{markdown_table(metric_rows(results, metric))}\n" for metric in CXR_METRICS]
-    if place_rows(results):
-        parts.append(f"## {_PLACES_HEADING}\n\n{markdown_table(place_rows(results))}\n")
+    places = place_rows(results)
+    if places:
+        parts.append(f"## {_PLACES_HEADING}\n\n{markdown_table(places)}\n")
     parts.append(audit_markdown(results))
     note = segmenter_note(results)
     if note:
